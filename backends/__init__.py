@@ -1,0 +1,1 @@
+"""Backends: each turns a Graph into an executable. Found by name through the `cnncomp.backends` entry points."""

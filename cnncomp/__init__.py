@@ -1,0 +1,3 @@
+"""cnncomp: a graph-IR compiler for convolutional neural networks."""
+
+__version__ = "0.1.0"

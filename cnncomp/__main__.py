@@ -1,0 +1,5 @@
+import sys
+
+from cnncomp.cli import main
+
+sys.exit(main())
