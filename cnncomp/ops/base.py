@@ -228,7 +228,7 @@ def window_output_size(axis: str, size: int, kernel: int, stride: int, pad_begin
     if strict and span % stride:
         raise OpError(
             f"{axis}: (N + 2P - D*(F-1) - 1)/S + 1 = ({size} + {pad_begin + pad_end} - {extent - 1} - 1)/{stride} + 1"
-            f" = {Fraction(span, stride) + 1} is not an integer (strict mode: fractions are illegal)"
+            f" = {float(Fraction(span, stride) + 1):.4f} is not an integer (strict mode: fractions are illegal)"
         )
     out = (-(-span // stride) if ceil_mode else span // stride) + 1
     if ceil_mode and (out - 1) * stride >= size + pad_begin:
