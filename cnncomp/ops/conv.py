@@ -71,52 +71,70 @@ def conv2d_nchw(x: np.ndarray, weight: np.ndarray, stride: tuple[int, int], pads
     return np.ascontiguousarray(out.transpose(0, 1, 3, 2)).reshape(n, out_channels, oh, ow)
 
 
-@register
-class Conv2d(Op):
-    """y = epilogue(conv(x, weight) + bias); weight is (out_channels, in_channels/groups, KH, KW)."""
+CONV_ATTRS = {
+    "out_channels": Attr("int"),
+    "kernel": Attr("pair"),
+    "stride": Attr("pair", (1, 1)),
+    "padding": Attr("pads", (0, 0, 0, 0)),
+    "dilation": Attr("pair", (1, 1)),
+    "groups": Attr("int", 1),
+    "bias": Attr("bool", True),
+}
 
-    name = "conv2d"
+
+class ConvFamily(Op):
+    """Rules shared by the convolutions: channel groups, window attributes, a weight and an optional bias."""
+
     fusion = Fusion.OUT_ELEMWISE_FUSABLE
-    arity = (1, 2)
-    attrs = {
-        "out_channels": Attr("int"),
-        "kernel": Attr("pair"),
-        "stride": Attr("pair", (1, 1)),
-        "padding": Attr("pads", (0, 0, 0, 0)),
-        "dilation": Attr("pair", (1, 1)),
-        "groups": Attr("int", 1),
-        "bias": Attr("bool", True),
-        **EPILOGUE_ATTRS,
-    }
 
     def finalize(self, attrs: dict[str, Any]) -> dict[str, Any]:
         positive(attrs["out_channels"], "out_channels")
         positive(attrs["groups"], "groups")
         return check_window_attrs(attrs)
 
+    def check_groups(self, attrs: Mapping[str, Any], x: TensorType) -> None:
+        groups = attrs["groups"]
+        if x.channels % groups:
+            raise OpError(f"groups={groups} does not divide the {x.channels} input channels")
+        if attrs["out_channels"] % groups:
+            raise OpError(f"groups={groups} does not divide the {attrs['out_channels']} output channels")
+
+    def weight_shape(self, attrs: Mapping[str, Any], x: TensorType) -> tuple[int, ...]:
+        raise NotImplementedError
+
+    def params(self, attrs: Mapping[str, Any], inputs: Sequence[TensorType]) -> dict[str, ParamSpec]:
+        specs = {"weight": ParamSpec(self.weight_shape(attrs, inputs[0]))}
+        if attrs["bias"]:
+            specs["bias"] = ParamSpec((attrs["out_channels"],), init="zeros")
+        return specs
+
+
+@register
+class Conv2d(ConvFamily):
+    """y = epilogue(conv(x, weight) + bias); weight is (out_channels, in_channels/groups, KH, KW)."""
+
+    name = "conv2d"
+    arity = (1, 2)
+    attrs = {**CONV_ATTRS, **EPILOGUE_ATTRS}
+
     def infer(self, attrs: Mapping[str, Any], inputs: Sequence[TensorType], strict: bool) -> TensorType:
         require_rank(inputs[:1], 4)
         require_float(inputs)
         x = inputs[0]
-        groups, out_channels = attrs["groups"], attrs["out_channels"]
-        if x.channels % groups:
-            raise OpError(f"groups={groups} does not divide the {x.channels} input channels")
-        if out_channels % groups:
-            raise OpError(f"groups={groups} does not divide the {out_channels} output channels")
+        self.check_groups(attrs, x)
         top, bottom, left, right = attrs["padding"]
         (kh, kw), (sh, sw), (dh, dw) = attrs["kernel"], attrs["stride"], attrs["dilation"]
         oh = window_output_size("height", x.shape[2], kh, sh, top, bottom, dh, strict)
         ow = window_output_size("width", x.shape[3], kw, sw, left, right, dw, strict)
-        output = TensorType((x.batch, out_channels, oh, ow))
+        output = TensorType((x.batch, attrs["out_channels"], oh, ow))
         check_epilogue(attrs, inputs, output)
         return output
 
+    def weight_shape(self, attrs: Mapping[str, Any], x: TensorType) -> tuple[int, ...]:
+        return (attrs["out_channels"], x.channels // attrs["groups"], *attrs["kernel"])
+
     def params(self, attrs: Mapping[str, Any], inputs: Sequence[TensorType]) -> dict[str, ParamSpec]:
-        out_channels = attrs["out_channels"]
-        specs = {"weight": ParamSpec((out_channels, inputs[0].channels // attrs["groups"], *attrs["kernel"]))}
-        if attrs["bias"]:
-            specs["bias"] = ParamSpec((out_channels,), init="zeros")
-        return {**specs, **epilogue_params(attrs, out_channels)}
+        return {**super().params(attrs, inputs), **epilogue_params(attrs, attrs["out_channels"])}
 
     def macs(self, attrs: Mapping[str, Any], inputs: Sequence[TensorType], output: TensorType) -> int:
         kh, kw = attrs["kernel"]
@@ -147,29 +165,17 @@ def transposed_output_size(axis: str, size: int, kernel: int, stride: int, pad_b
 
 
 @register
-class ConvTranspose2d(Op):
+class ConvTranspose2d(ConvFamily):
     """The transposed convolution (up-convolution): each input pixel scatters weight-scaled copies of the kernel
     into the output at stride S. weight is (in_channels, out_channels/groups, KH, KW), as in PyTorch."""
 
     name = "conv_transpose2d"
-    fusion = Fusion.OUT_ELEMWISE_FUSABLE
-    attrs = {
-        "out_channels": Attr("int"),
-        "kernel": Attr("pair"),
-        "stride": Attr("pair", (1, 1)),
-        "padding": Attr("pads", (0, 0, 0, 0)),
-        "output_padding": Attr("pair", (0, 0)),
-        "dilation": Attr("pair", (1, 1)),
-        "groups": Attr("int", 1),
-        "bias": Attr("bool", True),
-    }
+    attrs = {**CONV_ATTRS, "output_padding": Attr("pair", (0, 0))}
 
     def finalize(self, attrs: dict[str, Any]) -> dict[str, Any]:
-        positive(attrs["out_channels"], "out_channels")
-        positive(attrs["groups"], "groups")
         if attrs["padding"] == "same":
             raise OpError('padding "same" is not defined for conv_transpose2d; give explicit pads', shape=False)
-        attrs = check_window_attrs(attrs)
+        attrs = super().finalize(attrs)
         for op, s, d in zip(attrs["output_padding"], attrs["stride"], attrs["dilation"], strict=True):
             if op < 0 or (op >= s and op >= d):
                 raise OpError(f"output_padding {attrs['output_padding']} must be non-negative and smaller than "
@@ -180,24 +186,16 @@ class ConvTranspose2d(Op):
         require_rank(inputs, 4)
         require_float(inputs)
         x = inputs[0]
-        groups, out_channels = attrs["groups"], attrs["out_channels"]
-        if x.channels % groups:
-            raise OpError(f"groups={groups} does not divide the {x.channels} input channels")
-        if out_channels % groups:
-            raise OpError(f"groups={groups} does not divide the {out_channels} output channels")
+        self.check_groups(attrs, x)
         top, bottom, left, right = attrs["padding"]
         (kh, kw), (sh, sw), (dh, dw) = attrs["kernel"], attrs["stride"], attrs["dilation"]
         oph, opw = attrs["output_padding"]
         oh = transposed_output_size("height", x.shape[2], kh, sh, top, bottom, dh, oph)
         ow = transposed_output_size("width", x.shape[3], kw, sw, left, right, dw, opw)
-        return TensorType((x.batch, out_channels, oh, ow))
+        return TensorType((x.batch, attrs["out_channels"], oh, ow))
 
-    def params(self, attrs: Mapping[str, Any], inputs: Sequence[TensorType]) -> dict[str, ParamSpec]:
-        out_channels = attrs["out_channels"]
-        specs = {"weight": ParamSpec((inputs[0].channels, out_channels // attrs["groups"], *attrs["kernel"]))}
-        if attrs["bias"]:
-            specs["bias"] = ParamSpec((out_channels,), init="zeros")
-        return specs
+    def weight_shape(self, attrs: Mapping[str, Any], x: TensorType) -> tuple[int, ...]:
+        return (x.channels, attrs["out_channels"] // attrs["groups"], *attrs["kernel"])
 
     def macs(self, attrs: Mapping[str, Any], inputs: Sequence[TensorType], output: TensorType) -> int:
         kh, kw = attrs["kernel"]
