@@ -32,6 +32,17 @@ def op_names() -> list[str]:
 
 
 # Importing the families registers their ops.
-from cnncomp.ops import activation, conv, dense, elementwise, norm, pool, resize, tensor  # noqa: E402,F401
+from cnncomp.ops import (  # noqa: E402,F401
+    activation,
+    constant,
+    conv,
+    dense,
+    elementwise,
+    lowered,
+    norm,
+    pool,
+    resize,
+    tensor,
+)
 
 __all__ = ["Attr", "Fusion", "Op", "OpError", "ParamSpec", "Window", "get_op", "op_names", "register"]
