@@ -1,0 +1,175 @@
+"""The Numba CPU backend: generated kernels, compiled with Numba and cached on disk, run over one arena.
+
+    executable = compile(graph, {"cache_dir": ..., "progress": True})
+    outputs = executable({"image": x})
+
+See `lowering` (which kernel each op becomes), `resolve` (which convolution algorithm), `templates/` (the
+kernel sources) and `kernels` (the on-disk kernel cache).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numba
+import numpy as np
+
+from backends.numba_cpu import blas
+from backends.numba_cpu.kernels import KernelCache, KernelSource
+from backends.numba_cpu.lowering import LoweringContext, lower
+from backends.numba_cpu.templates.common import KernelCall, Scratch
+from cnncomp.errors import GraphError
+from cnncomp.ir import Graph
+from cnncomp.progress import progress
+from cnncomp.runtime import check_inputs
+
+ALIGNMENT = 64  # bytes: one cache line, and AVX-512 vectors
+
+
+def _aligned(size: int) -> int:
+    return -(-size // ALIGNMENT) * ALIGNMENT
+
+
+@dataclass
+class CompileStats:
+    kernels: int = 0
+    compiled: int = 0
+    from_cache: int = 0
+    seconds: float = 0.0
+    arena_bytes: int = 0
+    scratch_bytes: int = 0
+
+
+@dataclass
+class Step:
+    node: str
+    kernel: KernelSource
+    function: Any
+    args: tuple[Any, ...]
+
+
+@dataclass
+class NumbaExecutable:
+    """Callable: `executable({input_name: array}) -> {output_name: array}` (outputs are fresh arrays)."""
+
+    graph: Graph
+    steps: list[Step]
+    views: dict[str, np.ndarray]
+    stats: CompileStats
+    _buffers: list[np.ndarray] = field(repr=False, default_factory=list)
+
+    def __call__(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        for name, value in check_inputs(self.graph, inputs).items():
+            np.copyto(self.views[name], value)
+        for step in self.steps:
+            self._run(step)
+        return {name: self.views[name].copy() for name in self.graph.outputs}
+
+    def _run(self, step: Step) -> None:
+        try:
+            step.function(*step.args)
+        except ValueError as exc:  # raised by a kernel on bad data, e.g. an unpooling index out of range
+            raise GraphError(f"node {step.node!r}: {exc}") from None
+
+    @property
+    def source(self) -> dict[str, str]:
+        """The generated kernel modules, by module name (each once, however many nodes use it)."""
+        return {step.kernel.module_name: step.kernel.source for step in self.steps}
+
+    def profile(self, inputs: Mapping[str, np.ndarray], repeat: int = 1) -> list[dict[str, Any]]:
+        """Per-step median time in seconds over `repeat` runs, in execution order."""
+        for name, value in check_inputs(self.graph, inputs).items():
+            np.copyto(self.views[name], value)
+        times = np.zeros((repeat, len(self.steps)))
+        for run in range(repeat):
+            for index, step in enumerate(self.steps):
+                start = time.perf_counter()
+                self._run(step)
+                times[run, index] = time.perf_counter() - start
+        medians = np.median(times, axis=0)
+        return [{"node": step.node, "kernel": step.kernel.family, "seconds": float(seconds)}
+                for step, seconds in zip(self.steps, medians, strict=True)]
+
+
+def _arena_layout(graph: Graph) -> tuple[dict[str, int], int]:
+    """Byte offsets of every value in the arena; each value has its own place."""
+    offsets, size = {}, 0
+    for node in graph.nodes:
+        offsets[node.name] = size
+        size += _aligned(node.type.nbytes)
+    return offsets, size
+
+
+def _resolve_scratch(calls: list[KernelCall]) -> tuple[np.ndarray, list[tuple[Any, ...]]]:
+    """One scratch buffer for all steps (they run one after another), each step's scratch laid out from 0."""
+    layouts, largest = [], 0
+    for call in calls:
+        offset, placed = 0, []
+        for arg in call.args:
+            if isinstance(arg, Scratch):
+                placed.append(offset)
+                offset += _aligned(int(np.prod(arg.shape)) * np.dtype(arg.dtype).itemsize)
+        layouts.append(placed)
+        largest = max(largest, offset)
+    buffer = np.zeros(largest, np.uint8)
+    resolved = []
+    for call, placed in zip(calls, layouts, strict=True):
+        offsets = iter(placed)
+        args = []
+        for arg in call.args:
+            if isinstance(arg, Scratch):
+                start = next(offsets)
+                nbytes = int(np.prod(arg.shape)) * np.dtype(arg.dtype).itemsize
+                arg = buffer[start: start + nbytes].view(arg.dtype).reshape(arg.shape)
+            args.append(arg)
+        resolved.append(tuple(args))
+    return buffer, resolved
+
+
+def compile(graph: Graph, options: Mapping[str, Any] | None = None) -> NumbaExecutable:  # noqa: A001
+    """Lower every node to kernel calls, compile (or load from the kernel cache) each kernel, lay out memory.
+
+    options: `cache_dir` (default: `$CNNCOMP_CACHE_DIR` or `~/.cache/cnncomp`), `progress` (bool; default: on
+    a terminal)."""
+    options = dict(options or {})
+    start = time.perf_counter()
+    graph.validate()
+    blas.configure_single_threaded()
+    offsets, arena_size = _arena_layout(graph)
+    arena = np.zeros(arena_size, np.uint8)
+    views = {}
+    for node in graph.nodes:
+        nbytes = node.type.nbytes
+        views[node.name] = arena[offsets[node.name]: offsets[node.name] + nbytes].view(node.type.dtype).reshape(
+            node.shape)
+    context = LoweringContext(graph, views, numba.get_num_threads())
+    calls = [call for node in graph.nodes if node.op != "input" for call in lower(node, context)]
+    scratch, resolved_args = _resolve_scratch(calls)
+
+    cache = KernelCache(Path(options["cache_dir"]) if options.get("cache_dir") else None)
+    stats = CompileStats(arena_bytes=arena_size, scratch_bytes=scratch.nbytes)
+    functions: dict[str, Any] = {}
+    compiled_signatures: set[tuple[str, tuple[Any, ...]]] = set()
+    steps = []
+    pairs = list(zip(calls, resolved_args, strict=True))
+    for call, args in progress(pairs, len(pairs), "compiling kernels", options.get("progress")):
+        kernel = call.kernel
+        if kernel.key not in functions:
+            stats.kernels += 1
+            if cache.is_cached(kernel):
+                stats.from_cache += 1
+            else:
+                stats.compiled += 1
+            functions[kernel.key] = cache.load(kernel)
+        function = functions[kernel.key]
+        signature = tuple(numba.typeof(arg) for arg in args)
+        if (kernel.key, signature) not in compiled_signatures:
+            function.compile(signature)
+            compiled_signatures.add((kernel.key, signature))
+        steps.append(Step(call.node, kernel, function, args))
+    stats.seconds = time.perf_counter() - start
+    return NumbaExecutable(graph, steps, views, stats, [arena, scratch])

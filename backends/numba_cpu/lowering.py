@@ -1,0 +1,269 @@
+"""From graph nodes to kernel calls: for each op, which template, specialized how, and with what arguments.
+
+Arguments are prepared here once, at compile time: arena views of activations (in the shapes each kernel
+wants), weights in the layout its algorithm wants (Winograd-transformed, transposed, grouped), and scratch
+placeholders that the executable lays out in one shared region.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import numpy as np
+
+from backends.numba_cpu import resolve
+from backends.numba_cpu.templates import conv, layers, pool, tensor
+from backends.numba_cpu.templates.common import EMPTY, KernelCall, Scratch, epilogue_args
+from cnncomp.errors import GraphError
+from cnncomp.ir import Graph, Node
+from cnncomp.ops.activation import ACTIVATIONS
+from cnncomp.ops.pool import adaptive_bins
+from cnncomp.ops.resize import interpolation_taps
+
+# Target size of the per-thread working set of a tiled kernel (im2col columns, Winograd tiles): about half of a
+# core's L2 cache on the machines we measured.
+TILE_BYTES = 1 << 19
+EMPTY3 = np.zeros((0, 0, 0), np.float32)
+EMPTY4 = np.zeros((0, 0, 0, 0), np.float32)
+
+
+class LoweringContext:
+    """What a lowering function reads: the graph, arena views of every value, parameters, thread count."""
+
+    def __init__(self, graph: Graph, views: Mapping[str, np.ndarray], threads: int) -> None:
+        self.graph = graph
+        self.views = views
+        self.threads = threads
+
+    def value(self, name: str) -> np.ndarray:
+        return self.views[name]
+
+    def rows(self, name: str) -> np.ndarray:
+        """The value viewed (N, C, pixels): (N, features, 1) for flat tensors."""
+        view = self.views[name]
+        return view.reshape(view.shape[0], view.shape[1], -1)
+
+    def params(self, node: Node) -> dict[str, np.ndarray]:
+        return self.graph.node_params(node.name)
+
+
+def _residual(ctx: LoweringContext, node: Node, rows: bool) -> np.ndarray:
+    if not node.attrs.get("residual"):
+        return EMPTY3 if rows else EMPTY4
+    return ctx.rows(node.inputs[1]) if rows else ctx.value(node.inputs[1])
+
+
+def lower_conv2d(node: Node, ctx: LoweringContext) -> list[KernelCall]:
+    x_type = ctx.graph.node(node.inputs[0]).type
+    algorithm = resolve.conv2d_algorithm(node.attrs, x_type, node.type)
+    params, attrs = ctx.params(node), node.attrs
+    x, out = ctx.value(node.inputs[0]), ctx.value(node.name)
+    weight = params["weight"]
+    n, o, oh, ow = node.shape
+    epilogue = epilogue_args(params, attrs)
+    if algorithm == "direct":
+        args = (x, weight, *epilogue, _residual(ctx, node, False), out, Scratch((ctx.threads, ow)))
+        return [KernelCall(conv.direct(attrs), args, node.name)]
+    if algorithm == "pointwise":
+        pixels = oh * ow
+        pixels_per_tile = max(64, min(pixels, TILE_BYTES // (4 * max(o, 1))))
+        channels_per_tile = o if pixels >= 2 * 64 else max(16, -(-o // ctx.threads))
+        args = (ctx.rows(node.inputs[0]), weight.reshape(o, -1), *epilogue, _residual(ctx, node, True),
+                ctx.rows(node.name), pixels_per_tile, channels_per_tile, ctx.threads)
+        return [KernelCall(conv.pointwise(attrs), args, node.name)]
+    if algorithm == "winograd":
+        u = winograd_weights(weight)
+        tiles_wide = (ow + 1) // 2
+        tile_rows = max(1, min((oh + 1) // 2, TILE_BYTES // (16 * 4 * (x_type.channels + o) * tiles_wide)))
+        per_thread = tile_rows * tiles_wide
+        top, _, left, _ = attrs["padding"]
+        padded = Scratch((x_type.channels, 2 * ((oh + 1) // 2) + 2, 2 * tiles_wide + 2))
+        args = (x, u, *epilogue, _residual(ctx, node, False), out, padded,
+                Scratch((ctx.threads, 16, x_type.channels, per_thread)), Scratch((ctx.threads, 16, o, per_thread)),
+                tile_rows)
+        return [KernelCall(conv.winograd(attrs), args, node.name)]
+    groups = attrs["groups"]
+    k = weight.shape[1] * weight.shape[2] * weight.shape[3]
+    rows_per_tile = max(1, min(oh, TILE_BYTES // (4 * k * ow)))
+    args = (x, np.ascontiguousarray(weight.reshape(groups, o // groups, k)), *epilogue,
+            _residual(ctx, node, True), ctx.rows(node.name), Scratch((ctx.threads, k, rows_per_tile * ow)),
+            rows_per_tile, oh, ow)
+    return [KernelCall(conv.im2col(attrs), args, node.name)]
+
+
+def winograd_weights(weight: np.ndarray) -> np.ndarray:
+    """U = G g G^T for every (output, input) channel pair, laid out (16, O, C) for the 16 matrix products."""
+    g = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
+    u = np.einsum("ai,ocij,bj->aboc", g, weight.astype(np.float64), g)
+    return np.ascontiguousarray(u.reshape(16, weight.shape[0], weight.shape[1]), dtype=np.float32)
+
+
+def lower_conv_transpose2d(node: Node, ctx: LoweringContext) -> list[KernelCall]:
+    params, attrs = ctx.params(node), node.attrs
+    weight = params["weight"]  # (C, O/groups, KH, KW)
+    c, og, kh, kw = weight.shape
+    groups = attrs["groups"]
+    taps = weight.reshape(groups, c // groups, og * kh * kw).transpose(0, 2, 1)
+    h, w = ctx.graph.node(node.inputs[0]).shape[2:]
+    args = (ctx.rows(node.inputs[0]), np.ascontiguousarray(taps), params.get("bias", EMPTY), ctx.value(node.name),
+            Scratch((og * kh * kw, h * w)), h, w, ctx.threads)
+    return [KernelCall(layers.conv_transpose(attrs), args, node.name)]
+
+
+def lower_dense(node: Node, ctx: LoweringContext) -> list[KernelCall]:
+    params, attrs = ctx.params(node), node.attrs
+    out_features = node.shape[1]
+    columns = max(64, -(-out_features // ctx.threads))
+    residual = ctx.value(node.inputs[1]) if attrs["residual"] else np.zeros((0, 0), np.float32)
+    args = (ctx.value(node.inputs[0]), np.ascontiguousarray(params["weight"].T), *epilogue_args(params, attrs),
+            residual, ctx.value(node.name), columns, ctx.threads)
+    return [KernelCall(layers.dense(attrs), args, node.name)]
+
+
+def lower_max_pool2d(node: Node, ctx: LoweringContext) -> list[KernelCall]:
+    args = (ctx.value(node.inputs[0]), ctx.value(node.name), Scratch((ctx.threads, node.shape[3])))
+    return [KernelCall(pool.max_pool(node.attrs), args, node.name)]
+
+
+def lower_max_pool2d_indices(node: Node, ctx: LoweringContext) -> list[KernelCall]:
+    return [KernelCall(pool.max_pool_indices(node.attrs), (ctx.value(node.inputs[0]), ctx.value(node.name)),
+                       node.name)]
+
+
+def lower_avg_pool2d(node: Node, ctx: LoweringContext) -> list[KernelCall]:
+    args = (ctx.value(node.inputs[0]), ctx.value(node.name), Scratch((ctx.threads, node.shape[3])))
+    return [KernelCall(pool.avg_pool(node.attrs), args, node.name)]
+
+
+def lower_max_unpool2d(node: Node, ctx: LoweringContext) -> list[KernelCall]:
+    args = (ctx.rows(node.inputs[0]), ctx.rows(node.inputs[1]), ctx.rows(node.name))
+    return [KernelCall(pool.unpool(), args, node.name)]
+
+
+def lower_global_avg_pool(node: Node, ctx: LoweringContext) -> list[KernelCall]:
+    return [KernelCall(pool.global_avg_pool(), (ctx.rows(node.inputs[0]), ctx.rows(node.name)), node.name)]
+
+
+def lower_adaptive_avg_pool2d(node: Node, ctx: LoweringContext) -> list[KernelCall]:
+    h, w = ctx.graph.node(node.inputs[0]).shape[2:]
+    (row_start, row_end), (col_start, col_end) = (adaptive_bins(h, node.shape[2]), adaptive_bins(w, node.shape[3]))
+    args = (ctx.value(node.inputs[0]), ctx.value(node.name), row_start, row_end, col_start, col_end)
+    return [KernelCall(pool.adaptive_avg_pool(), args, node.name)]
+
+
+def lower_activation(node: Node, ctx: LoweringContext) -> list[KernelCall]:
+    args = (ctx.rows(node.inputs[0]), EMPTY, EMPTY, ctx.rows(node.name))
+    return [KernelCall(tensor.unary(node.op, dict(node.attrs)), args, node.name)]
+
+
+def lower_copy(node: Node, ctx: LoweringContext) -> list[KernelCall]:
+    """identity, dropout, flatten: the data unchanged (flatten only changes the view)."""
+    source = ctx.value(node.inputs[0]).reshape(ctx.value(node.name).shape)
+    out = ctx.value(node.name)
+    args = (source.reshape(source.shape[0], source.shape[1], -1), EMPTY, EMPTY,
+            out.reshape(out.shape[0], out.shape[1], -1))
+    return [KernelCall(tensor.unary("copy", {}), args, node.name)]
+
+
+def lower_batch_norm(node: Node, ctx: LoweringContext) -> list[KernelCall]:
+    params = ctx.params(node)
+    scale = params["weight"] / np.sqrt(params["running_var"] + np.float32(node.attrs["eps"]))
+    shift = params["bias"] - params["running_mean"] * scale
+    args = (ctx.rows(node.inputs[0]), scale.astype(np.float32), shift.astype(np.float32), ctx.rows(node.name))
+    return [KernelCall(tensor.unary("affine", {}), args, node.name)]
+
+
+def lower_binary(node: Node, ctx: LoweringContext) -> list[KernelCall]:
+    a, b = (ctx.rows(name) for name in node.inputs)
+    out = ctx.rows(node.name)
+    kernel = tensor.binary(node.op, a.shape[2] < out.shape[2], b.shape[2] < out.shape[2])
+    return [KernelCall(kernel, (a, b, out), node.name)]
+
+
+def lower_concat(node: Node, ctx: LoweringContext) -> list[KernelCall]:
+    out = ctx.value(node.name)
+    axis = node.attrs["axis"]
+    calls, start = [], 0
+    for name in node.inputs:
+        source = ctx.value(name)
+        index = [slice(None)] * out.ndim
+        index[axis] = slice(start, start + source.shape[axis])
+        start += source.shape[axis]
+        target = out[tuple(index)]
+        if axis == 1:
+            source_rows, target_rows = ctx.rows(name), target.reshape(target.shape[0], target.shape[1], -1)
+        else:
+            # Along a spatial axis: one (N*C, rows, columns) copy job per plane.
+            source_rows = source.reshape(-1, source.shape[2], source.shape[3] if source.ndim == 4 else 1)
+            target_rows = target.reshape(-1, target.shape[2], target.shape[3] if target.ndim == 4 else 1)
+        calls.append(KernelCall(tensor.unary("copy", {}), (source_rows, EMPTY, EMPTY, target_rows), node.name))
+    return calls
+
+
+def lower_pad(node: Node, ctx: LoweringContext) -> list[KernelCall]:
+    return [KernelCall(tensor.pad(dict(node.attrs)), (ctx.value(node.inputs[0]), ctx.value(node.name)), node.name)]
+
+
+def lower_crop(node: Node, ctx: LoweringContext) -> list[KernelCall]:
+    h, w = ctx.graph.node(node.inputs[0]).shape[2:]
+    top, left = (h - node.shape[2]) // 2, (w - node.shape[3]) // 2
+    return [KernelCall(tensor.window_copy(), (ctx.value(node.inputs[0]), ctx.value(node.name), top, left),
+                       node.name)]
+
+
+def lower_lrn(node: Node, ctx: LoweringContext) -> list[KernelCall]:
+    return [KernelCall(layers.lrn(node.attrs), (ctx.rows(node.inputs[0]), ctx.rows(node.name)), node.name)]
+
+
+def lower_softmax(node: Node, ctx: LoweringContext) -> list[KernelCall]:
+    axis = node.attrs["axis"]
+    shape = node.shape
+    outer, inner = int(np.prod(shape[:axis])), int(np.prod(shape[axis + 1:]))
+    view = (outer, shape[axis], inner)
+    args = (ctx.value(node.inputs[0]).reshape(view), ctx.value(node.name).reshape(view))
+    return [KernelCall(layers.softmax(), args, node.name)]
+
+
+def lower_upsample(node: Node, ctx: LoweringContext) -> list[KernelCall]:
+    attrs = node.attrs
+    h, w = ctx.graph.node(node.inputs[0]).shape[2:]
+    scales = attrs["scale"] or (None, None)
+    rows = interpolation_taps(h, node.shape[2], attrs["mode"], scales[0], attrs["align_corners"])
+    cols = interpolation_taps(w, node.shape[3], attrs["mode"], scales[1], attrs["align_corners"])
+    args = (ctx.value(node.inputs[0]), ctx.value(node.name), rows[0], rows[1].astype(np.float32), cols[0],
+            cols[1].astype(np.float32))
+    return [KernelCall(layers.upsample(), args, node.name)]
+
+
+LOWERINGS: dict[str, Callable[[Node, LoweringContext], list[KernelCall]]] = {
+    "conv2d": lower_conv2d,
+    "conv_transpose2d": lower_conv_transpose2d,
+    "dense": lower_dense,
+    "max_pool2d": lower_max_pool2d,
+    "max_pool2d_indices": lower_max_pool2d_indices,
+    "avg_pool2d": lower_avg_pool2d,
+    "max_unpool2d": lower_max_unpool2d,
+    "global_avg_pool": lower_global_avg_pool,
+    "adaptive_avg_pool2d": lower_adaptive_avg_pool2d,
+    "batch_norm": lower_batch_norm,
+    "add": lower_binary,
+    "mul": lower_binary,
+    "concat": lower_concat,
+    "identity": lower_copy,
+    "dropout": lower_copy,
+    "flatten": lower_copy,
+    "pad": lower_pad,
+    "crop": lower_crop,
+    "lrn": lower_lrn,
+    "softmax": lower_softmax,
+    "upsample": lower_upsample,
+    **{name: lower_activation for name in ACTIVATIONS},
+}
+
+
+def lower(node: Node, ctx: LoweringContext) -> list[KernelCall]:
+    try:
+        lowering = LOWERINGS[node.op]
+    except KeyError:
+        raise GraphError(f"{node.describe()}: the numba-cpu backend has no kernel for op {node.op!r}") from None
+    return lowering(node, ctx)

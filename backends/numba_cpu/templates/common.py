@@ -1,0 +1,100 @@
+"""What every kernel template shares: the module header, the fused epilogue as code, calls and buffers."""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from backends.numba_cpu.kernels import KernelSource
+
+# fastmath without 'nnan'/'ninf'/'afn': sums may be reassociated (so loops vectorize), but NaN and inf still
+# propagate as IEEE says and exp/tanh keep full precision.
+FASTMATH = '{"reassoc", "contract", "nsz", "arcp"}'
+
+HEADER = '''\
+"""cnncomp numba-cpu kernel: {family}
+{specialization}
+Generated code: edit the template in backends/numba_cpu/templates/, not this file."""
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+from backends.numba_cpu.blas import gemm, gemm_scratch
+'''
+
+
+def render(family: str, body: str, **constants: Any) -> KernelSource:
+    """A kernel module: the header, the specialization constants as module globals (Numba freezes globals
+    into the machine code), then the template body."""
+    lines = [f"{name} = {value!r}" for name, value in constants.items()]
+    specialization = ", ".join(f"{k}={v!r}" for k, v in constants.items()) or "(no constants)"
+    source = HEADER.format(family=family, specialization=specialization) + "\n" + "\n".join(lines) + "\n\n\n"
+    source += textwrap.dedent(body).strip() + "\n"
+    return KernelSource(family, source.replace("FASTMATH", FASTMATH), tuple(constants.items()))
+
+
+ACTIVATION_CODE = {
+    # Written so that NaN passes through each activation as it does through the numpy reference.
+    "relu": "{v} = {v} if not ({v} < 0.0) else np.float32(0.0)",
+    "relu6": "{v} = np.float32(0.0) if {v} < 0.0 else (np.float32(6.0) if {v} > 6.0 else {v})",
+    "leaky_relu": "{v} = {v} if not ({v} < 0.0) else {v} * np.float32(ALPHA)",
+    "tanh": "{v} = np.tanh({v})",
+    "sigmoid": "{v} = np.float32(1.0) / (np.float32(1.0) + np.exp(-{v}))",
+    "silu": "{v} = {v} / (np.float32(1.0) + np.exp(-{v}))",
+    "hardswish": "{v} = {v} * min(max({v} + np.float32(3.0), np.float32(0.0)), np.float32(6.0)) / np.float32(6.0)",
+}
+
+
+def epilogue_code(attrs: Mapping[str, Any], value: str, channel: str, residual: str, indent: int) -> str:
+    """Statements that apply `act(affine(v + bias) + residual)` to the scalar `value` of output channel
+    `channel`; `residual` is the expression that reads the residual operand at the same position."""
+    lines = []
+    if attrs.get("bias"):
+        lines.append(f"{value} += bias[{channel}]")
+    if attrs.get("affine"):
+        lines.append(f"{value} = {value} * scale[{channel}] + shift[{channel}]")
+    if attrs.get("residual"):
+        lines.append(f"{value} += {residual}")
+    if attrs.get("act"):
+        lines.append(ACTIVATION_CODE[attrs["act"]].format(v=value))
+    return textwrap.indent("\n".join(lines) or "pass", " " * indent)
+
+
+def epilogue_constants(attrs: Mapping[str, Any]) -> dict[str, Any]:
+    return {"ALPHA": float(attrs["alpha"])} if attrs.get("act") == "leaky_relu" else {}
+
+
+@dataclass(frozen=True)
+class Scratch:
+    """A temporary buffer a kernel needs; every step's scratch lives in one shared region (steps run one
+    after another), laid out when the whole graph has been lowered."""
+
+    shape: tuple[int, ...]
+    dtype: str = "float32"
+
+
+@dataclass(frozen=True)
+class KernelCall:
+    """One step of the executable: a kernel and its arguments (arrays, Scratch placeholders, scalars)."""
+
+    kernel: KernelSource
+    args: tuple[Any, ...]
+    node: str
+
+
+EMPTY = np.zeros(0, np.float32)
+
+
+def epilogue_args(params: Mapping[str, np.ndarray], attrs: Mapping[str, Any]) -> tuple[np.ndarray, ...]:
+    """bias, scale, shift: the arrays an epilogue reads (empty where unused, so one signature fits all)."""
+    return (
+        params.get("bias", EMPTY) if attrs.get("bias") else EMPTY,
+        params.get("scale", EMPTY) if attrs.get("affine") else EMPTY,
+        params.get("shift", EMPTY) if attrs.get("affine") else EMPTY,
+    )

@@ -1,0 +1,286 @@
+"""Convolution kernels. Four algorithms, chosen per layer by `backends.numba_cpu.resolve`:
+
+- `direct`: output rows accumulated tap by tap (vectorized along the row); for few channels per group
+  (depthwise convs, the first layer of a network).
+- `im2col`: a band of output rows at a time, the receptive fields copied into a K x pixels matrix and multiplied
+  by the weights with BLAS, the epilogue applied while the band is in cache.
+- `pointwise`: a 1x1 convolution with stride 1 and no padding is a matrix product W (O x C) @ X (C x pixels).
+- `winograd`: 3x3, stride 1: Winograd's F(2x2, 3x3) computes each 2x2 output tile with 16 instead of 36
+  multiplications per channel pair, as 16 matrix products over all tiles of a band.
+
+Every kernel parallelizes over jobs with a static round-robin over Numba's threads (each thread owns its scratch
+and calls single-threaded BLAS), and applies conv2d's fused epilogue: act(affine(conv + bias) + residual).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from backends.numba_cpu.templates.common import epilogue_code, epilogue_constants, render
+
+
+def _window_constants(attrs: Mapping[str, Any]) -> dict[str, int]:
+    (kh, kw), (sh, sw), (dh, dw) = attrs["kernel"], attrs["stride"], attrs["dilation"]
+    top, _, left, _ = attrs["padding"]
+    return {"KH": kh, "KW": kw, "SH": sh, "SW": sw, "DH": dh, "DW": dw, "PT": top, "PL": left}
+
+
+DIRECT = '''
+@njit(parallel=True, fastmath=FASTMATH, cache=True)
+def kernel(x, weight, bias, scale, shift, res, out, acc_rows):
+    """out[n, o] = sum over the group's channels and the KH x KW taps; weight (O, C/groups, KH, KW)."""
+    n, c, h, w = x.shape
+    o, oh, ow = out.shape[1], out.shape[2], out.shape[3]
+    cg = weight.shape[1]
+    og = o // (c // cg)
+    threads = acc_rows.shape[0]
+    jobs = n * o
+    for t in prange(threads):
+        acc = acc_rows[t]
+        for job in range(t, jobs, threads):
+            img = job // o
+            oc = job % o
+            c0 = (oc // og) * cg
+            for r in range(oh):
+                acc[:ow] = 0.0
+                for ci in range(cg):
+                    for i in range(KH):
+                        ih = r * SH - PT + i * DH
+                        if ih < 0 or ih >= h:
+                            continue
+                        xrow = x[img, c0 + ci, ih]
+                        for j in range(KW):
+                            wv = weight[oc, ci, i, j]
+                            # output columns whose tap j falls inside the row
+                            q_lo = max(0, (PL - j * DW + SW - 1) // SW)
+                            q_hi = min(ow, (w - 1 + PL - j * DW) // SW + 1)
+                            for q in range(q_lo, q_hi):
+                                acc[q] += wv * xrow[q * SW - PL + j * DW]
+                for q in range(ow):
+                    v = acc[q]
+{epilogue}
+                    out[img, oc, r, q] = v
+'''
+
+
+def direct(attrs: Mapping[str, Any]):
+    body = DIRECT.format(epilogue=epilogue_code(attrs, "v", "oc", "res[img, oc, r, q]", 20))
+    return render("conv2d_direct", body, **_window_constants(attrs), **epilogue_constants(attrs))
+
+
+IM2COL = '''
+@njit(nogil=True, cache=True)
+def im2col(x, img, c0, cg, cols, r0, r1, ow):
+    """cols[k, p]: the input under tap k = (channel, i, j) for output pixel p of rows r0..r1 (zero padding)."""
+    h, w = x.shape[2], x.shape[3]
+    for ci in range(cg):
+        for i in range(KH):
+            for j in range(KW):
+                k = (ci * KH + i) * KW + j
+                q_lo = max(0, (PL - j * DW + SW - 1) // SW)
+                q_hi = max(q_lo, min(ow, (w - 1 + PL - j * DW) // SW + 1))
+                for r in range(r0, r1):
+                    ih = r * SH - PT + i * DH
+                    row = cols[k, (r - r0) * ow: (r - r0 + 1) * ow]
+                    if ih < 0 or ih >= h:
+                        row[:] = 0.0
+                        continue
+                    src = x[img, c0 + ci, ih]
+                    row[:q_lo] = 0.0
+                    if SW == 1:
+                        start = q_lo - PL + j * DW
+                        row[q_lo:q_hi] = src[start: start + q_hi - q_lo]
+                    else:
+                        for q in range(q_lo, q_hi):
+                            row[q] = src[q * SW - PL + j * DW]
+                    row[q_hi:] = 0.0
+
+
+@njit(parallel=True, fastmath=FASTMATH, cache=True)
+def kernel(x, weight, bias, scale, shift, res, out, cols_per_thread, rows_per_tile, oh, ow):
+    """weight (groups, O/groups, K) with K = C/groups * KH * KW; out and res viewed as (N, O, OH*OW)."""
+    n = x.shape[0]
+    groups, og, k = weight.shape
+    cg = k // (KH * KW)
+    tiles = (oh + rows_per_tile - 1) // rows_per_tile
+    threads = cols_per_thread.shape[0]
+    jobs = n * groups * tiles
+    for t in prange(threads):
+        cols = cols_per_thread[t]
+        ints, floats, no_trans = gemm_scratch()
+        for job in range(t, jobs, threads):
+            img = job // (groups * tiles)
+            g = (job // tiles) % groups
+            r0 = (job % tiles) * rows_per_tile
+            r1 = min(oh, r0 + rows_per_tile)
+            p0 = r0 * ow
+            pixels = (r1 - r0) * ow
+            im2col(x, img, g * cg, cg, cols, r0, r1, ow)
+            tile = out[img, g * og: (g + 1) * og, p0: p0 + pixels]
+            gemm(weight[g], cols[:, :pixels], tile, False, ints, floats, no_trans)
+            for oc_local in range(og):
+                oc = g * og + oc_local
+                for p in range(pixels):
+                    v = tile[oc_local, p]
+{epilogue}
+                    tile[oc_local, p] = v
+'''
+
+
+def im2col(attrs: Mapping[str, Any]):
+    body = IM2COL.format(epilogue=epilogue_code(attrs, "v", "oc", "res[img, oc, p0 + p]", 20))
+    return render("conv2d_im2col", body, **_window_constants(attrs), **epilogue_constants(attrs))
+
+
+POINTWISE = '''
+@njit(parallel=True, fastmath=FASTMATH, cache=True)
+def kernel(x, weight, bias, scale, shift, res, out, pixels_per_tile, channels_per_tile, threads):
+    """out[n] (O x P) = weight (O x C) @ x[n] (C x P), in tiles of output channels x pixels; x, out and res
+    viewed as (N, channels, pixels)."""
+    n, c, pixels = x.shape
+    o = weight.shape[0]
+    ptiles = (pixels + pixels_per_tile - 1) // pixels_per_tile
+    otiles = (o + channels_per_tile - 1) // channels_per_tile
+    jobs = n * ptiles * otiles
+    workers = min(jobs, threads)
+    for t in prange(workers):
+        ints, floats, no_trans = gemm_scratch()
+        for job in range(t, jobs, workers):
+            img = job // (ptiles * otiles)
+            o0 = ((job // ptiles) % otiles) * channels_per_tile
+            o1 = min(o, o0 + channels_per_tile)
+            p0 = (job % ptiles) * pixels_per_tile
+            p1 = min(pixels, p0 + pixels_per_tile)
+            tile = out[img, o0:o1, p0:p1]
+            gemm(weight[o0:o1], x[img, :, p0:p1], tile, False, ints, floats, no_trans)
+            for oc_local in range(o1 - o0):
+                oc = o0 + oc_local
+                for p in range(p1 - p0):
+                    v = tile[oc_local, p]
+{epilogue}
+                    tile[oc_local, p] = v
+'''
+
+
+def pointwise(attrs: Mapping[str, Any]):
+    body = POINTWISE.format(epilogue=epilogue_code(attrs, "v", "oc", "res[img, oc, p0 + p]", 20))
+    return render("conv2d_pointwise", body, **epilogue_constants(attrs))
+
+
+WINOGRAD = '''
+@njit(parallel=True, fastmath=FASTMATH, cache=True)
+def kernel(x, u, bias, scale, shift, res, out, padded, v_per_thread, m_per_thread, tile_rows):
+    """Winograd F(2x2, 3x3). u (16, O, C) = G g G^T, the transformed weights; per band of tile rows each
+    thread transforms the input tiles (V = B^T d B, 16 x C x tiles), multiplies M[xi] = u[xi] @ V[xi] and
+    transforms back (Y = A^T M A) into 2x2 outputs, adding the epilogue."""
+    n, c, h, w = x.shape
+    o, oh, ow = out.shape[1], out.shape[2], out.shape[3]
+    th = (oh + 1) // 2
+    tw = (ow + 1) // 2
+    bands = (th + tile_rows - 1) // tile_rows
+    threads = v_per_thread.shape[0]
+    for img in range(n):
+        # A zero-padded copy of the image, large enough that every 4x4 tile lies inside it.
+        for ci in prange(c):
+            padded[ci] = 0.0
+            padded[ci, PT: PT + h, PL: PL + w] = x[img, ci]
+        for t in prange(threads):
+            vt = v_per_thread[t]
+            mt = m_per_thread[t]
+            ints, floats, no_trans = gemm_scratch()
+            for band in range(t, bands, threads):
+                ti0 = band * tile_rows
+                ti1 = min(th, ti0 + tile_rows)
+                tiles = (ti1 - ti0) * tw
+                for ci in range(c):
+                    for ti in range(ti0, ti1):
+                        base = (ti - ti0) * tw
+                        x0 = padded[ci, 2 * ti]
+                        x1 = padded[ci, 2 * ti + 1]
+                        x2 = padded[ci, 2 * ti + 2]
+                        x3 = padded[ci, 2 * ti + 3]
+                        for tj in range(tw):
+                            q = 2 * tj
+                            k = base + tj
+                            # rows of B^T d, then B^T d B along each row
+                            a0 = x0[q] - x2[q]
+                            a1 = x0[q + 1] - x2[q + 1]
+                            a2 = x0[q + 2] - x2[q + 2]
+                            a3 = x0[q + 3] - x2[q + 3]
+                            b0 = x1[q] + x2[q]
+                            b1 = x1[q + 1] + x2[q + 1]
+                            b2 = x1[q + 2] + x2[q + 2]
+                            b3 = x1[q + 3] + x2[q + 3]
+                            c0 = x2[q] - x1[q]
+                            c1 = x2[q + 1] - x1[q + 1]
+                            c2 = x2[q + 2] - x1[q + 2]
+                            c3 = x2[q + 3] - x1[q + 3]
+                            d0 = x1[q] - x3[q]
+                            d1 = x1[q + 1] - x3[q + 1]
+                            d2 = x1[q + 2] - x3[q + 2]
+                            d3 = x1[q + 3] - x3[q + 3]
+                            vt[0, ci, k] = a0 - a2
+                            vt[1, ci, k] = a1 + a2
+                            vt[2, ci, k] = a2 - a1
+                            vt[3, ci, k] = a1 - a3
+                            vt[4, ci, k] = b0 - b2
+                            vt[5, ci, k] = b1 + b2
+                            vt[6, ci, k] = b2 - b1
+                            vt[7, ci, k] = b1 - b3
+                            vt[8, ci, k] = c0 - c2
+                            vt[9, ci, k] = c1 + c2
+                            vt[10, ci, k] = c2 - c1
+                            vt[11, ci, k] = c1 - c3
+                            vt[12, ci, k] = d0 - d2
+                            vt[13, ci, k] = d1 + d2
+                            vt[14, ci, k] = d2 - d1
+                            vt[15, ci, k] = d1 - d3
+                for xi in range(16):
+                    gemm(u[xi], vt[xi, :, :tiles], mt[xi, :, :tiles], False, ints, floats, no_trans)
+                for oc in range(o):
+                    for ti in range(ti0, ti1):
+                        base = (ti - ti0) * tw
+                        r = 2 * ti
+                        for tj in range(tw):
+                            k = base + tj
+                            s0 = mt[0, oc, k] + mt[4, oc, k] + mt[8, oc, k]
+                            s1 = mt[1, oc, k] + mt[5, oc, k] + mt[9, oc, k]
+                            s2 = mt[2, oc, k] + mt[6, oc, k] + mt[10, oc, k]
+                            s3 = mt[3, oc, k] + mt[7, oc, k] + mt[11, oc, k]
+                            e0 = mt[4, oc, k] - mt[8, oc, k] - mt[12, oc, k]
+                            e1 = mt[5, oc, k] - mt[9, oc, k] - mt[13, oc, k]
+                            e2 = mt[6, oc, k] - mt[10, oc, k] - mt[14, oc, k]
+                            e3 = mt[7, oc, k] - mt[11, oc, k] - mt[15, oc, k]
+                            q = 2 * tj
+{outputs}'''
+
+
+WINOGRAD_OUTPUT = {
+    # (row offset, column offset): A^T M A for that output of the 2x2 tile
+    (0, 0): "s0 + s1 + s2",
+    (0, 1): "s1 - s2 - s3",
+    (1, 0): "e0 + e1 + e2",
+    (1, 1): "e1 - e2 - e3",
+}
+
+
+def _winograd_outputs(attrs: Mapping[str, Any]) -> str:
+    """Straight-line code storing the four outputs of a tile, each guarded when it falls past the edge."""
+    lines = []
+    for (dr, dq), expression in WINOGRAD_OUTPUT.items():
+        guards = [g for g, needed in (("r + 1 < oh", dr), ("q + 1 < ow", dq)) if needed]
+        indent = 28 + (4 if guards else 0)
+        if guards:
+            lines.append(" " * 28 + f"if {' and '.join(guards)}:")
+        rr, qq = f"r + {dr}" if dr else "r", f"q + {dq}" if dq else "q"
+        lines.append(" " * indent + f"v = {expression}")
+        lines.append(epilogue_code(attrs, "v", "oc", f"res[img, oc, {rr}, {qq}]", indent))
+        lines.append(" " * indent + f"out[img, oc, {rr}, {qq}] = v")
+    return "\n".join(lines)
+
+
+def winograd(attrs: Mapping[str, Any]):
+    body = WINOGRAD.format(outputs=_winograd_outputs(attrs))
+    top, _, left, _ = attrs["padding"]
+    return render("conv2d_winograd_f2x2_3x3", body, PT=top, PL=left, **epilogue_constants(attrs))

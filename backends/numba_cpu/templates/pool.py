@@ -1,0 +1,196 @@
+"""Pooling kernels: max (with its indices) and average over windows, unpooling, global and adaptive average.
+Each (image, channel) plane is one parallel job; rows are accumulated tap by tap, vectorized along the row."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from backends.numba_cpu.templates.common import render
+
+
+def _constants(attrs: Mapping[str, Any]) -> dict[str, int]:
+    (kh, kw), (sh, sw) = attrs["kernel"], attrs["stride"]
+    dh, dw = attrs.get("dilation", (1, 1))
+    top, bottom, left, right = attrs["padding"]
+    return {"KH": kh, "KW": kw, "SH": sh, "SW": sw, "DH": dh, "DW": dw, "PT": top, "PB": bottom, "PL": left,
+            "PR": right}
+
+
+MAX = '''
+@njit(parallel=True, fastmath=FASTMATH, cache=True)
+def kernel(x, out, rows_per_thread):
+    """out = max over each window; NaN wins, as in numpy's max."""
+    n, c, h, w = x.shape
+    oh, ow = out.shape[2], out.shape[3]
+    threads = rows_per_thread.shape[0]
+    jobs = n * c
+    for t in prange(threads):
+        acc = rows_per_thread[t]
+        for job in range(t, jobs, threads):
+            img = job // c
+            ch = job % c
+            for r in range(oh):
+                acc[:ow] = -np.inf
+                for i in range(KH):
+                    ih = r * SH - PT + i * DH
+                    if ih < 0 or ih >= h:
+                        continue
+                    src = x[img, ch, ih]
+                    for j in range(KW):
+                        q_lo = max(0, (PL - j * DW + SW - 1) // SW)
+                        q_hi = min(ow, (w - 1 + PL - j * DW) // SW + 1)
+                        for q in range(q_lo, q_hi):
+                            v = src[q * SW - PL + j * DW]
+                            if v > acc[q] or v != v:
+                                acc[q] = v
+                out[img, ch, r, :] = acc[:ow]
+'''
+
+INDICES = '''
+@njit(parallel=True, cache=True)
+def kernel(x, out):
+    """out = flat index h * W + w of each window's first maximum (the first NaN if there is one)."""
+    n, c, h, w = x.shape
+    oh, ow = out.shape[2], out.shape[3]
+    for job in prange(n * c):
+        img = job // c
+        ch = job % c
+        for r in range(oh):
+            for q in range(ow):
+                best = -np.inf
+                where = -1
+                for i in range(KH):
+                    ih = r * SH - PT + i * DH
+                    if ih < 0 or ih >= h:
+                        continue
+                    for j in range(KW):
+                        iw = q * SW - PL + j * DW
+                        if iw < 0 or iw >= w:
+                            continue
+                        v = x[img, ch, ih, iw]
+                        if where < 0 or v > best or (v != v and best == best):
+                            best = v
+                            where = ih * w + iw
+                out[img, ch, r, q] = where
+'''
+
+AVG = '''
+@njit(parallel=True, fastmath=FASTMATH, cache=True)
+def kernel(x, out, rows_per_thread):
+    """out = window sum / divisor: the taps inside the padded input if COUNT_PAD, else the taps inside the
+    input (the ceil_mode overhang never counts)."""
+    n, c, h, w = x.shape
+    oh, ow = out.shape[2], out.shape[3]
+    threads = rows_per_thread.shape[0]
+    jobs = n * c
+    for t in prange(threads):
+        acc = rows_per_thread[t]
+        for job in range(t, jobs, threads):
+            img = job // c
+            ch = job % c
+            for r in range(oh):
+                top = r * SH - PT
+                if COUNT_PAD:
+                    rows = min(h + PB, top + KH) - top
+                else:
+                    rows = min(h, top + KH) - max(0, top)
+                acc[:ow] = 0.0
+                for i in range(KH):
+                    ih = top + i
+                    if ih < 0 or ih >= h:
+                        continue
+                    src = x[img, ch, ih]
+                    for j in range(KW):
+                        q_lo = max(0, (PL - j + SW - 1) // SW)
+                        q_hi = min(ow, (w - 1 + PL - j) // SW + 1)
+                        for q in range(q_lo, q_hi):
+                            acc[q] += src[q * SW - PL + j]
+                for q in range(ow):
+                    left = q * SW - PL
+                    if COUNT_PAD:
+                        cols = min(w + PR, left + KW) - left
+                    else:
+                        cols = min(w, left + KW) - max(0, left)
+                    out[img, ch, r, q] = acc[q] / (rows * cols)
+'''
+
+
+def max_pool(attrs: Mapping[str, Any]):
+    return render("max_pool2d", MAX, **_constants(attrs))
+
+
+def max_pool_indices(attrs: Mapping[str, Any]):
+    return render("max_pool2d_indices", INDICES, **_constants(attrs))
+
+
+def avg_pool(attrs: Mapping[str, Any]):
+    return render("avg_pool2d", AVG, **_constants(attrs), COUNT_PAD=attrs["count_include_pad"])
+
+
+UNPOOL = '''
+@njit(cache=True)
+def check(indices, plane):
+    for value in indices.ravel():
+        if value < 0 or value >= plane:
+            raise ValueError("an unpooling index lies outside the output plane")
+
+
+@njit(parallel=True, cache=True)
+def kernel(x, indices, out):
+    """out (viewed (N, C, OH*OW)) = 0, then out[n, c, indices[n, c, p]] = x[n, c, p]."""
+    n, c, pixels = x.shape
+    check(indices, out.shape[2])
+    for job in prange(n * c):
+        img = job // c
+        ch = job % c
+        out[img, ch, :] = 0.0
+        for p in range(pixels):
+            out[img, ch, indices[img, ch, p]] = x[img, ch, p]
+'''
+
+
+def unpool():
+    return render("max_unpool2d", UNPOOL)
+
+
+GLOBAL_AVG = '''
+@njit(parallel=True, fastmath=FASTMATH, cache=True)
+def kernel(x, out):
+    """out[n, c] = mean of x[n, c] over its pixels; x viewed (N, C, pixels), out (N, C, 1)."""
+    n, c, pixels = x.shape
+    for job in prange(n * c):
+        img = job // c
+        ch = job % c
+        total = np.float32(0.0)
+        for p in range(pixels):
+            total += x[img, ch, p]
+        out[img, ch, 0] = total / pixels
+'''
+
+
+def global_avg_pool():
+    return render("global_avg_pool", GLOBAL_AVG)
+
+
+ADAPTIVE = '''
+@njit(parallel=True, fastmath=FASTMATH, cache=True)
+def kernel(x, out, row_start, row_end, col_start, col_end):
+    """out[.., i, j] = mean of x over rows [row_start[i], row_end[i]) and columns [col_start[j], col_end[j])."""
+    n, c = x.shape[0], x.shape[1]
+    oh, ow = out.shape[2], out.shape[3]
+    for job in prange(n * c):
+        img = job // c
+        ch = job % c
+        for i in range(oh):
+            for j in range(ow):
+                total = 0.0
+                for r in range(row_start[i], row_end[i]):
+                    for q in range(col_start[j], col_end[j]):
+                        total += x[img, ch, r, q]
+                out[img, ch, i, j] = total / ((row_end[i] - row_start[i]) * (col_end[j] - col_start[j]))
+'''
+
+
+def adaptive_avg_pool():
+    return render("adaptive_avg_pool2d", ADAPTIVE)
