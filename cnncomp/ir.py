@@ -12,6 +12,7 @@ import io
 import json
 import math
 from collections.abc import Iterable, Iterator, Mapping
+from copy import deepcopy
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -107,6 +108,9 @@ class Graph:
         self._order_key: dict[str, int] = {}
         self._next_key = 0
         self._outputs: list[str] = []
+        # Annotations of the whole graph that passes attach for backends (plan_memory's plan): plain JSON data
+        # about these shapes, so with_input_shapes does not carry them.
+        self.meta: dict[str, Any] = {}
 
     # ----- reading -----------------------------------------------------------------------------------------
     def __contains__(self, name: object) -> bool:
@@ -263,10 +267,12 @@ class Graph:
         other._order_key = dict(self._order_key)
         other._next_key = self._next_key
         other._outputs = list(self._outputs)
+        other.meta = deepcopy(self.meta)
         return other
 
     def with_input_shapes(self, shapes: Mapping[str, tuple[int, ...]]) -> Graph:
-        """The same graph over inputs of other shapes (another batch size or image size), shapes re-inferred."""
+        """The same graph over inputs of other shapes (another batch size or image size), shapes re-inferred.
+        Graph-level `meta` (such as a memory plan) describes the old shapes and is dropped."""
         unknown = set(shapes) - {n.name for n in self.inputs}
         if unknown:
             raise GraphError(f"graph {self.name!r} has no input {sorted(unknown)[0]!r}")
@@ -331,7 +337,7 @@ class Graph:
         ]
         return json.dumps(
             {"format": JSON_FORMAT_VERSION, "name": self.name, "strict": self.strict, "nodes": nodes,
-             "outputs": self._outputs},
+             "outputs": self._outputs, **({"meta": self.meta} if self.meta else {})},
             indent=1,
         )
 
@@ -351,6 +357,7 @@ class Graph:
                 if node.type != recorded:
                     raise GraphError(f"{node.describe()}: recorded type {recorded} but operands give {node.type}")
             graph.set_outputs(data["outputs"])
+            graph.meta = dict(data.get("meta", {}))
         except (KeyError, TypeError, ValueError) as exc:
             raise GraphError(f"malformed graph JSON: {exc.__class__.__name__}: {exc}") from None
         if params is not None:
