@@ -25,6 +25,9 @@ def eliminate_identity(graph: Graph) -> Graph:
     def rewrite_once(graph: Graph) -> bool:
         changed = False
         for node in graph.nodes:
+            if node.name not in graph:
+                continue
+            node = graph.node(node.name)  # an earlier rewrite may have changed its operands
             if not is_identity(graph, node):
                 continue
             source = graph.node(node.inputs[0])

@@ -72,10 +72,11 @@ def merge(graph: Graph, first: Node, second: Node, op: str, inputs: Sequence[str
 
     The node keeps `first`'s name when `keep="first"` (a conv absorbing what follows it), except when `second` is
     a graph output, whose name must not change; `keep="second"` keeps `second`'s (a conv absorbing its prologue).
-    `meta["fused"]` lists, in order, every node merged into the result other than the one whose name it keeps.
+    `meta["fused"]` lists every node merged into the result other than the one whose name it keeps, in the order
+    they were absorbed.
     """
     kept, dropped = (first, second) if keep == "first" and second.name not in graph.outputs else (second, first)
-    merged = [*first.meta.get("fused", ()), first.name, second.name, *second.meta.get("fused", ())]
+    merged = [first.name, *first.meta.get("fused", ()), second.name, *second.meta.get("fused", ())]
     meta = {**dropped.meta, **kept.meta, "fused": [name for name in merged if name != kept.name]}
     replace_op(graph, kept.name, op, inputs, attrs, params, meta)
     if kept is first:

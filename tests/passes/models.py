@@ -36,12 +36,16 @@ def random_inputs(graph: Graph, seed: int = 1) -> dict[str, np.ndarray]:
 
 
 def assert_same_outputs(before: Graph, after: Graph, seed: int = 1, rtol: float = 1e-4, atol: float = 1e-4) -> None:
-    """Both graphs on the reference backend, on the same random inputs: equal outputs (names and shapes too).
-    `atol` is relative to the largest magnitude of each output, so deep nets with large activations compare
-    fairly and near-zero values do not make the relative error meaningless."""
-    inputs = random_inputs(before, seed)
-    expected = reference.run(before, inputs)
-    actual = reference.run(after, inputs)
+    """Both graphs on the reference backend, on the same random inputs: equal outputs (names and shapes too)."""
+    assert_outputs(reference.run(before, random_inputs(before, seed)), after, seed, rtol, atol)
+
+
+def assert_outputs(expected: dict[str, np.ndarray], after: Graph, seed: int = 1, rtol: float = 1e-4,
+                   atol: float = 1e-4) -> None:
+    """`after` on the reference backend gives `expected` on the random inputs of `seed`. `atol` is relative to
+    the largest magnitude of each output, so deep nets with large activations compare fairly and near-zero
+    values do not make the relative error meaningless."""
+    actual = reference.run(after, random_inputs(after, seed))
     assert list(actual) == list(expected)
     for name, value in expected.items():
         assert actual[name].shape == value.shape, name
