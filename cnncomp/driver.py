@@ -2,24 +2,64 @@
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from cnncomp import plugins
 from cnncomp.errors import ModelLoadError
 from cnncomp.ir import Graph
 
+# Model zoos register under this entry-point group: modules with names(), describe(name) and
+# load(name, structure_only, **params).
+ZOOS = "cnncomp.zoos"
 
-def load_model(path: str | Path, batch: int | None = None, **params: Any) -> Graph:
-    """Read a model file with the frontend registered for its suffix; optionally set the batch size."""
+
+def load_model(path: str | Path, batch: int | None = None, *, structure_only: bool = False, **params: Any) -> Graph:
+    """Read a model file with the frontend registered for its suffix, or a zoo model by name (a file that exists
+    wins); optionally set the batch size. `params` set the model's parameters. `structure_only` asks for the graph
+    without weights where the frontend can skip them (its `load_structure`), for summaries and listings:
+    drawing VGG-16's 138M random weights takes seconds."""
     path = Path(path)
     if not path.exists():
-        raise ModelLoadError(f"{path}: no such file")
+        zoo = _zoo_with(str(path))
+        if zoo is None:
+            raise ModelLoadError(_not_found(path))
+        graph = zoo.load(str(path), structure_only=structure_only, **params)
+        return graph if batch is None else graph.with_batch(batch)
     if not path.is_file():
         raise ModelLoadError(f"{path}: not a file")
     suffix = path.suffix.lstrip(".")
     if suffix not in plugins.available(plugins.FRONTENDS):
         known = ", ".join(f".{s}" for s in plugins.available(plugins.FRONTENDS))
         raise ModelLoadError(f"{path}: unknown model format {path.suffix or '(no suffix)'!r}; cnncomp reads {known}")
-    graph = plugins.frontend(suffix).load(path, **params)
+    frontend = plugins.frontend(suffix)
+    load = getattr(frontend, "load_structure", frontend.load) if structure_only else frontend.load
+    graph = load(path, **params)
     return graph if batch is None else graph.with_batch(batch)
+
+
+def zoo_models() -> dict[str, str]:
+    """Every model of the installed zoos by name, with its one-line description."""
+    models: dict[str, str] = {}
+    for zoo in _zoos():
+        for name in zoo.names():
+            models.setdefault(name, zoo.describe(name))
+    return models
+
+
+def _zoos() -> list[ModuleType]:
+    return [plugins.load_plugin(ZOOS, name) for name in plugins.available(ZOOS)]
+
+
+def _zoo_with(name: str) -> ModuleType | None:
+    return next((zoo for zoo in _zoos() if name in zoo.names()), None)
+
+
+def _not_found(path: Path) -> str:
+    if path.suffix or len(path.parts) > 1:
+        return f"{path}: no such file"
+    close = difflib.get_close_matches(str(path), list(zoo_models()), n=3, cutoff=0.6)
+    hint = f"; did you mean {', '.join(close)}?" if close else "; `cnncomp zoo` lists the zoo models"
+    return f"{path}: no such file or zoo model{hint}"
