@@ -1,0 +1,300 @@
+"""Pictures and text listings of graphs: what the passes did, for people.
+
+`to_dot` draws a graph with graphviz: each node shows its op, key attributes and output shape (and what a fusion
+absorbed); edges show the tensor shapes they carry (residuals dashed, SE gates dotted); the blocks of the model
+description (`node.meta["block"]`, nested with dots) become nested clusters, so ResNet-152 or Xception stay
+legible; `cost=True` shades nodes by MACs. `compare` puts two graphs side by side, `write` saves any of them as
+svg, png, pdf or dot, atomically. `graph_text` is the one-line-per-node listing of `--dump-after`.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from cnncomp.errors import CnnCompError
+from cnncomp.ir import Graph, Node
+from cnncomp.ops import get_op
+
+FORMATS = ("svg", "png", "pdf", "dot")
+FONT = "Helvetica"
+
+
+class RenderError(CnnCompError):
+    """A picture that cannot be made or written: unknown format, graphviz missing, unwritable path."""
+
+
+# ----- what a node says about itself ----------------------------------------------------------------------------
+def _size(value: tuple[int, ...]) -> str:
+    return "x".join(map(str, value))
+
+
+def _pads(pads: Any) -> str:
+    top, bottom, left, right = pads
+    if top == bottom == left == right:
+        return f"pad {top}"
+    return f"pad {top},{bottom},{left},{right}"
+
+
+def key_attributes(node: Node) -> str:
+    """The attributes that say what a node computes, compactly: "3x3 /2 pad 1 g32 -> 256 +residual relu"."""
+    attrs = node.attrs
+    defaults = get_op(node.op).attrs
+    window: list[str] = []  # how the op reads its input
+    middle: list[str] = []  # a separable conv's step between depthwise and pointwise
+    output: list[str] = []  # how many channels it makes
+    tail: list[str] = []  # the fused epilogue
+    for key, value in attrs.items():
+        default = defaults[key].default
+        if key == "kernel":
+            window.insert(0, _size(value))
+        elif key == "stride" and value is not None and value != (1, 1):
+            window.append("/" + (str(value[0]) if value[0] == value[1] else _size(value)))
+        elif key in ("padding", "pads") and isinstance(value, tuple) and any(value):
+            window.append(_pads(value))
+        elif key == "dilation" and value != (1, 1):
+            window.append("d" + (str(value[0]) if value[0] == value[1] else _size(value)))
+        elif key == "groups" and value != 1:
+            window.append(f"g{value}")
+        elif key == "multiplier" and value != 1:
+            window.append(f"x{value}")
+        elif key == "mid_bias" and value:
+            middle.append("+mid bias")
+        elif key == "mid_act" and value is not None:
+            middle.append(f"mid {_activation(value, attrs['mid_alpha'])}")
+        elif key in ("out_channels", "out_features"):
+            output.append(f"-> {value}")
+        elif key in ("affine", "residual", "gate") and value:
+            tail.append(f"+{key}")
+        elif key == "act" and value is not None:
+            tail.append(_activation(value, attrs["alpha"]))
+        elif key in ("bias", "alpha", "mid_alpha", "shape", "dtype") or value == default:
+            continue
+        else:
+            window.append(f"{key}={_size(value) if isinstance(value, tuple) else value}")
+    if node.op == "leaky_relu":
+        window.append(f"alpha {attrs['alpha']:g}")
+    return " ".join(window + middle + output + tail)
+
+
+def _activation(name: str, alpha: float) -> str:
+    return f"leaky_relu({alpha:g})" if name == "leaky_relu" else name
+
+
+def node_macs(graph: Graph, node: Node) -> int:
+    return get_op(node.op).macs(node.attrs, [graph.node(i).type for i in node.inputs], node.type)
+
+
+def _macs_text(macs: int) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if macs >= scale:
+            return f"{macs / scale:.1f}{unit} MACs"
+    return f"{macs} MACs"
+
+
+def node_label(graph: Graph, node: Node, cost: bool = False) -> str:
+    lines = [_short(node.name, node), f"{node.op} {key_attributes(node)}".strip(), str(node.type)]
+    fused = node.meta.get("fused")
+    if fused:
+        lines.append("fused: " + ", ".join(_short(name, node) for name in fused))
+    macs = node_macs(graph, node) if cost else 0
+    if macs:
+        lines.append(_macs_text(macs))
+    return "\n".join(lines)
+
+
+def _short(name: str, node: Node) -> str:
+    """A name without the prefix of `node`'s block, which its cluster already shows."""
+    block = node.meta.get("block")
+    return name[len(block) + 1:] if block and name.startswith(block + ".") else name
+
+
+def _operand_role(node: Node, position: int) -> str:
+    """What an operand is to its reader: "data", "residual", "gate" or "shape" (read for its shape only)."""
+    if position in get_op(node.op).shape_only_operands:
+        return "shape"
+    if node.attrs.get("gate") and position == 1:
+        return "gate"
+    if node.attrs.get("residual") and position == len(node.inputs) - 1:
+        return "residual"
+    return "data"
+
+
+EDGE_STYLES = {
+    "data": {},
+    "residual": {"style": "dashed", "color": "#1f77b4"},
+    "gate": {"style": "dotted", "color": "#9467bd"},
+    "shape": {"style": "dotted", "color": "gray50"},
+}
+
+
+# ----- choosing what to draw --------------------------------------------------------------------------------
+def in_block(node: Node, block: str) -> bool:
+    name = node.meta.get("block", "")
+    return name == block or name.startswith(block + ".")
+
+
+def select_block(graph: Graph, block: str) -> list[Node]:
+    """The nodes of one block of the model description (and the blocks inside it)."""
+    nodes = [node for node in graph.nodes if in_block(node, block)]
+    if not nodes:
+        blocks = sorted({prefix for node in graph.nodes if "block" in node.meta
+                         for prefix in _block_prefixes(node.meta["block"])})
+        shown = ", ".join(blocks[:12]) + (", ..." if len(blocks) > 12 else "")
+        raise RenderError(f"graph {graph.name!r} has no block {block!r}; blocks: {shown or 'none'}")
+    return nodes
+
+
+# ----- drawing ------------------------------------------------------------------------------------------------
+def _graphviz() -> Any:
+    try:
+        import graphviz
+    except ImportError:
+        raise RenderError("the graphviz Python package is not installed (pip install graphviz)") from None
+    return graphviz
+
+
+def _fill(macs: int, most: int) -> str:
+    """White for no MACs to saturated red for the most expensive node (HSV, so graphviz blends it)."""
+    share = macs / most if most else 0.0
+    return f"0.0 {0.08 + 0.82 * share:.3f} 1.0" if macs else "white"
+
+
+def _draw(dot: Any, graph: Graph, prefix: str, cost: bool, block: str | None) -> None:
+    """Add the nodes, clusters and edges of `graph` to `dot`, node ids prefixed (two graphs can share a picture)."""
+    nodes = select_block(graph, block) if block else graph.nodes
+    shown = {node.name for node in nodes}
+    outputs = set(graph.outputs)
+    most = max((node_macs(graph, node) for node in nodes), default=0) if cost else 0
+
+    # Block tree: "layer1.0" sits inside "layer1".
+    clusters: dict[str, Any] = {}
+    members: dict[str, list[Node]] = {}
+    for node in nodes:
+        members.setdefault(node.meta.get("block", ""), []).append(node)
+    names = sorted({prefix_block for block_name in members if block_name
+                    for prefix_block in _block_prefixes(block_name)}, key=lambda b: (b.count("."), b))
+
+    def node_attrs(node: Node) -> dict[str, str]:
+        attrs = {"label": node_label(graph, node, cost)}
+        if node.op == "input":
+            attrs.update(shape="ellipse", fillcolor="#e8f0fe")
+        elif cost:
+            attrs["fillcolor"] = _fill(node_macs(graph, node), most)
+        elif node.meta.get("fused"):
+            attrs["fillcolor"] = "#fff4d6"
+        if node.name in outputs:
+            attrs["peripheries"] = "2"
+        return attrs
+
+    for name in names:
+        clusters[name] = _graphviz().Digraph(name=f"cluster_{prefix}{name}")
+        clusters[name].attr(label=name.rpartition(".")[2] if "." in name else name, style="rounded",
+                            color="gray60", fontname=FONT, fontsize="11", labeljust="l")
+    for block_name, block_nodes in members.items():
+        target = clusters[block_name] if block_name else dot
+        for node in block_nodes:
+            target.node(prefix + node.name, **node_attrs(node))
+    for name in sorted(names, key=lambda b: -b.count(".")):  # innermost first, then into their parents
+        parent = name.rpartition(".")[0]
+        clusters.get(parent, dot).subgraph(clusters[name])
+
+    for node in nodes:
+        for position, operand in enumerate(node.inputs):
+            if operand not in shown:  # a value from outside the block drawn: a small stand-in node
+                dot.node(prefix + operand, label=f"{operand}\n{graph.node(operand).type}", shape="plaintext",
+                         fontcolor="gray40")
+                shown.add(operand)
+            role = _operand_role(node, position)
+            label = str(graph.node(operand).type) + ("" if role == "data" else f" ({role})")
+            dot.edge(prefix + operand, prefix + node.name, label=label, **EDGE_STYLES[role])
+
+
+def _block_prefixes(block: str) -> Iterable[str]:
+    parts = block.split(".")
+    return (".".join(parts[:i]) for i in range(1, len(parts) + 1))
+
+
+def _new_digraph(name: str, title: str | None) -> Any:
+    dot = _graphviz().Digraph(name=name)
+    dot.attr(rankdir="TB", fontname=FONT, labelloc="t", **({"label": title} if title else {}))
+    dot.attr("node", shape="box", style="rounded,filled", fillcolor="white", fontname=FONT, fontsize="10")
+    dot.attr("edge", fontname=FONT, fontsize="8", color="gray30", fontcolor="gray30")
+    return dot
+
+
+def graph_title(graph: Graph, caption: str | None = None) -> str:
+    total = sum(node_macs(graph, node) for node in graph.nodes)
+    ops = len([node for node in graph.nodes if node.op != "input"])
+    return f"{graph.name}{f' {caption}' if caption else ''}: {ops} ops, {_macs_text(total)}"
+
+
+def to_dot(graph: Graph, cost: bool = False, block: str | None = None, caption: str | None = None) -> Any:
+    """A graphviz Digraph of `graph` (only the nodes of `block`, if given)."""
+    dot = _new_digraph(graph.name, graph_title(graph, caption))
+    _draw(dot, graph, "", cost, block)
+    return dot
+
+
+def compare(before: Graph, after: Graph, captions: tuple[str, str] = ("before", "after"), cost: bool = False,
+            block: str | None = None) -> Any:
+    """Two graphs side by side, each in its own frame titled with its op count and MACs."""
+    dot = _new_digraph(f"{before.name}_compare", None)
+    for graph, caption, side in ((before, captions[0], "before"), (after, captions[1], "after")):
+        frame = _graphviz().Digraph(name=f"cluster_{side}")
+        frame.attr(label=graph_title(graph, caption), fontname=FONT, fontsize="14", style="solid", color="gray80")
+        _draw(frame, graph, f"{side}/", cost, block)
+        dot.subgraph(frame)
+    return dot
+
+
+def write(dot: Any, path: str | Path) -> Path:
+    """Write the picture in the format its suffix names (svg, png, pdf, or dot source). The file appears whole
+    or not at all: it is written beside the target and renamed over it."""
+    path = Path(path)
+    fmt = path.suffix.lstrip(".").lower()
+    if fmt not in FORMATS:
+        raise RenderError(f"{path}: unknown picture format {path.suffix or '(no suffix)'!r}; "
+                          f"expected one of {', '.join('.' + f for f in FORMATS)}")
+    if not path.parent.is_dir():
+        raise RenderError(f"{path}: directory {path.parent} does not exist")
+    graphviz = _graphviz()
+    if fmt == "dot":
+        data = dot.source.encode()
+    else:
+        try:
+            data = dot.pipe(format=fmt)
+        except graphviz.ExecutableNotFound:
+            raise RenderError("graphviz's `dot` program was not found; install graphviz (apt-get install "
+                              "graphviz) or write .dot") from None
+        except graphviz.CalledProcessError as exc:
+            detail = (exc.stderr or b"").decode(errors="replace").strip().splitlines()
+            raise RenderError(f"dot failed to render {path.name}: {detail[0] if detail else exc}") from None
+    try:
+        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        try:
+            with os.fdopen(handle, "wb") as file:
+                file.write(data)
+            os.replace(temporary, path)
+        except BaseException:
+            os.unlink(temporary)
+            raise
+    except OSError as exc:
+        raise RenderError(f"{path}: cannot write: {exc.strerror or exc}") from None
+    return path
+
+
+def graph_text(graph: Graph) -> str:
+    """One line per node: `name = op(operands) key attributes : shape  [fused: ...]`."""
+    lines = [f"graph {graph.name}: {len(graph)} nodes, outputs {', '.join(graph.outputs)}"]
+    for node in graph.nodes:
+        call = f"{node.op}({', '.join(node.inputs)})"
+        attributes = key_attributes(node)
+        line = f"  {node.name} = {call}{' ' + attributes if attributes else ''} : {node.type}"
+        if node.meta.get("fused"):
+            line += f"  [fused: {', '.join(node.meta['fused'])}]"
+        lines.append(line)
+    return "\n".join(lines)

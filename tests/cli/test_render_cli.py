@@ -1,0 +1,122 @@
+"""`cnncomp render` through the real entry point: every format, the graph after a pipeline, before and after side
+by side, MAC shading, one block, and files that appear whole or not at all."""
+
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parents[2]
+BLOCK = ROOT / "docs" / "resnet_block.py"
+SVG = "{http://www.w3.org/2000/svg}"
+
+
+def cnncomp(*args):
+    return subprocess.run([sys.executable, "-m", "cnncomp", *map(str, args)], capture_output=True, text=True,
+                          cwd=ROOT, timeout=120)
+
+
+def render(tmp_path, name, *args):
+    target = tmp_path / name
+    result = cnncomp("render", BLOCK, "-o", target, *args)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == str(target)
+    return target
+
+
+def svg_texts(path):
+    return [t.text for t in ET.parse(path).getroot().iter(f"{SVG}text") if t.text]
+
+
+def svg_groups(path, kind):
+    return [g for g in ET.parse(path).getroot().iter(f"{SVG}g") if g.get("class") == kind]
+
+
+def test_svg_after_O3_shows_ops_attributes_shapes_and_what_was_fused(tmp_path):
+    path = render(tmp_path, "block.svg", "-O", "3")
+    texts = svg_texts(path)
+    assert "pointwise_conv2d -> 512 +residual relu" in texts
+    assert "conv2d 3x3 /2 pad 1 -> 128 relu" in texts
+    assert "fused: conv3, bn3, add_1" in texts and "fused: bn1, relu1" in texts
+    assert "1x512x28x28 (residual)" in texts  # edges carry shapes; the residual operand says what it is
+    assert "1x256x28x28" in texts
+    assert len(svg_groups(path, "node")) == 6
+    clusters = [g.find(f"{SVG}title").text for g in svg_groups(path, "cluster")]
+    assert clusters == ["cluster_layer2", "cluster_layer2.0"]  # the block, nested
+    assert not any("batch_norm" in text for text in texts)
+
+
+def test_compare_draws_both_graphs_side_by_side(tmp_path):
+    path = render(tmp_path, "compare.svg", "-O3", "--compare")
+    texts = svg_texts(path)
+    assert "resnet50_layer2.0 -O0: 12 ops, 372.5M MACs" in texts
+    assert "resnet50_layer2.0 -O3: 5 ops, 372.5M MACs" in texts
+    assert len(svg_groups(path, "node")) == 13 + 6
+    assert sum(t == "batch_norm" for t in texts) == 4
+
+
+def test_cost_shades_by_macs(tmp_path):
+    path = render(tmp_path, "cost.svg", "-O3", "--cost")
+    texts = svg_texts(path)
+    assert "115.6M MACs" in texts  # conv2: 128 x 28 x 28 x 128 x 3 x 3
+    fills = {g.find(f"{SVG}title").text: g.find(f"{SVG}path").get("fill") for g in svg_groups(path, "node")
+             if g.find(f"{SVG}path") is not None}  # the boxes (the input is an ellipse)
+    assert fills["layer2.0.conv2"] != fills["layer2.0.downsample_slice"] == "white"
+
+
+def test_one_block_and_the_other_formats(tmp_path):
+    dot = render(tmp_path, "block.dot", "--block", "layer2.0").read_text()
+    assert dot.startswith("digraph") and '"layer2.0.bn1"' in dot
+    assert render(tmp_path, "block.png", "-O2").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert render(tmp_path, "block.pdf", "-O2").read_bytes()[:5] == b"%PDF-"
+
+
+@pytest.mark.parametrize("args,message", [
+    (["-o", "{tmp}/out.jpg"], "unknown picture format '.jpg'; expected one of .svg, .png, .pdf, .dot"),
+    (["-o", "{tmp}/missing/out.svg"], "does not exist"),
+    (["-o", "{tmp}/out.svg", "--block", "layer9"], "has no block 'layer9'; blocks: layer2, layer2.0"),
+])
+def test_errors_are_one_line_and_leave_no_file(tmp_path, args, message):
+    result = cnncomp("render", BLOCK, *[a.format(tmp=tmp_path) for a in args])
+    assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failed_render_leaves_the_old_file_alone(tmp_path):
+    target = tmp_path / "graph.svg"
+    target.write_text("previous picture")
+    result = cnncomp("render", BLOCK, "-o", target, "--block", "nowhere")
+    assert result.returncode == 1
+    assert target.read_text() == "previous picture" and list(tmp_path.iterdir()) == [target]
+    render(tmp_path, "graph.svg")
+    assert target.read_text().startswith("<?xml") and list(tmp_path.iterdir()) == [target]
+
+
+def test_output_is_required():
+    result = cnncomp("render", BLOCK)
+    assert result.returncode == 2 and "-o/--output" in result.stderr
+
+
+# ----- the same module in-process: labels of every kind of node the test models have -------------------------
+def test_labels_of_lowered_and_fused_nodes():
+    from cnncomp import render
+    from cnncomp.pipeline import optimize
+    from tests.passes.models import mobile_blocks, unet_level, xception_blocks
+
+    se, _ = optimize(mobile_blocks(se=True), 3)
+    source = render.to_dot(se, cost=True).source
+    assert "pointwise_conv2d -> 12 +gate +residual" in source and "(gate)" in source
+    assert 'style=dotted' in source
+    xception, _ = optimize(xception_blocks(), 3)
+    text = render.graph_text(xception)
+    assert "separable_conv2d(entry_block.sep1_pointwise) 3x3 pad 1 -> 16 : 2x16x16x16" in text
+    assert "strided_slice(x) /2" in text
+    mobile, _ = optimize(mobile_blocks(), 3)
+    assert "separable_conv2d(block1.expand) 3x3 /2 pad 1 +mid bias mid relu6 -> 12" in render.graph_text(mobile)
+    unet = unet_level()
+    assert "(shape)" in render.to_dot(unet).source  # crop reads the up-conv only for its size
+    assert "crop(down1.skip, up1.upconv) : 1x8x8x8" in render.graph_text(unet)
+    assert "max_pool2d(down1.skip) 2x2 /2" in render.graph_text(unet)
