@@ -91,6 +91,42 @@ def lower_conv2d(node: Node, ctx: LoweringContext) -> list[KernelCall]:
     return [KernelCall(conv.im2col(attrs), args, node.name)]
 
 
+def lower_depthwise_conv2d(node: Node, ctx: LoweringContext) -> list[KernelCall]:
+    """The direct kernel: depthwise_conv2d's weight (C*M, 1, KH, KW) is conv2d's for groups = C."""
+    params, attrs = ctx.params(node), node.attrs
+    args = (ctx.value(node.inputs[0]), params["weight"], *epilogue_args(params, attrs), _residual(ctx, node, False),
+            ctx.value(node.name), Scratch((ctx.threads, node.shape[3])))
+    return [KernelCall(conv.direct(attrs), args, node.name)]
+
+
+def lower_pointwise_conv2d(node: Node, ctx: LoweringContext) -> list[KernelCall]:
+    params, attrs = ctx.params(node), node.attrs
+    o, pixels = node.shape[1], node.shape[2] * node.shape[3]
+    residual = ctx.rows(node.inputs[-1]) if attrs["residual"] else EMPTY3
+    epilogue = epilogue_args(params, attrs)
+    pixels_per_tile = max(64, min(pixels, TILE_BYTES // (4 * o)))
+    if attrs["gate"]:
+        channels = ctx.graph.node(node.inputs[0]).shape[1]
+        args = (ctx.rows(node.inputs[0]), ctx.rows(node.inputs[1]), params["weight"], *epilogue, residual,
+                ctx.rows(node.name), Scratch((o, channels)), pixels_per_tile, ctx.threads)
+        return [KernelCall(conv.gated_pointwise(attrs), args, node.name)]
+    channels_per_tile = o if pixels >= 2 * 64 else max(16, -(-o // ctx.threads))
+    args = (ctx.rows(node.inputs[0]), params["weight"], *epilogue, residual, ctx.rows(node.name), pixels_per_tile,
+            channels_per_tile, ctx.threads)
+    return [KernelCall(conv.pointwise(attrs), args, node.name)]
+
+
+def lower_separable_conv2d(node: Node, ctx: LoweringContext) -> list[KernelCall]:
+    params, attrs = ctx.params(node), node.attrs
+    _, o, oh, ow = node.shape
+    mid_channels = params["depthwise_weight"].shape[0]
+    rows_per_tile = max(1, min(oh, TILE_BYTES // (4 * (mid_channels + o) * ow)))
+    args = (ctx.value(node.inputs[0]), params["depthwise_weight"], params.get("mid_bias", EMPTY),
+            params["pointwise_weight"], *epilogue_args(params, attrs), _residual(ctx, node, True),
+            ctx.rows(node.name), Scratch((ctx.threads, mid_channels, rows_per_tile * ow)), rows_per_tile, oh, ow)
+    return [KernelCall(conv.separable(attrs), args, node.name)]
+
+
 def winograd_weights(weight: np.ndarray) -> np.ndarray:
     """U = G g G^T for every (output, input) channel pair, laid out (16, O, C) for the 16 matrix products."""
     g = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
@@ -200,6 +236,19 @@ def lower_concat(node: Node, ctx: LoweringContext) -> list[KernelCall]:
     return calls
 
 
+def lower_strided_slice(node: Node, ctx: LoweringContext) -> list[KernelCall]:
+    args = (ctx.value(node.inputs[0]), ctx.value(node.name))
+    return [KernelCall(tensor.strided_slice(dict(node.attrs)), args, node.name)]
+
+
+def lower_constant(node: Node, ctx: LoweringContext) -> list[KernelCall]:
+    """Copied into its place in the arena at each run, like any computed value (the arena is reused)."""
+    value = ctx.params(node)["value"]
+    source = value.reshape(value.shape[0], value.shape[1] if value.ndim > 1 else 1, -1)
+    out = ctx.value(node.name)
+    return [KernelCall(tensor.unary("copy", {}), (source, EMPTY, EMPTY, out.reshape(source.shape)), node.name)]
+
+
 def lower_pad(node: Node, ctx: LoweringContext) -> list[KernelCall]:
     return [KernelCall(tensor.pad(dict(node.attrs)), (ctx.value(node.inputs[0]), ctx.value(node.name)), node.name)]
 
@@ -238,6 +287,11 @@ def lower_upsample(node: Node, ctx: LoweringContext) -> list[KernelCall]:
 LOWERINGS: dict[str, Callable[[Node, LoweringContext], list[KernelCall]]] = {
     "conv2d": lower_conv2d,
     "conv_transpose2d": lower_conv_transpose2d,
+    "depthwise_conv2d": lower_depthwise_conv2d,
+    "pointwise_conv2d": lower_pointwise_conv2d,
+    "separable_conv2d": lower_separable_conv2d,
+    "strided_slice": lower_strided_slice,
+    "constant": lower_constant,
     "dense": lower_dense,
     "max_pool2d": lower_max_pool2d,
     "max_pool2d_indices": lower_max_pool2d_indices,

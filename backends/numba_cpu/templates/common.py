@@ -43,7 +43,7 @@ ACTIVATION_CODE = {
     # Written so that NaN passes through each activation as it does through the numpy reference.
     "relu": "{v} = {v} if not ({v} < 0.0) else np.float32(0.0)",
     "relu6": "{v} = np.float32(0.0) if {v} < 0.0 else (np.float32(6.0) if {v} > 6.0 else {v})",
-    "leaky_relu": "{v} = {v} if not ({v} < 0.0) else {v} * np.float32(ALPHA)",
+    "leaky_relu": "{v} = {v} if not ({v} < 0.0) else {v} * np.float32({alpha})",
     "tanh": "{v} = np.tanh({v})",
     "sigmoid": "{v} = np.float32(1.0) / (np.float32(1.0) + np.exp(-{v}))",
     "silu": "{v} = {v} / (np.float32(1.0) + np.exp(-{v}))",
@@ -51,18 +51,24 @@ ACTIVATION_CODE = {
 }
 
 
-def epilogue_code(attrs: Mapping[str, Any], value: str, channel: str, residual: str, indent: int) -> str:
+def activation_code(act: str, value: str, alpha: str = "ALPHA") -> str:
+    return ACTIVATION_CODE[act].format(v=value, alpha=alpha)
+
+
+def epilogue_code(attrs: Mapping[str, Any], value: str, channel: str, residual: str, indent: int,
+                  bias: str = "bias", alpha: str = "ALPHA") -> str:
     """Statements that apply `act(affine(v + bias) + residual)` to the scalar `value` of output channel
-    `channel`; `residual` is the expression that reads the residual operand at the same position."""
+    `channel`; `residual` is the expression that reads the residual operand at the same position; `bias` and
+    `alpha` name the bias array and the leaky-relu slope constant."""
     lines = []
     if attrs.get("bias"):
-        lines.append(f"{value} += bias[{channel}]")
+        lines.append(f"{value} += {bias}[{channel}]")
     if attrs.get("affine"):
         lines.append(f"{value} = {value} * scale[{channel}] + shift[{channel}]")
     if attrs.get("residual"):
         lines.append(f"{value} += {residual}")
     if attrs.get("act"):
-        lines.append(ACTIVATION_CODE[attrs["act"]].format(v=value))
+        lines.append(activation_code(attrs["act"], value, alpha))
     return textwrap.indent("\n".join(lines) or "pass", " " * indent)
 
 

@@ -284,3 +284,100 @@ def winograd(attrs: Mapping[str, Any]):
     body = WINOGRAD.format(outputs=_winograd_outputs(attrs))
     top, _, left, _ = attrs["padding"]
     return render("conv2d_winograd_f2x2_3x3", body, PT=top, PL=left, **epilogue_constants(attrs))
+
+
+GATED_POINTWISE = '''
+@njit(parallel=True, fastmath=FASTMATH, cache=True)
+def kernel(x, gate, weight, bias, scale, shift, res, out, gated_weight, pixels_per_tile, threads):
+    """out[n] = weight @ (gate[n] * x[n]): squeeze-and-excitation's channel gate applied as a prologue, by
+    scaling the weight's columns once per image (O x C work instead of C x pixels)."""
+    n, c, pixels = x.shape
+    o = weight.shape[0]
+    ptiles = (pixels + pixels_per_tile - 1) // pixels_per_tile
+    workers = min(ptiles, threads)
+    for img in range(n):
+        for oc in prange(o):
+            for ci in range(c):
+                gated_weight[oc, ci] = weight[oc, ci] * gate[img, ci, 0]
+        for t in prange(workers):
+            ints, floats, no_trans = gemm_scratch()
+            for job in range(t, ptiles, workers):
+                p0 = job * pixels_per_tile
+                p1 = min(pixels, p0 + pixels_per_tile)
+                tile = out[img, :, p0:p1]
+                gemm(gated_weight, x[img, :, p0:p1], tile, False, ints, floats, no_trans)
+                for oc in range(o):
+                    for p in range(p1 - p0):
+                        v = tile[oc, p]
+{epilogue}
+                        tile[oc, p] = v
+'''
+
+
+def gated_pointwise(attrs: Mapping[str, Any]):
+    body = GATED_POINTWISE.format(epilogue=epilogue_code(attrs, "v", "oc", "res[img, oc, p0 + p]", 24))
+    return render("pointwise_conv2d_gated", body, **epilogue_constants(attrs))
+
+
+SEPARABLE = '''
+@njit(parallel=True, fastmath=FASTMATH, cache=True)
+def kernel(x, depthwise_weight, mid_bias, pointwise_weight, bias, scale, shift, res, out, mid_per_thread,
+           rows_per_tile, oh, ow):
+    """Depthwise then pointwise, one band of output rows at a time: each thread computes the band's depthwise
+    output for every channel into its own (C*M x pixels) tile, adds mid_bias and mid_act, and multiplies it by
+    pointwise_weight (O x C*M) straight into the output; the whole intermediate tensor never exists."""
+    n, c, h, w = x.shape
+    o = out.shape[1]
+    mid_channels = depthwise_weight.shape[0]
+    multiplier = mid_channels // c
+    tiles = (oh + rows_per_tile - 1) // rows_per_tile
+    threads = mid_per_thread.shape[0]
+    jobs = n * tiles
+    for t in prange(threads):
+        mid = mid_per_thread[t]
+        ints, floats, no_trans = gemm_scratch()
+        for job in range(t, jobs, threads):
+            img = job // tiles
+            r0 = (job % tiles) * rows_per_tile
+            r1 = min(oh, r0 + rows_per_tile)
+            pixels = (r1 - r0) * ow
+            for m in range(mid_channels):
+                acc = mid[m]
+                acc[:pixels] = 0.0
+                src_channel = m // multiplier
+                for r in range(r0, r1):
+                    base = (r - r0) * ow
+                    for i in range(KH):
+                        ih = r * SH - PT + i * DH
+                        if ih < 0 or ih >= h:
+                            continue
+                        xrow = x[img, src_channel, ih]
+                        for j in range(KW):
+                            wv = depthwise_weight[m, 0, i, j]
+                            q_lo = max(0, (PL - j * DW + SW - 1) // SW)
+                            q_hi = min(ow, (w - 1 + PL - j * DW) // SW + 1)
+                            for q in range(q_lo, q_hi):
+                                acc[base + q] += wv * xrow[q * SW - PL + j * DW]
+                for p in range(pixels):
+                    v = acc[p]
+{mid_statements}
+                    acc[p] = v
+            tile = out[img, :, r0 * ow: r1 * ow]
+            gemm(pointwise_weight, mid[:, :pixels], tile, False, ints, floats, no_trans)
+            for oc in range(o):
+                for p in range(pixels):
+                    v = tile[oc, p]
+{epilogue}
+                    tile[oc, p] = v
+'''
+
+
+def separable(attrs: Mapping[str, Any]):
+    mid = {"bias": attrs["mid_bias"], "act": attrs["mid_act"]}
+    mid_code = epilogue_code(mid, "v", "m", "", 20, bias="mid_bias", alpha="MID_ALPHA")
+    body = SEPARABLE.format(mid_statements=mid_code,
+                            epilogue=epilogue_code(attrs, "v", "oc", "res[img, oc, r0 * ow + p]", 20))
+    constants = {**_window_constants(attrs), **epilogue_constants(attrs)}
+    if attrs["mid_act"] == "leaky_relu":
+        constants["MID_ALPHA"] = float(attrs["mid_alpha"])
+    return render("separable_conv2d", body, **constants)

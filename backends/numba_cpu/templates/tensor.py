@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from backends.numba_cpu.templates.common import ACTIVATION_CODE, render
+from backends.numba_cpu.templates.common import activation_code, render
 
 UNARY = '''
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
@@ -31,7 +31,7 @@ def unary(kind: str, attrs: dict[str, Any]):
     elif kind == "copy":
         statements, what = "pass", "x"
     else:
-        statements, what = ACTIVATION_CODE[kind].format(v="v"), f"{kind}(x)"
+        statements, what = activation_code(kind, "v"), f"{kind}(x)"
     constants = {"ALPHA": float(attrs["alpha"])} if kind == "leaky_relu" else {}
     body = UNARY.format(what=what, statements=" " * 12 + statements)
     return render(f"unary_{kind}", body, **constants)
@@ -111,3 +111,24 @@ def kernel(x, out, top, left):
 
 def window_copy():
     return render("crop", WINDOW_COPY)
+
+
+STRIDED_SLICE = '''
+@njit(parallel=True, cache=True)
+def kernel(x, out):
+    """out = x[:, :, ::SH, ::SW]."""
+    n, c = out.shape[0], out.shape[1]
+    oh, ow = out.shape[2], out.shape[3]
+    for job in prange(n * c):
+        img = job // c
+        ch = job % c
+        for r in range(oh):
+            src = x[img, ch, r * SH]
+            for q in range(ow):
+                out[img, ch, r, q] = src[q * SW]
+'''
+
+
+def strided_slice(attrs: dict[str, Any]):
+    sh, sw = attrs["stride"]
+    return render("strided_slice", STRIDED_SLICE, SH=sh, SW=sw)

@@ -1,0 +1,372 @@
+"""The numba-cpu backend against the reference backend: every kernel family over its attribute space, every
+epilogue, the lowered ops, whole blocks, the kernel cache, and input checks."""
+
+import subprocess
+import sys
+import textwrap
+import tracemalloc
+
+import numpy as np
+import pytest
+
+import backends.numba_cpu as numba_cpu
+from backends import reference
+from backends.numba_cpu import resolve
+from cnncomp.errors import GraphError, InputError
+from cnncomp.ir import Graph
+from frontends.builder import initialize_params
+from tests import models
+from tests.helpers import one_op_graph, random
+
+ATOL = RTOL = 1e-4
+
+
+def random_inputs(graph: Graph, seed: int = 1) -> dict[str, np.ndarray]:
+    return {node.name: random(node.shape, seed + i) for i, node in enumerate(graph.inputs)}
+
+
+def assert_same_as_reference(graph: Graph, atol: float = ATOL, rtol: float = RTOL) -> numba_cpu.NumbaExecutable:
+    executable = numba_cpu.compile(graph)
+    inputs = random_inputs(graph)
+    expected = reference.run(graph, inputs)
+    actual = executable(inputs)
+    for name in graph.outputs:
+        assert actual[name].shape == expected[name].shape
+        assert actual[name].dtype == expected[name].dtype
+        np.testing.assert_allclose(actual[name], expected[name], atol=atol, rtol=rtol, err_msg=name)
+    return executable
+
+
+def op_graph(op, shapes, attrs=None, seed=0):
+    """A one-op graph with random parameters."""
+    graph = one_op_graph(op, shapes, attrs)
+    initialize_params(graph)
+    return models.randomize(graph, seed)
+
+
+def algorithm_of(attrs, in_shape):
+    graph = op_graph("conv2d", [in_shape], attrs)
+    return resolve.conv2d_algorithm(graph.node("y").attrs, graph.node("x0").type, graph.node("y").type)
+
+
+CONV_CASES = [
+    # input shape, attrs, expected algorithm
+    ((1, 3, 17, 17), dict(out_channels=8, kernel=3, padding=1), "direct"),
+    ((2, 6, 9, 11), dict(out_channels=6, kernel=3, padding=1, groups=6), "direct"),
+    ((1, 4, 10, 10), dict(out_channels=8, kernel=5, stride=2, padding=2, groups=2), "direct"),
+    ((1, 16, 12, 12), dict(out_channels=24, kernel=1), "pointwise"),
+    ((2, 32, 3, 5), dict(out_channels=40, kernel=1), "pointwise"),
+    ((1, 16, 14, 14), dict(out_channels=20, kernel=3, padding=1), "winograd"),
+    ((2, 24, 11, 9), dict(out_channels=16, kernel=3, padding=(0, 2, 1, 0)), "winograd"),
+    ((1, 16, 13, 13), dict(out_channels=16, kernel=3, stride=2, padding=1), "im2col"),
+    ((1, 8, 15, 15), dict(out_channels=12, kernel=(3, 5), stride=(2, 1), padding=(1, 2), dilation=(2, 1)),
+     "im2col"),
+    ((2, 16, 9, 9), dict(out_channels=8, kernel=1, stride=2), "im2col"),
+    ((1, 24, 11, 11), dict(out_channels=12, kernel=3, padding=1, groups=3), "im2col"),
+    ((1, 16, 6, 6), dict(out_channels=16, kernel=3, padding=1), "im2col"),  # 6x6: too small for Winograd
+    ((1, 6, 1, 1), dict(out_channels=5, kernel=1), "pointwise"),
+]
+
+
+@pytest.mark.parametrize("shape,attrs,algorithm", CONV_CASES)
+def test_conv2d_algorithms_match_the_reference(shape, attrs, algorithm):
+    assert algorithm_of(attrs, shape) == algorithm
+    assert_same_as_reference(op_graph("conv2d", [shape], attrs))
+
+
+ACTIVATIONS = [dict(act="relu"), dict(act="relu6"), dict(act="leaky_relu", alpha=0.2), dict(act="tanh"),
+               dict(act="sigmoid"), dict(act="silu"), dict(act="hardswish")]
+
+
+@pytest.mark.parametrize("epilogue", ACTIVATIONS, ids=lambda e: e["act"])
+def test_every_activation_in_the_epilogue(epilogue):
+    """The epilogue is the same generated code in every family: each activation once, on the cheapest kernel."""
+    assert_same_as_reference(op_graph("conv2d", [(1, 16, 6, 6)], dict(out_channels=8, kernel=1, **epilogue)))
+
+
+@pytest.mark.parametrize("shape,attrs", [
+    ((1, 3, 9, 9), dict(out_channels=4, kernel=3, padding=1)),  # direct
+    ((1, 16, 10, 10), dict(out_channels=8, kernel=3, padding=1)),  # winograd
+    ((1, 16, 10, 10), dict(out_channels=8, kernel=3, stride=2, padding=1)),  # im2col
+])
+def test_affine_epilogue_in_each_family(shape, attrs):
+    assert_same_as_reference(op_graph("conv2d", [shape], {**attrs, "affine": True, "bias": False, "act": "relu6"}))
+
+
+@pytest.mark.parametrize("shape,attrs", [
+    ((1, 3, 9, 9), dict(out_channels=4, kernel=3, padding=1)),
+    ((2, 16, 10, 10), dict(out_channels=8, kernel=3, padding=1)),
+    ((1, 16, 7, 7), dict(out_channels=8, kernel=1)),
+    ((1, 16, 9, 9), dict(out_channels=8, kernel=3, stride=1, padding=1, dilation=1, groups=2)),
+])
+def test_conv2d_residual_epilogue(shape, attrs):
+    out_shape = (shape[0], attrs["out_channels"], shape[2], shape[3])
+    assert_same_as_reference(op_graph("conv2d", [shape, out_shape], {**attrs, "residual": True, "act": "relu"}))
+
+
+@pytest.mark.parametrize("shape,attrs", [
+    ((1, 4, 5, 5), dict(out_channels=3, kernel=2, stride=2)),
+    ((2, 3, 4, 6), dict(out_channels=2, kernel=3, stride=2, padding=1, output_padding=1)),
+    ((1, 4, 5, 4), dict(out_channels=4, kernel=3, stride=3, padding=1, output_padding=2, groups=2)),
+    ((1, 2, 4, 4), dict(out_channels=2, kernel=3, padding=1, dilation=2, bias=False)),
+    ((1, 3, 4, 4), dict(out_channels=3, kernel=16, stride=8, padding=4, groups=3)),
+])
+def test_conv_transpose2d(shape, attrs):
+    assert_same_as_reference(op_graph("conv_transpose2d", [shape], attrs))
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("attrs", [dict(out_features=7), dict(out_features=130, act="relu"),
+                                   dict(out_features=5, bias=False, affine=True)])
+def test_dense(batch, attrs):
+    assert_same_as_reference(op_graph("dense", [(batch, 37)], attrs))
+
+
+def test_dense_with_residual():
+    assert_same_as_reference(op_graph("dense", [(2, 9), (2, 4)], dict(out_features=4, residual=True)))
+
+
+POOLS = [
+    ((1, 2, 7, 7), dict(kernel=3, stride=2, padding=1, ceil_mode=True)),
+    ((2, 3, 8, 9), dict(kernel=2)),
+    ((1, 2, 10, 10), dict(kernel=2, stride=3)),
+    ((1, 2, 11, 12), dict(kernel=(2, 3), stride=(1, 2), padding=(1, 1), ceil_mode=True)),
+]
+
+
+@pytest.mark.parametrize("shape,attrs", POOLS)
+def test_max_pool2d_and_indices(shape, attrs):
+    assert_same_as_reference(op_graph("max_pool2d", [shape], attrs), atol=0, rtol=0)
+    assert_same_as_reference(op_graph("max_pool2d_indices", [shape], attrs), atol=0, rtol=0)
+
+
+def test_max_pool2d_dilated():
+    assert_same_as_reference(op_graph("max_pool2d", [(1, 2, 11, 12)], dict(kernel=3, stride=2, padding=1,
+                                                                          dilation=2, ceil_mode=True)), atol=0,
+                             rtol=0)
+
+
+@pytest.mark.parametrize("shape,attrs", POOLS)
+@pytest.mark.parametrize("count_include_pad", [True, False])
+def test_avg_pool2d(shape, attrs, count_include_pad):
+    assert_same_as_reference(op_graph("avg_pool2d", [shape], {**attrs, "count_include_pad": count_include_pad}))
+
+
+def test_pool_unpool_chain():
+    graph = Graph("pool_unpool")
+    graph.add_node("x", "input", attrs={"shape": (2, 3, 8, 6)})
+    graph.add_node("pooled", "max_pool2d", ["x"], dict(kernel=2))
+    graph.add_node("indices", "max_pool2d_indices", ["x"], dict(kernel=2))
+    graph.add_node("unpooled", "max_unpool2d", ["pooled", "indices"], dict(kernel=2))
+    graph.set_outputs(["unpooled"])
+    assert_same_as_reference(graph, atol=0, rtol=0)
+
+
+def test_bad_unpooling_index_is_a_clear_error():
+    graph = Graph("bad_unpool")
+    graph.add_node("x", "input", attrs={"shape": (1, 1, 8, 8)})
+    graph.add_node("pooled", "max_pool2d", ["x"], dict(kernel=4))
+    graph.add_node("indices", "max_pool2d_indices", ["x"], dict(kernel=4))
+    graph.add_node("unpooled", "max_unpool2d", ["pooled", "indices"], dict(kernel=1))
+    graph.set_outputs(["unpooled"])
+    with pytest.raises(GraphError, match="node 'unpooled': an unpooling index lies outside"):
+        numba_cpu.compile(graph)(random_inputs(graph))
+
+
+@pytest.mark.parametrize("op,attrs", [("global_avg_pool", {}), ("adaptive_avg_pool2d", dict(output_size=(3, 4))),
+                                      ("adaptive_avg_pool2d", dict(output_size=(7, 7)))])
+def test_global_and_adaptive_pools(op, attrs):
+    assert_same_as_reference(op_graph(op, [(2, 3, 10, 7)], attrs))
+
+
+@pytest.mark.parametrize("op", ["relu", "relu6", "tanh", "sigmoid", "silu", "hardswish", "identity", "dropout",
+                                "flatten"])
+def test_unary_ops(op):
+    assert_same_as_reference(op_graph(op, [(2, 3, 5, 7)]))
+
+
+def test_leaky_relu():
+    assert_same_as_reference(op_graph("leaky_relu", [(1, 3, 4, 4)], dict(alpha=0.3)))
+
+
+@pytest.mark.parametrize("shape", [(2, 4, 5, 5), (3, 6)])
+def test_batch_norm(shape):
+    assert_same_as_reference(op_graph("batch_norm", [shape], dict(eps=1e-3)))
+
+
+@pytest.mark.parametrize("op", ["add", "mul"])
+@pytest.mark.parametrize("a,b", [((2, 3, 4, 4), (2, 3, 4, 4)), ((2, 3, 4, 4), (2, 3, 1, 1)),
+                                 ((2, 3, 1, 1), (2, 3, 4, 4)), ((2, 7), (2, 7))])
+def test_binary_ops(op, a, b):
+    assert_same_as_reference(op_graph(op, [a, b]), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("shapes,axis", [([(2, 2, 3, 3), (2, 5, 3, 3), (2, 1, 3, 3)], 1),
+                                         ([(1, 2, 3, 4), (1, 2, 2, 4)], 2), ([(2, 3), (2, 4)], 1)])
+def test_concat(shapes, axis):
+    assert_same_as_reference(op_graph("concat", shapes, dict(axis=axis)), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("mode", ["zeros", "reflect", "replicate"])
+def test_pad(mode):
+    assert_same_as_reference(op_graph("pad", [(1, 2, 5, 6)], dict(pads=(0, 2, 3, 1), mode=mode)), atol=0, rtol=0)
+
+
+def test_crop():
+    assert_same_as_reference(op_graph("crop", [(1, 2, 9, 10), (1, 1, 4, 5)]), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("attrs", [dict(size=5, alpha=1e-4, beta=0.75, k=2.0), dict(size=4, alpha=0.5, beta=0.5)])
+def test_lrn(attrs):
+    assert_same_as_reference(op_graph("lrn", [(2, 7, 3, 4)], attrs))
+
+
+@pytest.mark.parametrize("shape,axis", [((3, 10), 1), ((2, 5, 3, 3), 1), ((2, 5, 3, 4), 3)])
+def test_softmax(shape, axis):
+    assert_same_as_reference(op_graph("softmax", [shape], dict(axis=axis)), atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("attrs", [
+    dict(mode="nearest", scale=2), dict(mode="nearest", size=(7, 11)), dict(mode="bilinear", scale=2),
+    dict(mode="bilinear", size=(9, 13), align_corners=True), dict(mode="bicubic", scale=1.7),
+    dict(mode="bicubic", size=(10, 7), align_corners=True),
+])
+def test_upsample(attrs):
+    assert_same_as_reference(op_graph("upsample", [(2, 3, 5, 6)], attrs))
+
+
+@pytest.mark.parametrize("attrs", [
+    dict(kernel=3, padding=1),
+    dict(kernel=5, stride=2, padding=2, multiplier=2, act="relu6"),
+    dict(kernel=3, padding=2, dilation=2, bias=False, affine=True, act="silu"),
+])
+def test_depthwise_conv2d(attrs):
+    assert_same_as_reference(op_graph("depthwise_conv2d", [(2, 6, 11, 9)], attrs))
+
+
+@pytest.mark.parametrize("shapes,attrs", [
+    ([(2, 16, 5, 7)], dict(out_channels=24, act="relu")),
+    ([(2, 16, 5, 7), (2, 16, 1, 1)], dict(out_channels=24, gate=True)),
+    ([(2, 16, 5, 7), (2, 16, 1, 1), (2, 8, 5, 7)], dict(out_channels=8, gate=True, residual=True)),
+    ([(1, 16, 4, 4), (1, 8, 4, 4)], dict(out_channels=8, residual=True, affine=True)),
+])
+def test_pointwise_conv2d(shapes, attrs):
+    assert_same_as_reference(op_graph("pointwise_conv2d", shapes, attrs))
+
+
+def test_strided_slice():
+    assert_same_as_reference(op_graph("strided_slice", [(2, 3, 9, 8)], dict(stride=(2, 3))), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("attrs", [
+    dict(out_channels=24, kernel=3, padding=1),
+    dict(out_channels=12, kernel=3, stride=2, padding=1, mid_bias=True, mid_act="relu6", act="relu"),
+    dict(out_channels=8, kernel=5, padding=2, multiplier=2, mid_bias=True, mid_act="leaky_relu", mid_alpha=0.3,
+         bias=False),
+])
+def test_separable_conv2d(attrs):
+    assert_same_as_reference(op_graph("separable_conv2d", [(2, 8, 13, 11)], attrs))
+
+
+def test_constant():
+    graph = Graph("constant")
+    graph.add_node("x", "input", attrs={"shape": (1, 3, 4, 4)})
+    graph.add_node("c", "constant", attrs={"shape": (1, 3, 1, 1)},
+                   params={"value": np.array([1, 2, 3], np.float32).reshape(1, 3, 1, 1)})
+    graph.add_node("y", "mul", ["x", "c"])
+    graph.set_outputs(["y"])
+    assert_same_as_reference(graph, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("build", [models.basic_block, models.inception_module, models.unet_level, models.mbconv,
+                                   models.separable_stack])
+@pytest.mark.parametrize("batch", [1, 2])
+def test_blocks(build, batch):
+    assert_same_as_reference(build(batch))
+
+
+def run_with_non_finite_pixels(attrs):
+    graph = op_graph("conv2d", [(1, 16, 12, 12)], attrs)
+    data = random((1, 16, 12, 12))
+    data[0, 0, 2, 2], data[0, 1, 7, 7] = np.nan, np.inf
+    return numba_cpu.compile(graph)({"x0": data})["y"], reference.run(graph, {"x0": data})["y"]
+
+
+def test_nan_and_inf_propagate_like_the_reference():
+    out, expected = run_with_non_finite_pixels(dict(out_channels=8, kernel=3, stride=2, padding=1, act="relu"))
+    np.testing.assert_array_equal(np.isnan(out), np.isnan(expected))
+    np.testing.assert_array_equal(np.isinf(out), np.isinf(expected))
+    finite = np.isfinite(expected)
+    assert not finite.all()
+    np.testing.assert_allclose(out[finite], expected[finite], atol=ATOL, rtol=RTOL)
+
+
+def test_winograd_keeps_non_finite_values_non_finite():
+    """Winograd's transforms mix the 4x4 input tile, so an inf may become NaN (inf - inf) and reach the other
+    outputs of its 2x2 tiles; every output the reference finds non-finite is non-finite here too, and every
+    output both find finite is equal."""
+    out, expected = run_with_non_finite_pixels(dict(out_channels=8, kernel=3, padding=1))
+    assert (~np.isfinite(expected) <= ~np.isfinite(out)).all()
+    both = np.isfinite(expected) & np.isfinite(out)
+    assert both.mean() > 0.8
+    np.testing.assert_allclose(out[both], expected[both], atol=ATOL, rtol=RTOL)
+
+
+def test_inputs_are_checked():
+    executable = numba_cpu.compile(models.unet_level())
+    with pytest.raises(InputError, match="input 'x': shape 1x2x20x21, expected 1x2x20x20"):
+        executable({"x": random((1, 2, 20, 21))})
+    with pytest.raises(InputError, match="dtype float64"):
+        executable({"x": random((1, 2, 20, 20)).astype(np.float64)})
+
+
+def test_outputs_are_fresh_arrays_and_calls_are_repeatable():
+    graph = models.basic_block()
+    executable = numba_cpu.compile(graph)
+    inputs = random_inputs(graph)
+    first = executable(inputs)["out"]
+    second = executable(random_inputs(graph, seed=7))["out"]
+    np.testing.assert_array_equal(executable(inputs)["out"], first)
+    assert not np.shares_memory(first, second)
+
+
+def test_memory_does_not_grow_over_calls():
+    graph = models.inception_module()
+    executable = numba_cpu.compile(graph)
+    inputs = random_inputs(graph)
+    for _ in range(5):
+        executable(inputs)
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    for _ in range(100):
+        executable(inputs)
+    after = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    assert after - before < 64 * 1024
+
+
+def test_generated_source_is_readable():
+    executable = numba_cpu.compile(op_graph("conv2d", [(1, 16, 10, 10)], dict(out_channels=8, kernel=3, padding=1)))
+    sources = executable.source
+    assert sources and all("def kernel(" in text for text in sources.values())
+    winograd = [text for name, text in sources.items() if "winograd" in name]
+    assert winograd and "F(2x2, 3x3)" in winograd[0]
+
+
+def test_second_compile_in_a_fresh_process_loads_every_kernel_from_the_cache(tmp_path):
+    script = textwrap.dedent(f"""
+        import backends.numba_cpu as numba_cpu
+        from tests import models
+        executable = numba_cpu.compile(models.unet_level(), {{"cache_dir": {str(tmp_path)!r}}})
+        print(executable.stats.kernels, executable.stats.compiled, executable.stats.from_cache)
+    """)
+
+    def run():
+        result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr
+        return [int(v) for v in result.stdout.split()]
+
+    kernels, compiled, cached = run()
+    assert compiled == kernels and cached == 0
+    kernels, compiled, cached = run()
+    assert compiled == 0 and cached == kernels

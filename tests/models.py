@@ -1,0 +1,71 @@
+"""Small networks written with the builder, shared by backend and pass tests (random weights and statistics)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from cnncomp.ir import Graph
+from frontends.builder import Builder
+
+
+def randomize(graph: Graph, seed: int = 0) -> Graph:
+    """Random weights and batch-norm statistics, so no parameter hides behind a neutral initial value."""
+    rng = np.random.default_rng(seed)
+    for key, value in graph.params.items():
+        fresh = rng.standard_normal(value.shape).astype(np.float32) * 0.3
+        graph.params[key] = np.abs(fresh) + 0.5 if key.endswith("running_var") else fresh
+    return graph
+
+
+def basic_block(batch: int = 1) -> Graph:
+    """A ResNet basic block with a projection shortcut (stride 2)."""
+    b = Builder("block", batch=batch)
+    x = b.input("x", (16, 10, 10))
+    y = x.conv(32, 3, stride=2, padding=1, bias=False, name="conv1").batch_norm(name="bn1").relu()
+    y = y.conv(32, 3, padding=1, bias=False, name="conv2").batch_norm(name="bn2")
+    shortcut = x.conv(32, 1, stride=2, bias=False, name="proj").batch_norm(name="proj_bn")
+    return randomize(b.build((y + shortcut).relu(name="out")))
+
+
+def inception_module(batch: int = 1) -> Graph:
+    b = Builder("inception", batch=batch)
+    x = b.input("x", (32, 9, 9))
+    branches = [
+        x.conv(16, 1, name="b1").relu(),
+        x.conv(12, 1, name="b2r").relu().conv(16, 3, padding=1, name="b2").relu(),
+        x.conv(4, 1, name="b3r").relu().conv(8, 5, padding=2, name="b3").relu(),
+        x.max_pool(3, 1, 1).conv(8, 1, name="b4").relu(),
+    ]
+    return randomize(b.build(b.concat(*branches, name="out")))
+
+
+def unet_level(batch: int = 1) -> Graph:
+    b = Builder("unet_level", batch=batch)
+    x = b.input("x", (2, 20, 20))
+    enc = x.conv(8, 3, name="e1").relu().conv(8, 3, name="e2").relu()
+    down = enc.max_pool(2).conv(16, 3, name="d1").relu()
+    up = down.conv_transpose(8, 2, stride=2, name="up")
+    merged = b.concat(enc.crop_to(up), up, name="merged")
+    return randomize(b.build(merged.conv(2, 1, name="out")))
+
+
+def mbconv(batch: int = 1) -> Graph:
+    """EfficientNet's MBConv: expand 1x1, depthwise 3x3, squeeze-and-excitation, project 1x1, residual."""
+    b = Builder("mbconv", batch=batch)
+    x = b.input("x", (16, 12, 12))
+    y = x.conv(64, 1, bias=False, name="expand").batch_norm(name="bn0").silu()
+    y = y.conv(64, 3, padding=1, groups=64, bias=False, name="dw").batch_norm(name="bn1").silu()
+    gate = y.global_avg_pool().conv(4, 1, name="se_reduce").silu().conv(64, 1, name="se_expand").sigmoid()
+    y = (y * gate).conv(16, 1, bias=False, name="project").batch_norm(name="bn2")
+    return randomize(b.build(y + x))
+
+
+def separable_stack(batch: int = 1) -> Graph:
+    """Xception-style: depthwise 3x3 then pointwise 1x1, twice, with a residual."""
+    b = Builder("separable", batch=batch)
+    x = b.input("x", (16, 14, 14))
+    y = x.relu().conv(16, 3, padding=1, groups=16, bias=False, name="dw1").conv(32, 1, bias=False, name="pw1")
+    y = y.batch_norm(name="bn1").relu().conv(32, 3, padding=1, groups=32, bias=False, name="dw2")
+    y = y.conv(32, 1, bias=False, name="pw2").batch_norm(name="bn2")
+    shortcut = x.conv(32, 1, bias=False, name="proj").batch_norm(name="proj_bn")
+    return randomize(b.build(y + shortcut))
