@@ -1,0 +1,232 @@
+"""PyTorch eager as a backend: runs a graph op by op with torch.nn.functional on the same weights.
+
+It is the benchmark peer (`cnncomp bench --peers`) and a second, independent oracle for tests. PyTorch is a
+development dependency (`pip install cnncomp[dev]`), never a runtime one: this module imports torch only when
+a graph is compiled for it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+from cnncomp.errors import CnnCompError, GraphError
+from cnncomp.ir import Graph, Node
+from cnncomp.runtime import check_inputs
+
+THREADS = 2
+
+
+def _torch() -> Any:
+    try:
+        import torch
+    except ImportError:
+        raise CnnCompError("the torch backend needs PyTorch: pip install 'cnncomp[dev]'") from None
+    return torch
+
+
+def _pads(attrs: Mapping[str, Any]) -> tuple[int, int, int, int]:
+    """(top, bottom, left, right) as F.pad wants it: (left, right, top, bottom)."""
+    top, bottom, left, right = attrs["padding"] if "padding" in attrs else attrs["pads"]
+    return (left, right, top, bottom)
+
+
+def _symmetric(attrs: Mapping[str, Any]) -> tuple[int, int] | None:
+    top, bottom, left, right = attrs["padding"]
+    return (top, left) if (top, left) == (bottom, right) else None
+
+
+class TorchExecutable:
+    """Callable: `executable({input_name: array}) -> {output_name: array}`."""
+
+    def __init__(self, graph: Graph) -> None:
+        graph.validate()
+        self.torch = _torch()
+        self.F = self.torch.nn.functional
+        self.graph = graph
+        self.params = {name: {k: self.torch.from_numpy(v) for k, v in graph.node_params(name).items()}
+                       for name in (node.name for node in graph.nodes)}
+
+    def __call__(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        torch = self.torch
+        previous = torch.get_num_threads()
+        torch.set_num_threads(THREADS)
+        try:
+            with torch.inference_mode():
+                values = {name: torch.from_numpy(array) for name, array in check_inputs(self.graph, inputs).items()}
+                for node in self.graph.nodes:
+                    if node.op != "input":
+                        values[node.name] = self._run(node, [values[i] for i in node.inputs])
+                return {name: values[name].numpy().copy() for name in self.graph.outputs}
+        finally:
+            torch.set_num_threads(previous)
+
+    def _run(self, node: Node, operands: list[Any]) -> Any:
+        try:
+            rule = RULES[node.op]
+        except KeyError:
+            raise GraphError(f"{node.describe()}: the torch backend has no rule for op {node.op!r}") from None
+        return rule(self, node, operands, self.params[node.name])
+
+    # ----- helpers the rules share ---------------------------------------------------------------------------
+    def conv(self, x: Any, weight: Any, bias: Any, attrs: Mapping[str, Any], groups: int) -> Any:
+        padding = _symmetric(attrs)
+        if padding is None:
+            x, padding = self.F.pad(x, _pads(attrs)), 0
+        return self.F.conv2d(x, weight, bias, attrs["stride"], padding, attrs["dilation"], groups)
+
+    def activation(self, x: Any, name: str | None, alpha: float) -> Any:
+        if name is None:
+            return x
+        if name == "leaky_relu":
+            return self.F.leaky_relu(x, alpha)
+        return ACTIVATIONS[name](self, x)
+
+    def epilogue(self, y: Any, attrs: Mapping[str, Any], params: Mapping[str, Any], residual: Any) -> Any:
+        if attrs.get("affine"):
+            shape = (1, -1) + (1,) * (y.dim() - 2)
+            y = y * params["scale"].view(shape) + params["shift"].view(shape)
+        if attrs.get("residual"):
+            y = y + residual
+        return self.activation(y, attrs.get("act"), attrs.get("alpha", 0.01))
+
+
+ACTIVATIONS: dict[str, Callable[[TorchExecutable, Any], Any]] = {
+    "relu": lambda e, x: e.F.relu(x),
+    "relu6": lambda e, x: e.F.relu6(x),
+    "tanh": lambda e, x: e.torch.tanh(x),
+    "sigmoid": lambda e, x: e.torch.sigmoid(x),
+    "silu": lambda e, x: e.F.silu(x),
+    "hardswish": lambda e, x: e.F.hardswish(x),
+}
+
+
+def _conv2d(e: TorchExecutable, node: Node, ops: list[Any], p: Mapping[str, Any]) -> Any:
+    y = e.conv(ops[0], p["weight"], p.get("bias"), node.attrs, node.attrs["groups"])
+    return e.epilogue(y, node.attrs, p, ops[1] if node.attrs["residual"] else None)
+
+
+def _depthwise(e: TorchExecutable, node: Node, ops: list[Any], p: Mapping[str, Any]) -> Any:
+    y = e.conv(ops[0], p["weight"], p.get("bias"), node.attrs, ops[0].shape[1])
+    return e.epilogue(y, node.attrs, p, ops[1] if node.attrs["residual"] else None)
+
+
+def _pointwise(e: TorchExecutable, node: Node, ops: list[Any], p: Mapping[str, Any]) -> Any:
+    x = ops[0] * ops[1] if node.attrs["gate"] else ops[0]
+    weight = p["weight"]
+    y = e.F.conv2d(x, weight.view(*weight.shape, 1, 1), p.get("bias"))
+    return e.epilogue(y, node.attrs, p, ops[-1] if node.attrs["residual"] else None)
+
+
+def _separable(e: TorchExecutable, node: Node, ops: list[Any], p: Mapping[str, Any]) -> Any:
+    attrs = node.attrs
+    mid = e.conv(ops[0], p["depthwise_weight"], p.get("mid_bias"), attrs, ops[0].shape[1])
+    mid = e.activation(mid, attrs["mid_act"], attrs["mid_alpha"])
+    weight = p["pointwise_weight"]
+    y = e.F.conv2d(mid, weight.view(*weight.shape, 1, 1), p.get("bias"))
+    return e.epilogue(y, attrs, p, ops[1] if attrs["residual"] else None)
+
+
+def _conv_transpose(e: TorchExecutable, node: Node, ops: list[Any], p: Mapping[str, Any]) -> Any:
+    a = node.attrs
+    top, _, left, _ = a["padding"]
+    y = e.F.conv_transpose2d(ops[0], p["weight"], None, a["stride"], 0, 0, a["groups"], a["dilation"])
+    # Explicit (possibly uneven) padding crops the full output; output_padding extends it at the end.
+    oh, ow = node.shape[2:]
+    y = e.F.pad(y, (0, max(0, left + ow - y.shape[3]), 0, max(0, top + oh - y.shape[2])))
+    y = y[:, :, top: top + oh, left: left + ow]
+    return y + p["bias"].view(1, -1, 1, 1) if "bias" in p else y
+
+
+def _dense(e: TorchExecutable, node: Node, ops: list[Any], p: Mapping[str, Any]) -> Any:
+    y = e.F.linear(ops[0], p["weight"], p.get("bias"))
+    return e.epilogue(y, node.attrs, p, ops[1] if node.attrs["residual"] else None)
+
+
+def _max_pool(e: TorchExecutable, node: Node, ops: list[Any], p: Mapping[str, Any], indices: bool = False) -> Any:
+    a = node.attrs
+    padding = _symmetric(a)
+    if padding is None:
+        raise GraphError(f"{node.describe()}: the torch backend needs symmetric pooling padding")
+    result = e.F.max_pool2d(ops[0], a["kernel"], a["stride"], padding, a["dilation"], a["ceil_mode"],
+                            return_indices=indices)
+    return result[1] if indices else result
+
+
+def _avg_pool(e: TorchExecutable, node: Node, ops: list[Any], p: Mapping[str, Any]) -> Any:
+    a = node.attrs
+    padding = _symmetric(a)
+    if padding is None:
+        raise GraphError(f"{node.describe()}: the torch backend needs symmetric pooling padding")
+    return e.F.avg_pool2d(ops[0], a["kernel"], a["stride"], padding, a["ceil_mode"], a["count_include_pad"])
+
+
+def _unpool(e: TorchExecutable, node: Node, ops: list[Any], p: Mapping[str, Any]) -> Any:
+    return e.F.max_unpool2d(ops[0], ops[1], node.attrs["kernel"], node.attrs["stride"], output_size=node.shape[2:])
+
+
+def _batch_norm(e: TorchExecutable, node: Node, ops: list[Any], p: Mapping[str, Any]) -> Any:
+    return e.F.batch_norm(ops[0], p["running_mean"], p["running_var"], p["weight"], p["bias"], False,
+                          eps=node.attrs["eps"])
+
+
+def _upsample(e: TorchExecutable, node: Node, ops: list[Any], p: Mapping[str, Any]) -> Any:
+    a = node.attrs
+    align = a["align_corners"] if a["mode"] != "nearest" else None
+    if a["size"] is not None:
+        return e.F.interpolate(ops[0], size=a["size"], mode=a["mode"], align_corners=align)
+    return e.F.interpolate(ops[0], scale_factor=a["scale"], mode=a["mode"], align_corners=align)
+
+
+def _crop(e: TorchExecutable, node: Node, ops: list[Any], p: Mapping[str, Any]) -> Any:
+    (h, w), (rh, rw) = ops[0].shape[2:], node.shape[2:]
+    top, left = (h - rh) // 2, (w - rw) // 2
+    return ops[0][:, :, top: top + rh, left: left + rw]
+
+
+def _pad(e: TorchExecutable, node: Node, ops: list[Any], p: Mapping[str, Any]) -> Any:
+    mode = {"zeros": "constant", "reflect": "reflect", "replicate": "replicate"}[node.attrs["mode"]]
+    return e.F.pad(ops[0], _pads(node.attrs), mode=mode)
+
+
+def _activation_rule(name: str) -> Callable[[TorchExecutable, Node, list[Any], Mapping[str, Any]], Any]:
+    return lambda e, node, ops, p: ACTIVATIONS[name](e, ops[0])
+
+
+RULES: dict[str, Callable[[TorchExecutable, Node, list[Any], Mapping[str, Any]], Any]] = {
+    "conv2d": _conv2d,
+    "depthwise_conv2d": _depthwise,
+    "pointwise_conv2d": _pointwise,
+    "separable_conv2d": _separable,
+    "conv_transpose2d": _conv_transpose,
+    "dense": _dense,
+    "max_pool2d": _max_pool,
+    "max_pool2d_indices": lambda e, n, ops, p: _max_pool(e, n, ops, p, indices=True),
+    "avg_pool2d": _avg_pool,
+    "max_unpool2d": _unpool,
+    "global_avg_pool": lambda e, n, ops, p: e.F.adaptive_avg_pool2d(ops[0], 1),
+    "adaptive_avg_pool2d": lambda e, n, ops, p: e.F.adaptive_avg_pool2d(ops[0], n.attrs["output_size"]),
+    "batch_norm": _batch_norm,
+    "lrn": lambda e, n, ops, p: e.F.local_response_norm(ops[0], n.attrs["size"], n.attrs["alpha"], n.attrs["beta"],
+                                                         n.attrs["k"]),
+    "softmax": lambda e, n, ops, p: e.F.softmax(ops[0], n.attrs["axis"]),
+    "add": lambda e, n, ops, p: ops[0] + ops[1],
+    "mul": lambda e, n, ops, p: ops[0] * ops[1],
+    "concat": lambda e, n, ops, p: e.torch.cat(ops, n.attrs["axis"]),
+    "flatten": lambda e, n, ops, p: e.torch.flatten(ops[0], 1),
+    "identity": lambda e, n, ops, p: ops[0],
+    "dropout": lambda e, n, ops, p: ops[0],
+    "upsample": _upsample,
+    "pad": _pad,
+    "crop": _crop,
+    "strided_slice": lambda e, n, ops, p: ops[0][:, :, :: n.attrs["stride"][0], :: n.attrs["stride"][1]],
+    "constant": lambda e, n, ops, p: p["value"],
+    "leaky_relu": lambda e, n, ops, p: e.F.leaky_relu(ops[0], n.attrs["alpha"]),
+    **{name: _activation_rule(name) for name in ACTIVATIONS},
+}
+
+
+def compile(graph: Graph, options: Mapping[str, Any] | None = None) -> TorchExecutable:  # noqa: A001
+    return TorchExecutable(graph)

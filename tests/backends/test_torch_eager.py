@@ -1,0 +1,42 @@
+"""The torch backend (benchmark peer and second oracle) agrees with the reference on ops and whole blocks."""
+
+import numpy as np
+import pytest
+
+import backends.torch_eager as torch_eager
+from backends import reference
+from tests import models
+from tests.backends.test_numba_cpu import op_graph, random_inputs
+
+
+def assert_agrees(graph):
+    inputs = random_inputs(graph)
+    expected = reference.run(graph, inputs)
+    actual = torch_eager.compile(graph)(inputs)
+    for name in graph.outputs:
+        np.testing.assert_allclose(actual[name], expected[name], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("build", [models.basic_block, models.inception_module, models.unet_level, models.mbconv,
+                                   models.separable_stack])
+def test_blocks(build):
+    assert_agrees(build(2))
+
+
+@pytest.mark.parametrize("op,shapes,attrs", [
+    ("conv2d", [(1, 4, 9, 9)], dict(out_channels=6, kernel=3, padding=(0, 2, 1, 0), affine=True, act="silu")),
+    ("conv_transpose2d", [(1, 4, 5, 4)], dict(out_channels=4, kernel=3, stride=3, padding=1, output_padding=2,
+                                              groups=2)),
+    ("depthwise_conv2d", [(1, 6, 9, 9)], dict(kernel=3, padding=1, multiplier=2, act="relu6")),
+    ("pointwise_conv2d", [(2, 8, 3, 3), (2, 8, 1, 1)], dict(out_channels=4, gate=True)),
+    ("separable_conv2d", [(1, 6, 9, 9)], dict(out_channels=5, kernel=3, padding=1, mid_bias=True, mid_act="relu")),
+    ("strided_slice", [(1, 2, 7, 7)], dict(stride=2)),
+    ("avg_pool2d", [(1, 2, 7, 7)], dict(kernel=3, stride=2, padding=1, ceil_mode=True, count_include_pad=False)),
+    ("max_pool2d_indices", [(1, 2, 8, 8)], dict(kernel=2)),
+    ("upsample", [(1, 2, 4, 5)], dict(mode="bicubic", size=(9, 7), align_corners=True)),
+    ("lrn", [(1, 7, 3, 3)], dict(size=5, alpha=1e-2, beta=0.75, k=2.0)),
+    ("pad", [(1, 2, 5, 5)], dict(pads=(1, 2, 0, 3), mode="reflect")),
+    ("crop", [(1, 2, 9, 9), (1, 2, 4, 6)], {}),
+])
+def test_ops(op, shapes, attrs):
+    assert_agrees(op_graph(op, shapes, attrs))
