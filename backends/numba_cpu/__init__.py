@@ -24,6 +24,7 @@ from backends.numba_cpu.lowering import LoweringContext, lower
 from backends.numba_cpu.templates.common import KernelCall, Scratch
 from cnncomp.errors import GraphError
 from cnncomp.ir import Graph
+from cnncomp.passes.plan_memory import plan_memory, plan_of
 from cnncomp.progress import progress
 from cnncomp.runtime import check_inputs
 
@@ -95,13 +96,25 @@ class NumbaExecutable:
                 for step, seconds in zip(self.steps, medians, strict=True)]
 
 
-def _arena_layout(graph: Graph) -> tuple[dict[str, int], int]:
-    """Byte offsets of every value in the arena; each value has its own place."""
-    offsets, size = {}, 0
+def _memory(graph: Graph) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, Any]]:
+    """The arena and a view of every value in it, as the graph's memory plan (from plan_memory, -O3) places
+    them; a graph without a plan is planned here the same way. Constants are views of their parameter."""
+    try:
+        plan = plan_of(graph)
+    except GraphError:
+        plan = plan_of(plan_memory(graph))
+    arena = np.zeros(plan["arena_bytes"], np.uint8)
+    views = {}
     for node in graph.nodes:
-        offsets[node.name] = size
-        size += _aligned(node.type.nbytes)
-    return offsets, size
+        if node.op == "constant":
+            views[node.name] = graph.params[f"{node.name}.value"]
+            continue
+        slot = plan["tensors"][node.name]
+        itemsize = np.dtype(node.type.dtype).itemsize
+        inner = [itemsize * int(np.prod(node.shape[axis + 1:])) for axis in range(1, len(node.shape))]
+        views[node.name] = np.ndarray(node.shape, node.type.dtype, arena, slot["offset"],
+                                      (slot["batch_stride"] * itemsize, *inner))
+    return arena, views, plan
 
 
 def _resolve_scratch(calls: list[KernelCall]) -> tuple[np.ndarray, list[tuple[Any, ...]]]:
@@ -139,19 +152,13 @@ def compile(graph: Graph, options: Mapping[str, Any] | None = None) -> NumbaExec
     start = time.perf_counter()
     graph.validate()
     blas.configure_single_threaded()
-    offsets, arena_size = _arena_layout(graph)
-    arena = np.zeros(arena_size, np.uint8)
-    views = {}
-    for node in graph.nodes:
-        nbytes = node.type.nbytes
-        views[node.name] = arena[offsets[node.name]: offsets[node.name] + nbytes].view(node.type.dtype).reshape(
-            node.shape)
-    context = LoweringContext(graph, views, numba.get_num_threads())
-    calls = [call for node in graph.nodes if node.op != "input" for call in lower(node, context)]
+    arena, views, plan = _memory(graph)
+    context = LoweringContext(graph, views, numba.get_num_threads(), plan)
+    calls = [call for node in graph.nodes if node.op not in ("input", "constant") for call in lower(node, context)]
     scratch, resolved_args = _resolve_scratch(calls)
 
     cache = KernelCache(Path(options["cache_dir"]) if options.get("cache_dir") else None)
-    stats = CompileStats(arena_bytes=arena_size, scratch_bytes=scratch.nbytes)
+    stats = CompileStats(arena_bytes=arena.nbytes, scratch_bytes=scratch.nbytes)
     functions: dict[str, Any] = {}
     compiled_signatures: set[tuple[str, tuple[Any, ...]]] = set()
     steps = []

@@ -8,6 +8,7 @@ placeholders that the executable lays out in one shared region.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -27,13 +28,28 @@ EMPTY3 = np.zeros((0, 0, 0), np.float32)
 EMPTY4 = np.zeros((0, 0, 0, 0), np.float32)
 
 
+def view_as(array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """`array` seen with another shape, never copied: kernels write through these views into the arena, and
+    numpy's reshape would silently hand them a copy where the strides do not allow a view."""
+    view = array.view()
+    view.shape = shape
+    return view
+
+
 class LoweringContext:
     """What a lowering function reads: the graph, arena views of every value, parameters, thread count."""
 
-    def __init__(self, graph: Graph, views: Mapping[str, np.ndarray], threads: int) -> None:
+    def __init__(self, graph: Graph, views: Mapping[str, np.ndarray], threads: int,
+                 plan: Mapping[str, Any]) -> None:
         self.graph = graph
         self.views = views
         self.threads = threads
+        self.plan = plan
+
+    def written_in_place(self, operand: str, concat: str) -> bool:
+        """Whether the memory plan put `operand` inside `concat`'s output, so its producer already wrote it."""
+        slot = self.plan["tensors"].get(operand)
+        return slot is not None and slot["view_of"] == concat
 
     def value(self, name: str) -> np.ndarray:
         return self.views[name]
@@ -41,7 +57,7 @@ class LoweringContext:
     def rows(self, name: str) -> np.ndarray:
         """The value viewed (N, C, pixels): (N, features, 1) for flat tensors."""
         view = self.views[name]
-        return view.reshape(view.shape[0], view.shape[1], -1)
+        return view_as(view, (view.shape[0], view.shape[1], -1))
 
     def params(self, node: Node) -> dict[str, np.ndarray]:
         return self.graph.node_params(node.name)
@@ -194,10 +210,10 @@ def lower_activation(node: Node, ctx: LoweringContext) -> list[KernelCall]:
 
 def lower_copy(node: Node, ctx: LoweringContext) -> list[KernelCall]:
     """identity, dropout, flatten: the data unchanged (flatten only changes the view)."""
-    source = ctx.value(node.inputs[0]).reshape(ctx.value(node.name).shape)
     out = ctx.value(node.name)
-    args = (source.reshape(source.shape[0], source.shape[1], -1), EMPTY, EMPTY,
-            out.reshape(out.shape[0], out.shape[1], -1))
+    source = view_as(ctx.value(node.inputs[0]), out.shape)
+    args = (view_as(source, (source.shape[0], source.shape[1], -1)), EMPTY, EMPTY,
+            view_as(out, (out.shape[0], out.shape[1], -1)))
     return [KernelCall(tensor.unary("copy", {}), args, node.name)]
 
 
@@ -225,13 +241,15 @@ def lower_concat(node: Node, ctx: LoweringContext) -> list[KernelCall]:
         index = [slice(None)] * out.ndim
         index[axis] = slice(start, start + source.shape[axis])
         start += source.shape[axis]
+        if ctx.written_in_place(name, node.name):
+            continue
         target = out[tuple(index)]
         if axis == 1:
-            source_rows, target_rows = ctx.rows(name), target.reshape(target.shape[0], target.shape[1], -1)
+            source_rows, target_rows = ctx.rows(name), view_as(target, (target.shape[0], target.shape[1], -1))
         else:
             # Along a spatial axis: one (N*C, rows, columns) copy job per plane.
-            source_rows = source.reshape(-1, source.shape[2], source.shape[3] if source.ndim == 4 else 1)
-            target_rows = target.reshape(-1, target.shape[2], target.shape[3] if target.ndim == 4 else 1)
+            source_rows = view_as(source, (-1, source.shape[2], source.shape[3] if source.ndim == 4 else 1))
+            target_rows = view_as(target, (-1, target.shape[2], target.shape[3] if target.ndim == 4 else 1))
         calls.append(KernelCall(tensor.unary("copy", {}), (source_rows, EMPTY, EMPTY, target_rows), node.name))
     return calls
 
@@ -239,14 +257,6 @@ def lower_concat(node: Node, ctx: LoweringContext) -> list[KernelCall]:
 def lower_strided_slice(node: Node, ctx: LoweringContext) -> list[KernelCall]:
     args = (ctx.value(node.inputs[0]), ctx.value(node.name))
     return [KernelCall(tensor.strided_slice(dict(node.attrs)), args, node.name)]
-
-
-def lower_constant(node: Node, ctx: LoweringContext) -> list[KernelCall]:
-    """Copied into its place in the arena at each run, like any computed value (the arena is reused)."""
-    value = ctx.params(node)["value"]
-    source = value.reshape(value.shape[0], value.shape[1] if value.ndim > 1 else 1, -1)
-    out = ctx.value(node.name)
-    return [KernelCall(tensor.unary("copy", {}), (source, EMPTY, EMPTY, out.reshape(source.shape)), node.name)]
 
 
 def lower_pad(node: Node, ctx: LoweringContext) -> list[KernelCall]:
@@ -269,7 +279,7 @@ def lower_softmax(node: Node, ctx: LoweringContext) -> list[KernelCall]:
     shape = node.shape
     outer, inner = int(np.prod(shape[:axis])), int(np.prod(shape[axis + 1:]))
     view = (outer, shape[axis], inner)
-    args = (ctx.value(node.inputs[0]).reshape(view), ctx.value(node.name).reshape(view))
+    args = (view_as(ctx.value(node.inputs[0]), view), view_as(ctx.value(node.name), view))
     return [KernelCall(layers.softmax(), args, node.name)]
 
 
@@ -291,7 +301,6 @@ LOWERINGS: dict[str, Callable[[Node, LoweringContext], list[KernelCall]]] = {
     "pointwise_conv2d": lower_pointwise_conv2d,
     "separable_conv2d": lower_separable_conv2d,
     "strided_slice": lower_strided_slice,
-    "constant": lower_constant,
     "dense": lower_dense,
     "max_pool2d": lower_max_pool2d,
     "max_pool2d_indices": lower_max_pool2d_indices,
