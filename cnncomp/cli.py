@@ -118,8 +118,11 @@ def cmd_zoo(args: argparse.Namespace) -> int:
 def cmd_render(args: argparse.Namespace) -> int:
     from cnncomp import render
     from cnncomp.driver import load_model
+    from cnncomp.pipeline import passes_for
 
-    original = load_model(args.model, batch=args.batch)
+    # Pictures need no weights; only passes read them.
+    structure_only = not passes_for(args.opt_level, args.disable_pass, args.fully_convolutional)
+    original = load_model(args.model, batch=args.batch, structure_only=structure_only, **dict(args.param))
     graph = _optimized(args, original)
     if args.compare:
         before = "-O0" if not args.fully_convolutional else "-O0 (not fully convolutional)"
@@ -154,10 +157,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Draw the graph after an optimization pipeline: ops with key attributes and output shapes, "
                     "tensor shapes on edges, what fused nodes absorbed, blocks as clusters.",
     )
-    render.add_argument("model", metavar="MODEL", help="model description (a .py file defining build())")
+    render.add_argument("model", metavar="MODEL",
+                        help="model description (a .cnn file, a .py file defining build()) or zoo model name")
     render.add_argument("-o", "--output", required=True, metavar="FILE",
                         help="picture to write; its suffix picks the format: .svg, .png, .pdf or .dot")
     render.add_argument("--batch", type=_positive_int, default=None, help="batch size (default: the model's)")
+    render.add_argument("--param", type=_model_param, action="append", default=[], metavar="NAME=VALUE",
+                        help="set a model parameter, such as classes=10 (repeatable)")
     render.add_argument("--compare", action="store_true", help="draw the graph before (-O0) and after side by side")
     render.add_argument("--cost", action="store_true", help="shade nodes by MACs and show each node's MACs")
     render.add_argument("--block", metavar="NAME", help="draw only this block of the model (e.g. layer1.0)")

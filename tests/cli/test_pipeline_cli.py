@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).parents[2]
-BLOCK = ROOT / "docs" / "resnet_block.py"
+BLOCK = ROOT / "tests" / "passes" / "resnet_block.py"
 LENET = ROOT / "examples" / "lenet5.py"
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).parents[2]
-BLOCK = ROOT / "docs" / "resnet_block.py"
+BLOCK = ROOT / "tests" / "passes" / "resnet_block.py"
 SVG = "{http://www.w3.org/2000/svg}"
 
 
@@ -93,6 +93,9 @@ def test_a_failed_render_leaves_the_old_file_alone(tmp_path):
     assert target.read_text() == "previous picture" and list(tmp_path.iterdir()) == [target]
     render(tmp_path, "graph.svg")
     assert target.read_text().startswith("<?xml") and list(tmp_path.iterdir()) == [target]
+    plain = tmp_path / "plain.txt"
+    plain.write_text("")
+    assert target.stat().st_mode == plain.stat().st_mode  # the mode of any new file, not a temporary's 0600
 
 
 def test_output_is_required():
@@ -120,3 +123,24 @@ def test_labels_of_lowered_and_fused_nodes():
     assert "(shape)" in render.to_dot(unet).source  # crop reads the up-conv only for its size
     assert "crop(down1.skip, up1.upconv) : 1x8x8x8" in render.graph_text(unet)
     assert "max_pool2d(down1.skip) 2x2 /2" in render.graph_text(unet)
+
+
+README_COMMAND = ["render", "resnet50", "-O", "3", "--compare", "--block", "layer2.0", "-o"]
+
+
+def test_the_readme_picture_is_what_its_command_draws(tmp_path):
+    target = tmp_path / "resnet50_layer2.0.svg"
+    result = cnncomp(*README_COMMAND, target)
+    assert result.returncode == 0, result.stderr
+    texts = svg_texts(target)
+    assert "resnet50 -O3: 60 ops, 4.1G MACs; block layer2.0" in texts
+    assert "fused: bn3, add1, relu3" in texts and "strided_slice /2" in texts
+    # Labels, shapes and titles as committed (the layout may differ between graphviz versions).
+    assert sorted(texts) == sorted(svg_texts(ROOT / "docs" / "resnet50_layer2.0.svg"))
+
+
+def test_model_parameters_and_no_weights_needed_at_O0(tmp_path):
+    target = tmp_path / "unet.dot"
+    result = cnncomp("render", "unet", "--param", "width=8", "--param", "size=188", "-o", target)
+    assert result.returncode == 0, result.stderr
+    assert "1x8x184x184" in target.read_text()

@@ -100,3 +100,18 @@ def test_fully_convolutional_puts_dense_to_conv_first():
 def test_unknown_levels_and_passes_are_errors(kwargs, message):
     with pytest.raises(CnnCompError, match=message):
         passes_for(**kwargs)
+
+
+@pytest.mark.parametrize("model", ["bottleneck_stage", "inception", "xception", "mobilenet_v2", "mbconv_se",
+                                   "unet", "unet_padded"])
+def test_the_reference_backend_runs_the_graph_after_every_pass(model):
+    graph = randomize(MODELS[model]())
+    expected = reference.run(graph, random_inputs(graph))
+    checked = []
+
+    def check(name, result):
+        assert_outputs(expected, result)
+        checked.append(name)
+
+    optimize(graph, 3, after_pass=check)
+    assert checked == [p.__name__ for p in LEVELS[3]]

@@ -1,8 +1,5 @@
-"""The ResNet block the README draws: ResNet-50's first bottleneck of layer2 (conv1 in torchvision's v1.5 form,
-the stride on the 3x3 conv), with its strided 1x1 projection shortcut, batch norm after every conv.
-
-    cnncomp render docs/resnet_block.py -O 3 --compare -o docs/resnet_block.svg
-"""
+"""A model file for the command-line tests: ResNet-50's first bottleneck of layer2 (torchvision's v1.5 form, the
+stride on the 3x3 conv), with its strided 1x1 projection shortcut, batch norm after every conv."""
 
 from frontends.builder import Builder
 
