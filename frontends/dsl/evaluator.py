@@ -34,6 +34,7 @@ MAX_REPEAT = 1000  # iterations of one loop (ResNet-152's longest stage has 36 b
 MAX_NODES = 50_000
 MAX_STEPS = 200_000  # statements run in all, so nested loops cannot hang the compiler
 MAX_LIST = 10_000
+MAX_NOTES = 6  # "in block ..., called at ..." lines under a diagnostic
 FUNCTIONS = ("range", "len", "min", "max", "int")
 TENSOR_ATTRIBUTES = ("channels", "height", "width", "shape")
 NODE_NAME = re.compile(r"\w+")
@@ -72,7 +73,7 @@ class Frame:
     """The names visible to the statements being run: a block's parameters and values, or the top level's."""
 
     variables: dict[str, Any]
-    block: str | None = None  # the block (or sequence) being run; None at the top level
+    owner: str | None = None  # "block NAME" or "sequence NAME" being run; None at the top level
 
 
 def _suggest(name: str, candidates: Sequence[str]) -> str:
@@ -132,6 +133,8 @@ class Evaluator:
             return
         notes = [f"in {what} ({scope}), called at {self.filename}:{site.line}:{site.col}"
                  for what, scope, site in reversed(self.calls)]
+        if len(notes) > MAX_NOTES:  # deep recursion: the innermost calls and the outermost one tell the story
+            notes = [*notes[: MAX_NOTES - 2], f"... {len(notes) - MAX_NOTES + 1} more calls ...", notes[-1]]
         self.diagnostics[key] = Diagnostic(self.filename, pos, message, tuple(notes))
 
     def fail(self, pos: Pos, message: str) -> DslError:
@@ -317,7 +320,7 @@ class Evaluator:
                 self.mark_failed(statement, frame)
 
     def mark_failed(self, statement: s.Statement, frame: Frame) -> None:
-        if isinstance(statement, s.Return):
+        if isinstance(statement, s.Return) and frame.owner is not None:
             raise ReturnSignal(FAILED)
         if isinstance(statement, (s.Assign, s.InputDecl, s.OutputDecl)):
             frame.variables[statement.name] = FAILED
@@ -336,7 +339,8 @@ class Evaluator:
         elif isinstance(statement, s.OutputDecl):
             self.exec_output(statement, frame)
         elif isinstance(statement, s.Return):
-            raise ReturnSignal(self.eval(statement.value, frame))
+            if frame.owner is not None:  # at the top level it is reported before the run
+                raise ReturnSignal(self.eval(statement.value, frame))
         elif isinstance(statement, s.Assert):
             test = self.eval(statement.test, frame)
             if not isinstance(test, bool):
@@ -345,7 +349,7 @@ class Evaluator:
                 message = "assertion failed"
                 if statement.message is not None:
                     message = str(self.eval(statement.message, frame))
-                raise EvalError(s.expr_pos(statement.test), message)
+                raise EvalError(statement.pos, message)
         elif isinstance(statement, s.ExprStatement):
             raise EvalError(statement.pos, "this value is computed but never used: assign it to a name "
                                            "(`y = ...`) or make it an output (`output y = ...`)")
@@ -460,9 +464,12 @@ class Evaluator:
                                       f"`x -> {name.id}`")
         visible = [*frame.variables, *self.model_params]
         hint = _suggest(name.id, visible)
-        if frame.block is not None and not hint:
-            hint = (f" (block {frame.block} sees its parameters, its own values and the model parameters; "
-                    f"pass {name.id} as an argument)")
+        if frame.owner is not None and not hint:
+            if frame.owner.startswith("sequence"):
+                hint = f" ({frame.owner} sees the model parameters only; declare {name.id} in the model header)"
+            else:
+                hint = (f" ({frame.owner} sees its parameters, its own values and the model parameters; "
+                        f"pass {name.id} as an argument)")
         raise EvalError(name.pos, f"undefined name '{name.id}'{hint}")
 
     def attribute(self, value: Any, expr: s.Attribute) -> Any:
@@ -666,14 +673,19 @@ class Evaluator:
             bound[argument.keyword] = argument
         return bound, rest
 
-    def argument_value(self, source: Any, frame: Frame, parameter: Parameter | None = None) -> Any:
+    def argument_value(self, source: Any, frame: Frame, parameter: Parameter | None = None,
+                       callee: str = "") -> Any:
         """The value of a bound argument; bare words the parameter accepts (`padding=same`) are strings."""
         if not isinstance(source, s.Argument):
             return source  # the chained value
         expr = source.value
-        if (parameter is not None and isinstance(expr, s.Name) and expr.id in symbols(parameter)
-                and expr.id not in frame.variables and expr.id not in self.model_params):
-            return expr.id
+        words = symbols(parameter) if parameter is not None else ()
+        if words and isinstance(expr, s.Name) and expr.id not in frame.variables and expr.id not in self.model_params:
+            if expr.id in words:
+                return expr.id
+            raise EvalError(expr.pos, f"{callee}: argument '{parameter.name}' takes {', '.join(words[:-1])} or "
+                                      f"{words[-1]}{' (or a value)' if parameter.attr.kind == 'pads' else ''}, "
+                                      f"not '{expr.id}'{_suggest(expr.id, words)}")
         return self.operand(self.eval(expr, frame))
 
     @staticmethod
@@ -710,7 +722,10 @@ class Evaluator:
             elif parameter.kind == "weight":
                 weight = (self.weight_argument(self.argument_value(source, frame), source, call), source)
             else:
-                value = self.argument_value(source, frame, parameter)
+                value = self.argument_value(source, frame, parameter, call.name)
+                if isinstance(value, Value):
+                    raise EvalError(self.source_pos(source, call), f"{call.name}: argument '{parameter.name}' "
+                                                                   f"takes a value, not {_kind(value)}")
                 try:
                     parameter.attr.normalize(value)
                 except OpError as error:
@@ -816,19 +831,19 @@ class Evaluator:
                 variables[param.name] = self.argument_value(bound[param.name], frame)
             elif param.default is not None:  # a default may use the parameters before it
                 variables[param.name] = self.operand(self.eval(param.default, Frame(dict(variables),
-                                                                                    definition.name)))
+                                                                                    f"block {definition.name}")))
             else:
                 raise EvalError(call.pos, f"{call.name} needs argument '{param.name}': block {definition.name}"
                                           f"({', '.join(p.name for p in definition.params)})")
         reported = len(self.diagnostics)
         with self.instance(f"block {definition.name}", call, frame):
             try:
-                self.exec_body(definition.body, Frame(variables, definition.name))
+                self.exec_body(definition.body, Frame(variables, f"block {definition.name}"))
             except ReturnSignal as signal:
-                return signal.value
+                return self.operand(signal.value)
             if len(self.diagnostics) == reported:
                 raise EvalError(definition.pos, f"block {definition.name} reached its end without a `return`")
-        return FAILED
+        raise Skip
 
     # ----- the VGG table's sequential form ---------------------------------------------------------------------
     def call_sequence(self, definition: s.SequenceDef, call: s.Call, frame: Frame, chained: Value | None,
@@ -856,7 +871,7 @@ class Evaluator:
             return self.run_layers(definition, value, None)
 
     def run_layers(self, definition: s.SequenceDef, value: Value, final: str | None) -> Value:
-        frame = Frame({}, definition.name)
+        frame = Frame({}, f"sequence {definition.name}")
         layers = definition.layers
         counters = self.table.setdefault(self.prefix, [1, 0])  # [group, index within the group]
         for number, layer in enumerate(layers):

@@ -292,7 +292,7 @@ class ToSyntax(Transformer):
     @v_args(meta=True)
     def assert_statement(self, meta, children: list) -> s.Assert:
         test, message = children
-        return s.Assert(test, message, s.expr_pos(test))
+        return s.Assert(test, message, Pos(meta.line, meta.column, len("assert")))
 
     def expr_statement(self, children: list) -> s.ExprStatement:
         return s.ExprStatement(children[0], s.expr_pos(children[0]))
@@ -392,7 +392,7 @@ def _expected(names: set[str]) -> str:
     return "; expected " + (parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " or " + parts[-1])
 
 
-def _syntax_diagnostic(filename: str, error: Exception) -> Diagnostic:
+def _syntax_diagnostic(filename: str, error: Exception, lines: list[str]) -> Diagnostic:
     if isinstance(error, IndentationError_):
         return Diagnostic(filename, error.pos, error.message)
     if isinstance(error, _TemplateError):
@@ -404,6 +404,7 @@ def _syntax_diagnostic(filename: str, error: Exception) -> Diagnostic:
         return Diagnostic(filename, pos, f"unexpected character {error.char!r}")
     assert isinstance(error, UnexpectedToken)
     token = error.token
+    source_line = lines[token.line - 1] if 0 < token.line <= len(lines) else ""
     if error.state is not None:  # what the parser accepts here (a lexer's view adds the always-welcome newline)
         error.expected = {name for name in error.state.parse_conf.parse_table.states[error.state.position]
                           if name.isupper() or name.startswith("_")}
@@ -413,6 +414,8 @@ def _syntax_diagnostic(filename: str, error: Exception) -> Diagnostic:
         return Diagnostic(filename, Pos(max(1, error.line), max(1, error.column)),
                           f"unexpected end of file{_expected(error.expected)}")
     message = f"unexpected {_describe_token(token)}{_expected(error.expected)}"
+    if token.type in ("ADD", "MUL", "POW", "COMPARE", "OR", "AND") and "->" in source_line[: token.column - 1]:
+        message += f"; a chain ends its expression: write (x -> step) {token.value} y"
     return Diagnostic(filename, _pos(token) if token.type not in ("_NL", "_DEDENT") else Pos(token.line, token.column),
                       message)
 
@@ -447,7 +450,12 @@ def _statement_spans(lines: list[str], filename: str) -> tuple[list[tuple[int, i
                 break
             if char == '"':
                 end = line.find('"', column + 1)
-                column = len(line) if end < 0 else end + 1
+                if end < 0:  # an unterminated string: the statement ends here, whatever brackets it left open
+                    errors.append(Diagnostic(filename, Pos(number + 1, column + 1),
+                                             "unterminated string: a string ends with '\"' on the same line"))
+                    stack = []
+                    break
+                column = end + 1
                 continue
             if char in OPENERS:
                 stack.append((char, Pos(number + 1, column + 1)))
@@ -503,7 +511,7 @@ def parse(text: str, filename: str = "<string>") -> s.Program:
             statements = ToSyntax(filename).transform(tree)
             break
         except (UnexpectedInput, IndentationError_) as error:
-            diagnostic = _syntax_diagnostic(filename, error)
+            diagnostic = _syntax_diagnostic(filename, error, lines)
             if isinstance(error, UnexpectedToken) and error.expected == {"_INDENT"}:
                 # A header with no body under it: drop the header too, or its missing body is reported again.
                 above = [i for i in range(diagnostic.pos.line - 1) if lines[i].strip()]
@@ -512,7 +520,7 @@ def parse(text: str, filename: str = "<string>") -> s.Program:
         except VisitError as error:
             if not isinstance(error.orig_exc, _TemplateError):
                 raise
-            diagnostic = _syntax_diagnostic(filename, error.orig_exc)
+            diagnostic = _syntax_diagnostic(filename, error.orig_exc, lines)
         diagnostics.append(diagnostic)
         if not _blank_statement(lines, spans, min(diagnostic.pos.line, len(lines)) - 1):
             break
