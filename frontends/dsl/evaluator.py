@@ -703,7 +703,7 @@ class Evaluator:
         for parameter in signature.parameters:
             if parameter.kind == "tensors":
                 for source in rest:
-                    operands.append(self.tensor_argument(signature, parameter, source, call, frame))
+                    operands.append(self.tensor_argument(parameter, source, call, frame))
                 if not rest:
                     raise EvalError(call.pos, f"{call.name} needs at least one tensor: {signature.describe()}")
                 continue
@@ -714,7 +714,7 @@ class Evaluator:
                 continue
             source = bound[parameter.name]
             if parameter.kind == "tensor":
-                value = self.tensor_argument(signature, parameter, source, call, frame)
+                value = self.tensor_argument(parameter, source, call, frame)
                 if signature.on_builder or parameter is signature.parameters[0]:
                     operands.append(value)
                 else:
@@ -744,8 +744,7 @@ class Evaluator:
             self.fix_weight(node, *weight, call)
         return node
 
-    def tensor_argument(self, signature: OpSignature, parameter: Parameter, source: Any, call: s.Call,
-                        frame: Frame) -> Value:
+    def tensor_argument(self, parameter: Parameter, source: Any, call: s.Call, frame: Frame) -> Value:
         value = self.argument_value(source, frame)
         if not isinstance(value, Value):
             raise EvalError(self.source_pos(source, call), f"{call.name}: argument '{parameter.name}' must be a "
@@ -754,10 +753,13 @@ class Evaluator:
 
     def weight_argument(self, value: Any, source: Any, call: s.Call) -> np.ndarray:
         try:
-            array = np.asarray(value, dtype=np.float32)
+            with np.errstate(over="ignore"):
+                array = np.asarray(value, dtype=np.float32)
         except (ValueError, TypeError):
             raise EvalError(self.source_pos(source, call), f"{call.name}: a weight is a number or a rectangular "
                                                            "list of numbers") from None
+        if not np.isfinite(array).all():
+            raise EvalError(self.source_pos(source, call), f"{call.name}: a weight must be finite in float32")
         return array
 
     def fix_weight(self, node: Value, array: np.ndarray, source: Any, call: s.Call) -> None:

@@ -27,7 +27,7 @@ OPENERS = {"(": ")", "[": "]"}
 CLOSERS = {")": "(", "]": "["}
 
 
-class IndentationError_(Exception):
+class IndentationMismatch(Exception):
     def __init__(self, pos: Pos, message: str) -> None:
         super().__init__(message)
         self.pos = pos
@@ -66,7 +66,7 @@ class Indentation(PostLex):
                     yield _token_at("_DEDENT", indent, token, here)
                 if width != levels[-1]:
                     expected = " or ".join(str(w) for w in enclosing)
-                    raise IndentationError_(here, f"this line is indented {width} columns, which matches no "
+                    raise IndentationMismatch(here, f"this line is indented {width} columns, which matches no "
                                                   f"enclosing block (expected {expected})")
                 continue
             yield token
@@ -393,7 +393,7 @@ def _expected(names: set[str]) -> str:
 
 
 def _syntax_diagnostic(filename: str, error: Exception, lines: list[str]) -> Diagnostic:
-    if isinstance(error, IndentationError_):
+    if isinstance(error, IndentationMismatch):
         return Diagnostic(filename, error.pos, error.message)
     if isinstance(error, _TemplateError):
         return Diagnostic(filename, error.pos, error.message)
@@ -510,7 +510,7 @@ def parse(text: str, filename: str = "<string>") -> s.Program:
             tree = _parser().parse("\n".join(lines) + "\n", start="start")
             statements = ToSyntax(filename).transform(tree)
             break
-        except (UnexpectedInput, IndentationError_) as error:
+        except (UnexpectedInput, IndentationMismatch) as error:
             diagnostic = _syntax_diagnostic(filename, error, lines)
             if isinstance(error, UnexpectedToken) and error.expected == {"_INDENT"}:
                 # A header with no body under it: drop the header too, or its missing body is reported again.
