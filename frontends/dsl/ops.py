@@ -73,12 +73,12 @@ class Parameter:
             return f"{self.name}..."
         if self.required:
             return self.name
+        if self.default is None:  # optional, with no value of its own: [residual], [weight]
+            return f"[{self.name}]"
         return f"{self.name}={_show(self.default)}"
 
 
 def _show(value: Any) -> str:
-    if value is None:
-        return "none"
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)

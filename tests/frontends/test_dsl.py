@@ -294,3 +294,15 @@ def test_the_readme_example_builds():
     start = readme.index("```\n", readme.index("## Writing a model in the `.cnn` language")) + 4
     graph = build(readme[start: readme.index("```", start)])
     assert graph.name == "tiny" and graph.node("layer1.relu2").shape == (1, 32, 16, 16)
+
+
+def test_the_language_reference_lists_every_op_and_its_example_builds():
+    from frontends.dsl.ops import SIGNATURES
+
+    reference_text = (Path(__file__).parents[2] / "frontends" / "dsl" / "README.md").read_text()
+    for signature in SIGNATURES.values():
+        assert f"| `{signature.describe()}` | {signature.op} |" in reference_text
+    start = reference_text.index("```\n") + 4
+    graph = build(reference_text[start: reference_text.index("```", start)])
+    assert graph.node("filter_concatenation").shape == (1, 64 + 128 + 32 + 32, 28, 28)
+    assert graph.node("branch3.conv_out").meta["block"] == "branch3"
