@@ -403,6 +403,8 @@ class Evaluator:
         if len(items) > MAX_REPEAT:
             raise EvalError(s.expr_pos(statement.iterable), f"a loop may repeat at most {MAX_REPEAT} times; this "
                                                             f"one would repeat {len(items):,} times")
+        for target in statement.targets:
+            self.check_assignable(target, statement.pos, frame)
         for item in items:
             if len(statement.targets) == 1:
                 frame.variables[statement.targets[0]] = item
@@ -411,7 +413,6 @@ class Evaluator:
                     raise EvalError(statement.pos, f"cannot unpack {_kind(item)} into the "
                                                    f"{len(statement.targets)} names {', '.join(statement.targets)}")
                 for target, value in zip(statement.targets, item, strict=True):
-                    self.check_assignable(target, statement.pos, frame)
                     frame.variables[target] = value
             self.exec_body(statement.body, frame)
 
