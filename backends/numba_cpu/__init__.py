@@ -147,13 +147,13 @@ def compile(graph: Graph, options: Mapping[str, Any] | None = None) -> NumbaExec
     """Lower every node to kernel calls, compile (or load from the kernel cache) each kernel, lay out memory.
 
     options: `cache_dir` (default: `$CNNCOMP_CACHE_DIR` or `~/.cache/cnncomp`), `progress` (bool; default: on
-    a terminal)."""
+    a terminal), `conv2d_algorithms` ({node name: algorithm} overriding `resolve`, for tests and measurements)."""
     options = dict(options or {})
     start = time.perf_counter()
     graph.validate()
     blas.configure_single_threaded()
     arena, views, plan = _memory(graph)
-    context = LoweringContext(graph, views, numba.get_num_threads(), plan)
+    context = LoweringContext(graph, views, numba.get_num_threads(), plan, options.get("conv2d_algorithms", {}))
     calls = [call for node in graph.nodes if node.op not in ("input", "constant") for call in lower(node, context)]
     scratch, resolved_args = _resolve_scratch(calls)
 

@@ -40,11 +40,12 @@ class LoweringContext:
     """What a lowering function reads: the graph, arena views of every value, parameters, thread count."""
 
     def __init__(self, graph: Graph, views: Mapping[str, np.ndarray], threads: int,
-                 plan: Mapping[str, Any]) -> None:
+                 plan: Mapping[str, Any], conv2d_algorithms: Mapping[str, str]) -> None:
         self.graph = graph
         self.views = views
         self.threads = threads
         self.plan = plan
+        self.conv2d_algorithms = conv2d_algorithms
 
     def written_in_place(self, operand: str, concat: str) -> bool:
         """Whether the memory plan put `operand` inside `concat`'s output, so its producer already wrote it."""
@@ -71,7 +72,10 @@ def _residual(ctx: LoweringContext, node: Node, rows: bool) -> np.ndarray:
 
 def lower_conv2d(node: Node, ctx: LoweringContext) -> list[KernelCall]:
     x_type = ctx.graph.node(node.inputs[0]).type
-    algorithm = resolve.conv2d_algorithm(node.attrs, x_type, node.type)
+    algorithm = ctx.conv2d_algorithms.get(node.name) or resolve.conv2d_algorithm(node.attrs, x_type, node.type)
+    if algorithm not in resolve.supported_algorithms(node.attrs, x_type):
+        raise GraphError(f"{node.describe()}: algorithm {algorithm!r} cannot compute this convolution; "
+                         f"possible: {', '.join(resolve.supported_algorithms(node.attrs, x_type))}")
     params, attrs = ctx.params(node), node.attrs
     x, out = ctx.value(node.inputs[0]), ctx.value(node.name)
     weight = params["weight"]
@@ -87,17 +91,17 @@ def lower_conv2d(node: Node, ctx: LoweringContext) -> list[KernelCall]:
         args = (ctx.rows(node.inputs[0]), weight.reshape(o, -1), *epilogue, _residual(ctx, node, True),
                 ctx.rows(node.name), pixels_per_tile, channels_per_tile, ctx.threads)
         return [KernelCall(conv.pointwise(attrs), args, node.name)]
-    if algorithm == "winograd":
-        u = winograd_weights(weight)
-        tiles_wide = (ow + 1) // 2
-        tile_rows = max(1, min((oh + 1) // 2, TILE_BYTES // (16 * 4 * (x_type.channels + o) * tiles_wide)))
+    if algorithm.startswith("winograd"):
+        m = resolve.WINOGRAD_TILE[algorithm]
+        points, c = (m + 2) ** 2, x_type.channels
+        tiles_high, tiles_wide = -(-oh // m), -(-ow // m)
+        tile_rows = max(1, min(tiles_high, TILE_BYTES // (points * 4 * (c + o) * tiles_wide)))
         per_thread = tile_rows * tiles_wide
-        top, _, left, _ = attrs["padding"]
-        padded = Scratch((x_type.channels, 2 * ((oh + 1) // 2) + 2, 2 * tiles_wide + 2))
-        args = (x, u, *epilogue, _residual(ctx, node, False), out, padded,
-                Scratch((ctx.threads, 16, x_type.channels, per_thread)), Scratch((ctx.threads, 16, o, per_thread)),
+        padded = Scratch((c, m * tiles_high + 2, m * tiles_wide + 2))
+        args = (x, conv.winograd_weights(weight, m), *epilogue, _residual(ctx, node, False), out, padded,
+                Scratch((ctx.threads, points, c, per_thread)), Scratch((ctx.threads, points, o, per_thread)),
                 tile_rows)
-        return [KernelCall(conv.winograd(attrs), args, node.name)]
+        return [KernelCall(conv.winograd(attrs, m), args, node.name)]
     groups = attrs["groups"]
     k = weight.shape[1] * weight.shape[2] * weight.shape[3]
     rows_per_tile = max(1, min(oh, TILE_BYTES // (4 * k * ow)))
@@ -141,13 +145,6 @@ def lower_separable_conv2d(node: Node, ctx: LoweringContext) -> list[KernelCall]
             params["pointwise_weight"], *epilogue_args(params, attrs), _residual(ctx, node, True),
             ctx.rows(node.name), Scratch((ctx.threads, mid_channels, rows_per_tile * ow)), rows_per_tile, oh, ow)
     return [KernelCall(conv.separable(attrs), args, node.name)]
-
-
-def winograd_weights(weight: np.ndarray) -> np.ndarray:
-    """U = G g G^T for every (output, input) channel pair, laid out (16, O, C) for the 16 matrix products."""
-    g = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
-    u = np.einsum("ai,ocij,bj->aboc", g, weight.astype(np.float64), g)
-    return np.ascontiguousarray(u.reshape(16, weight.shape[0], weight.shape[1]), dtype=np.float32)
 
 
 def lower_conv_transpose2d(node: Node, ctx: LoweringContext) -> list[KernelCall]:

@@ -18,20 +18,33 @@ from typing import Any
 
 from cnncomp.ir import TensorType
 
+WINOGRAD_TILE = {"winograd2": 2, "winograd4": 4}
 DIRECT_MAX_CHANNELS_PER_GROUP = 4
 WINOGRAD_MIN_CHANNELS = 16
 WINOGRAD_MIN_OUTPUT_SIDE = 8
 
 
+def supported_algorithms(attrs: Mapping[str, Any], x: TensorType) -> list[str]:
+    """Every algorithm that can compute this conv2d (direct and im2col compute them all)."""
+    algorithms = ["direct", "im2col"]
+    if attrs["groups"] == 1 and attrs["dilation"] == (1, 1):
+        if attrs["kernel"] == (1, 1) and attrs["stride"] == (1, 1) and attrs["padding"] == (0, 0, 0, 0):
+            algorithms.append("pointwise")
+        if attrs["kernel"] == (3, 3) and attrs["stride"] == (1, 1):
+            algorithms += list(WINOGRAD_TILE)
+    return algorithms
+
+
 def conv2d_algorithm(attrs: Mapping[str, Any], x: TensorType, out: TensorType) -> str:
+    """The algorithm the measurements above pick for this conv2d."""
     groups = attrs["groups"]
     channels_per_group = x.channels // groups
     if channels_per_group <= DIRECT_MAX_CHANNELS_PER_GROUP:
         return "direct"
-    plain = groups == 1 and attrs["dilation"] == (1, 1)
-    if plain and attrs["kernel"] == (1, 1) and attrs["stride"] == (1, 1) and attrs["padding"] == (0, 0, 0, 0):
+    supported = supported_algorithms(attrs, x)
+    if "pointwise" in supported:
         return "pointwise"
-    if (plain and attrs["kernel"] == (3, 3) and attrs["stride"] == (1, 1) and x.channels >= WINOGRAD_MIN_CHANNELS
-            and min(out.shape[2:]) >= WINOGRAD_MIN_OUTPUT_SIDE):
-        return "winograd"
+    large_enough = x.channels >= WINOGRAD_MIN_CHANNELS and min(out.shape[2:]) >= WINOGRAD_MIN_OUTPUT_SIDE
+    if "winograd4" in supported and large_enough:
+        return "winograd4"
     return "im2col"

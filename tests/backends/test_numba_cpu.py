@@ -25,8 +25,9 @@ def random_inputs(graph: Graph, seed: int = 1) -> dict[str, np.ndarray]:
     return {node.name: random(node.shape, seed + i) for i, node in enumerate(graph.inputs)}
 
 
-def assert_same_as_reference(graph: Graph, atol: float = ATOL, rtol: float = RTOL) -> numba_cpu.NumbaExecutable:
-    executable = numba_cpu.compile(graph)
+def assert_same_as_reference(graph: Graph, atol: float = ATOL, rtol: float = RTOL,
+                             options: dict | None = None) -> numba_cpu.NumbaExecutable:
+    executable = numba_cpu.compile(graph, options)
     inputs = random_inputs(graph)
     expected = reference.run(graph, inputs)
     actual = executable(inputs)
@@ -56,8 +57,8 @@ CONV_CASES = [
     ((1, 4, 10, 10), dict(out_channels=8, kernel=5, stride=2, padding=2, groups=2), "direct"),
     ((1, 16, 12, 12), dict(out_channels=24, kernel=1), "pointwise"),
     ((2, 32, 3, 5), dict(out_channels=40, kernel=1), "pointwise"),
-    ((1, 16, 14, 14), dict(out_channels=20, kernel=3, padding=1), "winograd"),
-    ((2, 24, 11, 9), dict(out_channels=16, kernel=3, padding=(0, 2, 1, 0)), "winograd"),
+    ((1, 16, 14, 14), dict(out_channels=20, kernel=3, padding=1), "winograd4"),
+    ((2, 24, 11, 9), dict(out_channels=16, kernel=3, padding=(0, 2, 1, 0)), "winograd4"),
     ((1, 16, 13, 13), dict(out_channels=16, kernel=3, stride=2, padding=1), "im2col"),
     ((1, 8, 15, 15), dict(out_channels=12, kernel=(3, 5), stride=(2, 1), padding=(1, 2), dilation=(2, 1)),
      "im2col"),
@@ -72,6 +73,22 @@ CONV_CASES = [
 def test_conv2d_algorithms_match_the_reference(shape, attrs, algorithm):
     assert algorithm_of(attrs, shape) == algorithm
     assert_same_as_reference(op_graph("conv2d", [shape], attrs))
+
+
+@pytest.mark.parametrize("algorithm", ["direct", "im2col", "winograd2", "winograd4"])
+@pytest.mark.parametrize("shape,attrs", [
+    ((1, 5, 13, 10), dict(out_channels=6, kernel=3, padding=1)),  # odd sizes: partial tiles
+    ((2, 8, 6, 7), dict(out_channels=3, kernel=3, padding=(2, 0, 1, 2))),  # uneven padding
+    ((1, 4, 3, 3), dict(out_channels=2, kernel=3)),  # a single output pixel
+])
+def test_every_algorithm_on_3x3_convolutions(shape, attrs, algorithm):
+    assert_same_as_reference(op_graph("conv2d", [shape], attrs), options={"conv2d_algorithms": {"y": algorithm}})
+
+
+def test_an_algorithm_that_cannot_compute_a_conv_is_refused():
+    graph = op_graph("conv2d", [(1, 4, 8, 8)], dict(out_channels=4, kernel=3, stride=2))
+    with pytest.raises(GraphError, match="algorithm 'winograd4' cannot compute this convolution; possible: direct"):
+        numba_cpu.compile(graph, {"conv2d_algorithms": {"y": "winograd4"}})
 
 
 ACTIVATIONS = [dict(act="relu"), dict(act="relu6"), dict(act="leaky_relu", alpha=0.2), dict(act="tanh"),
@@ -302,13 +319,13 @@ def test_nan_and_inf_propagate_like_the_reference():
 
 
 def test_winograd_keeps_non_finite_values_non_finite():
-    """Winograd's transforms mix the 4x4 input tile, so an inf may become NaN (inf - inf) and reach the other
-    outputs of its 2x2 tiles; every output the reference finds non-finite is non-finite here too, and every
-    output both find finite is equal."""
+    """Winograd's transforms mix a whole input tile, so an inf may become NaN (inf - inf) and reach every output
+    of the tiles that read it (F(4x4): up to 8x8 outputs around a pixel, here 2 pixels on a 12x12 map); every
+    output the reference finds non-finite is non-finite here too, and every output both find finite is equal."""
     out, expected = run_with_non_finite_pixels(dict(out_channels=8, kernel=3, padding=1))
     assert (~np.isfinite(expected) <= ~np.isfinite(out)).all()
     both = np.isfinite(expected) & np.isfinite(out)
-    assert both.mean() > 0.8
+    assert both.mean() > 0.5
     np.testing.assert_allclose(out[both], expected[both], atol=ATOL, rtol=RTOL)
 
 
@@ -350,7 +367,7 @@ def test_generated_source_is_readable():
     sources = executable.source
     assert sources and all("def kernel(" in text for text in sources.values())
     winograd = [text for name, text in sources.items() if "winograd" in name]
-    assert winograd and "F(2x2, 3x3)" in winograd[0]
+    assert winograd and "F(4x4, 3x3)" in winograd[0]
 
 
 def test_second_compile_in_a_fresh_process_loads_every_kernel_from_the_cache(tmp_path):

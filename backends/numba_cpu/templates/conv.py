@@ -5,8 +5,9 @@
 - `im2col`: a band of output rows at a time, the receptive fields copied into a K x pixels matrix and multiplied
   by the weights with BLAS, the epilogue applied while the band is in cache.
 - `pointwise`: a 1x1 convolution with stride 1 and no padding is a matrix product W (O x C) @ X (C x pixels).
-- `winograd`: 3x3, stride 1: Winograd's F(2x2, 3x3) computes each 2x2 output tile with 16 instead of 36
-  multiplications per channel pair, as 16 matrix products over all tiles of a band.
+- `winograd`: 3x3, stride 1: Winograd's F(m x m, 3x3) computes each m x m output tile with (m+2)^2 instead of
+  9 m^2 multiplications per channel pair (F(2x2): 16 for 36, F(4x4): 36 for 144), as (m+2)^2 matrix products over
+  all tiles of a band. The transform code is generated from the matrices.
 
 Every kernel parallelizes over jobs with a static round-robin over Numba's threads (each thread owns its scratch
 and calls single-threaded BLAS), and applies conv2d's fused epilogue: act(affine(conv + bias) + residual).
@@ -16,6 +17,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
+
+import numpy as np
 
 from backends.numba_cpu.templates.common import epilogue_code, epilogue_constants, render
 
@@ -168,20 +171,37 @@ def pointwise(attrs: Mapping[str, Any]):
     return render("conv2d_pointwise", body, **epilogue_constants(attrs))
 
 
+# Winograd's minimal filtering F(m x m, 3 x 3) (Lavin and Gray 2016): Y = A^T [(G g G^T) * (B^T d B)] A on tiles of
+# (m + 2) x (m + 2) inputs overlapping by 2. F(2x2) interpolates at 0, 1, -1; F(4x4) also at 2, -2.
+WINOGRAD_MATRICES = {
+    2: {
+        "BT": [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]],
+        "G": [[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]],
+        "AT": [[1, 1, 1, 0], [0, 1, -1, -1]],
+    },
+    4: {
+        "BT": [[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0], [0, -2, -1, 2, 1, 0],
+               [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]],
+        "G": [[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6], [1 / 24, 1 / 12, 1 / 6],
+              [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]],
+        "AT": [[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]],
+    },
+}
+
 WINOGRAD = '''
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
 def kernel(x, u, bias, scale, shift, res, out, padded, v_per_thread, m_per_thread, tile_rows):
-    """Winograd F(2x2, 3x3). u (16, O, C) = G g G^T, the transformed weights; per band of tile rows each
-    thread transforms the input tiles (V = B^T d B, 16 x C x tiles), multiplies M[xi] = u[xi] @ V[xi] and
-    transforms back (Y = A^T M A) into 2x2 outputs, adding the epilogue."""
+    """Winograd F({m}x{m}, 3x3). u ({points}, O, C) = G g G^T, the transformed weights. Per band of tile rows each
+    thread transforms the input tiles (V = B^T d B: {points} x C x tiles), multiplies M[xi] = u[xi] @ V[xi] for each
+    of the {points} points, and transforms back (Y = A^T M A) into {m}x{m} outputs, adding the epilogue."""
     n, c, h, w = x.shape
     o, oh, ow = out.shape[1], out.shape[2], out.shape[3]
-    th = (oh + 1) // 2
-    tw = (ow + 1) // 2
+    th = (oh + {m1}) // {m}
+    tw = (ow + {m1}) // {m}
     bands = (th + tile_rows - 1) // tile_rows
     threads = v_per_thread.shape[0]
     for img in range(n):
-        # A zero-padded copy of the image, large enough that every 4x4 tile lies inside it.
+        # A zero-padded copy of the image, large enough that every tile lies inside it.
         for ci in prange(c):
             padded[ci] = 0.0
             padded[ci, PT: PT + h, PL: PL + w] = x[img, ci]
@@ -196,94 +216,85 @@ def kernel(x, u, bias, scale, shift, res, out, padded, v_per_thread, m_per_threa
                 for ci in range(c):
                     for ti in range(ti0, ti1):
                         base = (ti - ti0) * tw
-                        x0 = padded[ci, 2 * ti]
-                        x1 = padded[ci, 2 * ti + 1]
-                        x2 = padded[ci, 2 * ti + 2]
-                        x3 = padded[ci, 2 * ti + 3]
+{row_loads}
                         for tj in range(tw):
-                            q = 2 * tj
+                            q = {m} * tj
                             k = base + tj
-                            # rows of B^T d, then B^T d B along each row
-                            a0 = x0[q] - x2[q]
-                            a1 = x0[q + 1] - x2[q + 1]
-                            a2 = x0[q + 2] - x2[q + 2]
-                            a3 = x0[q + 3] - x2[q + 3]
-                            b0 = x1[q] + x2[q]
-                            b1 = x1[q + 1] + x2[q + 1]
-                            b2 = x1[q + 2] + x2[q + 2]
-                            b3 = x1[q + 3] + x2[q + 3]
-                            c0 = x2[q] - x1[q]
-                            c1 = x2[q + 1] - x1[q + 1]
-                            c2 = x2[q + 2] - x1[q + 2]
-                            c3 = x2[q + 3] - x1[q + 3]
-                            d0 = x1[q] - x3[q]
-                            d1 = x1[q + 1] - x3[q + 1]
-                            d2 = x1[q + 2] - x3[q + 2]
-                            d3 = x1[q + 3] - x3[q + 3]
-                            vt[0, ci, k] = a0 - a2
-                            vt[1, ci, k] = a1 + a2
-                            vt[2, ci, k] = a2 - a1
-                            vt[3, ci, k] = a1 - a3
-                            vt[4, ci, k] = b0 - b2
-                            vt[5, ci, k] = b1 + b2
-                            vt[6, ci, k] = b2 - b1
-                            vt[7, ci, k] = b1 - b3
-                            vt[8, ci, k] = c0 - c2
-                            vt[9, ci, k] = c1 + c2
-                            vt[10, ci, k] = c2 - c1
-                            vt[11, ci, k] = c1 - c3
-                            vt[12, ci, k] = d0 - d2
-                            vt[13, ci, k] = d1 + d2
-                            vt[14, ci, k] = d2 - d1
-                            vt[15, ci, k] = d1 - d3
-                for xi in range(16):
+{input_transform}
+                for xi in range({points}):
                     gemm(u[xi], vt[xi, :, :tiles], mt[xi, :, :tiles], False, ints, floats, no_trans)
                 for oc in range(o):
                     for ti in range(ti0, ti1):
                         base = (ti - ti0) * tw
-                        r = 2 * ti
+                        r = {m} * ti
                         for tj in range(tw):
                             k = base + tj
-                            s0 = mt[0, oc, k] + mt[4, oc, k] + mt[8, oc, k]
-                            s1 = mt[1, oc, k] + mt[5, oc, k] + mt[9, oc, k]
-                            s2 = mt[2, oc, k] + mt[6, oc, k] + mt[10, oc, k]
-                            s3 = mt[3, oc, k] + mt[7, oc, k] + mt[11, oc, k]
-                            e0 = mt[4, oc, k] - mt[8, oc, k] - mt[12, oc, k]
-                            e1 = mt[5, oc, k] - mt[9, oc, k] - mt[13, oc, k]
-                            e2 = mt[6, oc, k] - mt[10, oc, k] - mt[14, oc, k]
-                            e3 = mt[7, oc, k] - mt[11, oc, k] - mt[15, oc, k]
-                            q = 2 * tj
-{outputs}'''
+                            q = {m} * tj
+{output_transform}
+'''
 
 
-WINOGRAD_OUTPUT = {
-    # (row offset, column offset): A^T M A for that output of the 2x2 tile
-    (0, 0): "s0 + s1 + s2",
-    (0, 1): "s1 - s2 - s3",
-    (1, 0): "e0 + e1 + e2",
-    (1, 1): "e1 - e2 - e3",
-}
+def _combination(coefficients: list[float], terms: list[str]) -> str:
+    """sum(c * term) as code, skipping zero coefficients and writing +-1 without a multiplication."""
+    parts = []
+    for coefficient, term in zip(coefficients, terms, strict=True):
+        if coefficient == 0:
+            continue
+        magnitude = abs(coefficient)
+        factor = term if magnitude == 1 else f"np.float32({magnitude!r}) * {term}"
+        parts.append(("- " if coefficient < 0 else "+ ") + factor)
+    text = " ".join(parts)
+    return text[2:] if text.startswith("+ ") else "-" + text[2:]
 
 
-def _winograd_outputs(attrs: Mapping[str, Any]) -> str:
-    """Straight-line code storing the four outputs of a tile, each guarded when it falls past the edge."""
+def _winograd_input_transform(m: int) -> tuple[str, str]:
+    """Code loading one tile d (from the row arrays x0..x{alpha-1}) and storing V = B^T d B into vt."""
+    bt = WINOGRAD_MATRICES[m]["BT"]
+    alpha = m + 2
+    rows = "\n".join(f"{' ' * 24}x{a} = padded[ci, {m} * ti + {a}]" for a in range(alpha))
     lines = []
-    for (dr, dq), expression in WINOGRAD_OUTPUT.items():
-        guards = [g for g, needed in (("r + 1 < oh", dr), ("q + 1 < ow", dq)) if needed]
-        indent = 28 + (4 if guards else 0)
-        if guards:
-            lines.append(" " * 28 + f"if {' and '.join(guards)}:")
-        rr, qq = f"r + {dr}" if dr else "r", f"q + {dq}" if dq else "q"
-        lines.append(" " * indent + f"v = {expression}")
-        lines.append(epilogue_code(attrs, "v", "oc", f"res[img, oc, {rr}, {qq}]", indent))
-        lines.append(" " * indent + f"out[img, oc, {rr}, {qq}] = v")
+    for a in range(alpha):  # t = B^T d, one row a at a time, for each column b
+        for b in range(alpha):
+            lines.append(f"t{a}_{b} = " + _combination(bt[a], [f"x{k}[q + {b}]" for k in range(alpha)]))
+    for a in range(alpha):  # V = t B: row a of t combined by row b of B^T
+        for b in range(alpha):
+            lines.append(f"vt[{a * alpha + b}, ci, k] = " + _combination(bt[b], [f"t{a}_{k}" for k in range(alpha)]))
+    return rows, "\n".join(" " * 28 + line for line in lines)
+
+
+def _winograd_output_transform(m: int, attrs: Mapping[str, Any]) -> str:
+    """Code reading M for one tile, forming Y = A^T M A, and storing each output (with the epilogue) that lies
+    inside the output."""
+    at = WINOGRAD_MATRICES[m]["AT"]
+    alpha = m + 2
+    indent = " " * 28
+    lines = [f"{indent}s{a}_{b} = " + _combination(at[a], [f"mt[{k * alpha + b}, oc, k]" for k in range(alpha)])
+             for a in range(m) for b in range(alpha)]
+    for a in range(m):
+        for b in range(m):
+            guards = [g for g, needed in ((f"r + {a} < oh", a), (f"q + {b} < ow", b)) if needed]
+            inner = indent + "    " if guards else indent
+            if guards:
+                lines.append(f"{indent}if {' and '.join(guards)}:")
+            lines.append(f"{inner}v = " + _combination(at[b], [f"s{a}_{k}" for k in range(alpha)]))
+            lines.append(epilogue_code(attrs, "v", "oc", f"res[img, oc, r + {a}, q + {b}]", len(inner)))
+            lines.append(f"{inner}out[img, oc, r + {a}, q + {b}] = v")
     return "\n".join(lines)
 
 
-def winograd(attrs: Mapping[str, Any]):
-    body = WINOGRAD.format(outputs=_winograd_outputs(attrs))
+def winograd(attrs: Mapping[str, Any], m: int):
+    rows, input_transform = _winograd_input_transform(m)
+    body = WINOGRAD.format(m=m, m1=m - 1, points=(m + 2) ** 2, row_loads=rows, input_transform=input_transform,
+                           output_transform=_winograd_output_transform(m, attrs))
     top, _, left, _ = attrs["padding"]
-    return render("conv2d_winograd_f2x2_3x3", body, PT=top, PL=left, **epilogue_constants(attrs))
+    return render(f"conv2d_winograd_f{m}x{m}_3x3", body, PT=top, PL=left, **epilogue_constants(attrs))
+
+
+def winograd_weights(weight: np.ndarray, m: int) -> np.ndarray:
+    """U = G g G^T for every (output, input) channel pair, laid out ((m+2)^2, O, C) for the matrix products."""
+    g = np.array(WINOGRAD_MATRICES[m]["G"], np.float64)
+    u = np.einsum("ai,ocij,bj->aboc", g, weight.astype(np.float64), g)
+    return np.ascontiguousarray(u.reshape((m + 2) ** 2, weight.shape[0], weight.shape[1]), dtype=np.float32)
 
 
 GATED_POINTWISE = '''

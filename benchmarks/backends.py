@@ -1,0 +1,144 @@
+"""cnncomp numba-cpu (-O3) against PyTorch eager (and the reference backend on small models), on the zoo.
+
+    python benchmarks/backends.py [--models lenet5 resnet50 ...] [--batch 1 8] [--repeat 10] [--json out.json]
+
+All backends run in one process on the same graph and weights, interleaved (one run of each in turn), so a
+slow moment of the machine hits them alike. Reported per model and batch: median and min latency, GFLOP/s from
+the MAC count (2 FLOPs per MAC), the fraction of this machine's numpy float32 matmul rate (2048 x 2048, measured
+at start), the ratio to PyTorch, and numba-cpu's compile time cold (empty kernel cache) and warm (a fresh
+process with the cache filled), each measured in a subprocess.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+MODELS = ["lenet5", "alexnet", "vgg16", "resnet18", "resnet50", "resnet152", "googlenet", "xception",
+          "efficientnet_b0", "unet", "fcn8s"]
+REFERENCE_MAX_MACS = 2e9  # the numpy reference joins in on models up to this size
+ROOT = Path(__file__).parents[1]
+
+COMPILE_SCRIPT = """
+import sys, time
+from cnncomp.driver import load_model
+from cnncomp.pipeline import optimize
+import backends.numba_cpu as numba_cpu
+graph, _ = optimize(load_model(sys.argv[1], batch=int(sys.argv[2])), 3)
+start = time.perf_counter()
+numba_cpu.compile(graph, {"cache_dir": sys.argv[3], "progress": False})
+print(time.perf_counter() - start)
+"""
+
+
+def matmul_peak_gflops() -> float:
+    a = np.random.default_rng(0).standard_normal((2048, 2048)).astype(np.float32)
+    a @ a
+    times = []
+    for _ in range(5):
+        start = time.perf_counter()
+        a @ a
+        times.append(time.perf_counter() - start)
+    return 2 * 2048**3 / min(times) / 1e9
+
+
+def compile_seconds(model: str, batch: int) -> tuple[float, float]:
+    """numba-cpu compile time with an empty kernel cache, then again in a fresh process with it filled."""
+    with tempfile.TemporaryDirectory() as cache:
+        results = []
+        for _ in range(2):
+            done = subprocess.run([sys.executable, "-c", COMPILE_SCRIPT, model, str(batch), cache],
+                                  capture_output=True, text=True, cwd=ROOT, check=True)
+            results.append(float(done.stdout.strip().splitlines()[-1]))
+    return results[0], results[1]
+
+
+def measure(model: str, batch: int, repeat: int, peak: float, with_compile: bool) -> list[dict]:
+    import backends.numba_cpu as numba_cpu
+    import backends.torch_eager as torch_eager
+    from backends import reference
+    from cnncomp.driver import load_model
+    from cnncomp.pipeline import optimize
+    from cnncomp.summary import summarize
+
+    graph = load_model(model, batch=batch)
+    macs = summarize(graph)["macs"]
+    optimized, _ = optimize(graph, 3)
+    runners = {"numba-cpu": numba_cpu.compile(optimized, {"progress": False}), "torch": torch_eager.compile(graph)}
+    if macs <= REFERENCE_MAX_MACS * batch:
+        runners["reference"] = reference.compile(graph)
+    inputs = {n.name: np.random.default_rng(0).standard_normal(n.shape).astype(np.float32) for n in graph.inputs}
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    for run in runners.values():
+        run(inputs)  # warm-up
+    for _ in range(repeat):
+        for name, run in runners.items():
+            start = time.perf_counter()
+            run(inputs)
+            times[name].append(time.perf_counter() - start)
+    cold, warm = compile_seconds(model, batch) if with_compile else (None, None)
+    torch_median = statistics.median(times["torch"])
+    records = []
+    for name, samples in times.items():
+        median = statistics.median(samples)
+        gflops = 2 * macs / median / 1e9
+        records.append({
+            "model": model, "backend": name, "batch": batch,
+            "median_ms": median * 1e3, "min_ms": min(samples) * 1e3, "images_per_s": batch / median,
+            "gflops": gflops, "peak_fraction": gflops / peak,
+            "vs_torch": torch_median / median,
+            "compile_cold_s": cold if name == "numba-cpu" else None,
+            "compile_warm_s": warm if name == "numba-cpu" else None,
+        })
+    return records
+
+
+def table(records: list[dict]) -> str:
+    header = (f"{'model':<16}{'batch':>6}  {'backend':<10}{'median ms':>10}{'min ms':>9}{'img/s':>8}{'GFLOP/s':>9}"
+              f"{'% peak':>7}{'x torch':>8}{'cold s':>8}{'warm s':>8}")
+    lines = [header, "-" * len(header)]
+    for r in records:
+        cold = f"{r['compile_cold_s']:.1f}" if r["compile_cold_s"] is not None else ""
+        warm = f"{r['compile_warm_s']:.1f}" if r["compile_warm_s"] is not None else ""
+        lines.append(f"{r['model']:<16}{r['batch']:>6}  {r['backend']:<10}{r['median_ms']:>10.1f}{r['min_ms']:>9.1f}"
+                     f"{r['images_per_s']:>8.1f}{r['gflops']:>9.1f}{100 * r['peak_fraction']:>6.0f}%"
+                     f"{r['vs_torch']:>8.2f}{cold:>8}{warm:>8}")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=MODELS)
+    parser.add_argument("--batch", nargs="+", type=int, default=[1, 8])
+    parser.add_argument("--repeat", type=int, default=10)
+    parser.add_argument("--no-compile-times", action="store_true", help="skip the cold/warm compile subprocesses")
+    parser.add_argument("--json", type=Path, help="also write the records here")
+    args = parser.parse_args()
+    peak = matmul_peak_gflops()
+    cpu = platform.processor() or platform.machine()
+    print(f"machine: {cpu}, {os.cpu_count()} cores, numpy matmul peak {peak:.0f} GFLOP/s")
+    records = []
+    for model in args.models:
+        for batch in args.batch:
+            records += measure(model, batch, args.repeat, peak, with_compile=batch == args.batch[0]
+                               and not args.no_compile_times)
+            print(table([r for r in records if r["model"] == model and r["batch"] == batch]).split("\n", 2)[-1],
+                  flush=True)
+    print()
+    print(table(records))
+    if args.json:
+        args.json.write_text(json.dumps({"peak_gflops": peak, "records": records}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
