@@ -24,6 +24,8 @@ from cnncomp.ops.resize import interpolation_taps
 # Target size of the per-thread working set of a tiled kernel (im2col columns, Winograd tiles): about half of a
 # core's L2 cache on the machines we measured.
 TILE_BYTES = 1 << 19
+# Winograd over all tiles at once while its transformed input and output fit in this (above: bands of tiles).
+WINOGRAD_WHOLE_BYTES = 16 << 20
 EMPTY3 = np.zeros((0, 0, 0), np.float32)
 EMPTY4 = np.zeros((0, 0, 0, 0), np.float32)
 
@@ -95,13 +97,20 @@ def lower_conv2d(node: Node, ctx: LoweringContext) -> list[KernelCall]:
         m = resolve.WINOGRAD_TILE[algorithm]
         points, c = (m + 2) ** 2, x_type.channels
         tiles_high, tiles_wide = -(-oh // m), -(-ow // m)
+        u = conv.winograd_weights(weight, m)
+        common = (x, u, *epilogue, _residual(ctx, node, False), out)
+        whole_bytes = points * 4 * (c + o) * n * tiles_high * tiles_wide
+        if whole_bytes <= WINOGRAD_WHOLE_BYTES:
+            padded = Scratch((n, c, m * tiles_high + 2, m * tiles_wide + 2))
+            tiles = n * tiles_high * tiles_wide
+            args = (*common, padded, Scratch((points, c, tiles)), Scratch((points, o, tiles)))
+            return [KernelCall(conv.winograd(attrs, m, whole=True), args, node.name)]
         tile_rows = max(1, min(tiles_high, TILE_BYTES // (points * 4 * (c + o) * tiles_wide)))
         per_thread = tile_rows * tiles_wide
-        padded = Scratch((c, m * tiles_high + 2, m * tiles_wide + 2))
-        args = (x, conv.winograd_weights(weight, m), *epilogue, _residual(ctx, node, False), out, padded,
-                Scratch((ctx.threads, points, c, per_thread)), Scratch((ctx.threads, points, o, per_thread)),
-                tile_rows)
-        return [KernelCall(conv.winograd(attrs, m), args, node.name)]
+        padded = Scratch((1, c, m * tiles_high + 2, m * tiles_wide + 2))
+        args = (*common, padded, Scratch((ctx.threads, points, c, per_thread)),
+                Scratch((ctx.threads, points, o, per_thread)), tile_rows)
+        return [KernelCall(conv.winograd(attrs, m, whole=False), args, node.name)]
     groups = attrs["groups"]
     k = weight.shape[1] * weight.shape[2] * weight.shape[3]
     rows_per_tile = max(1, min(oh, TILE_BYTES // (4 * k * ow)))

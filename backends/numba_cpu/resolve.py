@@ -1,13 +1,24 @@
 """Choosing a convolution algorithm per layer (as hidet's resolve step does), from measurements on the project
-machine (2-core AMD EPYC with AVX-512; GFLOP/s at batch 1, see benchmarks/README.md):
+machine (2-core AMD EPYC with AVX-512, batch 1; GFLOP/s counted from direct-convolution MACs, so Winograd can
+pass the machine's matmul rate; PyTorch 2.13 eager on the same layer in brackets):
 
-- 3x3, stride 1, dilation 1, no groups: Winograd F(2x2, 3x3) reached 195-233 GFLOP/s (counted as direct
-  MACs) on ResNet/VGG layers with 64-512 channels on 14x14 to 56x56 maps, where im2col + GEMM reached 85-145.
-  With fewer than 16 input channels the transforms outweigh the saving, and on 7x7 maps (16 tiles) the matrix
-  products are too thin: im2col there.
+    3x3 conv, C -> C, map side   F(4x4)   F(2x2)   im2col   [torch]
+    64 @ 224                       187      107      121     [201]
+    128 @ 112                      296      174      152     [222]
+    256 @ 56                       323      195      156     [226]
+    512 @ 28                       423      293      133     [221]
+    64 @ 56                        295      103      117     [208]
+    128 @ 28                       498      286      126     [217]
+    512 @ 14                       202      293      114     [221]
+    256 @ 14                       235      322      129     [220]
+    512 @ 7                         81      155      110     [199]
+
+- 3x3, stride 1, dilation 1, no groups: Winograd. F(4x4, 3x3) from 21x21 maps up, F(2x2, 3x3) below (its
+  tiles fit small maps better and its matrix products are less thin). With fewer than 16 input channels the
+  transforms outweigh the saving; below 5x5 maps, im2col.
 - 1x1, stride 1, no padding: a plain matrix product; nothing to gather.
-- Few channels per group (depthwise convs, the 3-channel first layer): the direct kernel, since a K x pixels
-  matrix of 1-27 rows makes BLAS slow.
+- Few channels per group (depthwise convs): the direct kernel, since a K x pixels matrix of a handful of rows
+  makes BLAS slow.
 - Everything else: im2col + GEMM.
 """
 
@@ -21,7 +32,8 @@ from cnncomp.ir import TensorType
 WINOGRAD_TILE = {"winograd2": 2, "winograd4": 4}
 DIRECT_MAX_CHANNELS_PER_GROUP = 4
 WINOGRAD_MIN_CHANNELS = 16
-WINOGRAD_MIN_OUTPUT_SIDE = 8
+WINOGRAD_MIN_OUTPUT_SIDE = 5
+WINOGRAD_4X4_MIN_OUTPUT_SIDE = 21
 
 
 def supported_algorithms(attrs: Mapping[str, Any], x: TensorType) -> list[str]:
@@ -44,7 +56,7 @@ def conv2d_algorithm(attrs: Mapping[str, Any], x: TensorType, out: TensorType) -
     supported = supported_algorithms(attrs, x)
     if "pointwise" in supported:
         return "pointwise"
-    large_enough = x.channels >= WINOGRAD_MIN_CHANNELS and min(out.shape[2:]) >= WINOGRAD_MIN_OUTPUT_SIDE
-    if "winograd4" in supported and large_enough:
-        return "winograd4"
+    side = min(out.shape[2:])
+    if "winograd4" in supported and x.channels >= WINOGRAD_MIN_CHANNELS and side >= WINOGRAD_MIN_OUTPUT_SIDE:
+        return "winograd4" if side >= WINOGRAD_4X4_MIN_OUTPUT_SIDE else "winograd2"
     return "im2col"

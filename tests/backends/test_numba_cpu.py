@@ -11,7 +11,7 @@ import pytest
 
 import backends.numba_cpu as numba_cpu
 from backends import reference
-from backends.numba_cpu import resolve
+from backends.numba_cpu import lowering, resolve
 from cnncomp.errors import GraphError, InputError
 from cnncomp.ir import Graph
 from frontends.builder import initialize_params
@@ -57,14 +57,15 @@ CONV_CASES = [
     ((1, 4, 10, 10), dict(out_channels=8, kernel=5, stride=2, padding=2, groups=2), "direct"),
     ((1, 16, 12, 12), dict(out_channels=24, kernel=1), "pointwise"),
     ((2, 32, 3, 5), dict(out_channels=40, kernel=1), "pointwise"),
-    ((1, 16, 14, 14), dict(out_channels=20, kernel=3, padding=1), "winograd4"),
-    ((2, 24, 11, 9), dict(out_channels=16, kernel=3, padding=(0, 2, 1, 0)), "winograd4"),
+    ((1, 16, 24, 22), dict(out_channels=20, kernel=3, padding=1), "winograd4"),
+    ((1, 16, 14, 14), dict(out_channels=20, kernel=3, padding=1), "winograd2"),
+    ((2, 24, 11, 9), dict(out_channels=16, kernel=3, padding=(0, 2, 1, 0)), "winograd2"),
     ((1, 16, 13, 13), dict(out_channels=16, kernel=3, stride=2, padding=1), "im2col"),
     ((1, 8, 15, 15), dict(out_channels=12, kernel=(3, 5), stride=(2, 1), padding=(1, 2), dilation=(2, 1)),
      "im2col"),
     ((2, 16, 9, 9), dict(out_channels=8, kernel=1, stride=2), "im2col"),
     ((1, 24, 11, 11), dict(out_channels=12, kernel=3, padding=1, groups=3), "im2col"),
-    ((1, 16, 6, 6), dict(out_channels=16, kernel=3, padding=1), "im2col"),  # 6x6: too small for Winograd
+    ((1, 16, 4, 4), dict(out_channels=16, kernel=3, padding=1), "im2col"),  # 4x4: too small for Winograd
     ((1, 6, 1, 1), dict(out_channels=5, kernel=1), "pointwise"),
 ]
 
@@ -85,6 +86,16 @@ def test_every_algorithm_on_3x3_convolutions(shape, attrs, algorithm):
     assert_same_as_reference(op_graph("conv2d", [shape], attrs), options={"conv2d_algorithms": {"y": algorithm}})
 
 
+@pytest.mark.parametrize("algorithm", ["winograd2", "winograd4"])
+def test_winograd_in_bands(monkeypatch, algorithm):
+    """Large maps go through Winograd in bands of tile rows; force that path on a small one."""
+    monkeypatch.setattr(lowering, "WINOGRAD_WHOLE_BYTES", 0)
+    monkeypatch.setattr(lowering, "TILE_BYTES", 1 << 14)  # several bands per image
+    graph = op_graph("conv2d", [(2, 16, 23, 18), (2, 8, 23, 18)],
+                     dict(out_channels=8, kernel=3, padding=1, residual=True, act="relu"))
+    assert_same_as_reference(graph, options={"conv2d_algorithms": {"y": algorithm}})
+
+
 def test_an_algorithm_that_cannot_compute_a_conv_is_refused():
     graph = op_graph("conv2d", [(1, 4, 8, 8)], dict(out_channels=4, kernel=3, stride=2))
     with pytest.raises(GraphError, match="algorithm 'winograd4' cannot compute this convolution; possible: direct"):
@@ -103,7 +114,8 @@ def test_every_activation_in_the_epilogue(epilogue):
 
 @pytest.mark.parametrize("shape,attrs", [
     ((1, 3, 9, 9), dict(out_channels=4, kernel=3, padding=1)),  # direct
-    ((1, 16, 10, 10), dict(out_channels=8, kernel=3, padding=1)),  # winograd
+    ((1, 16, 10, 10), dict(out_channels=8, kernel=3, padding=1)),  # winograd, F(2x2)
+    ((1, 16, 22, 22), dict(out_channels=8, kernel=3, padding=1)),  # winograd, F(4x4)
     ((1, 16, 10, 10), dict(out_channels=8, kernel=3, stride=2, padding=1)),  # im2col
 ])
 def test_affine_epilogue_in_each_family(shape, attrs):
@@ -363,7 +375,7 @@ def test_memory_does_not_grow_over_calls():
 
 
 def test_generated_source_is_readable():
-    executable = numba_cpu.compile(op_graph("conv2d", [(1, 16, 10, 10)], dict(out_channels=8, kernel=3, padding=1)))
+    executable = numba_cpu.compile(op_graph("conv2d", [(1, 16, 24, 24)], dict(out_channels=8, kernel=3, padding=1)))
     sources = executable.source
     assert sources and all("def kernel(" in text for text in sources.values())
     winograd = [text for name, text in sources.items() if "winograd" in name]

@@ -188,12 +188,13 @@ WINOGRAD_MATRICES = {
     },
 }
 
-WINOGRAD = '''
+WINOGRAD_BANDS = '''
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
 def kernel(x, u, bias, scale, shift, res, out, padded, v_per_thread, m_per_thread, tile_rows):
-    """Winograd F({m}x{m}, 3x3). u ({points}, O, C) = G g G^T, the transformed weights. Per band of tile rows each
-    thread transforms the input tiles (V = B^T d B: {points} x C x tiles), multiplies M[xi] = u[xi] @ V[xi] for each
-    of the {points} points, and transforms back (Y = A^T M A) into {m}x{m} outputs, adding the epilogue."""
+    """Winograd F({m}x{m}, 3x3) in bands of tile rows, for large maps. u ({points}, O, C) = G g G^T, the transformed
+    weights. Per band each thread transforms the input tiles (V = B^T d B: {points} x C x tiles), multiplies
+    M[xi] = u[xi] @ V[xi] for each of the {points} points, and transforms back (Y = A^T M A) into {m}x{m} outputs,
+    adding the epilogue, while the band is in its cache."""
     n, c, h, w = x.shape
     o, oh, ow = out.shape[1], out.shape[2], out.shape[3]
     th = (oh + {m1}) // {m}
@@ -202,9 +203,10 @@ def kernel(x, u, bias, scale, shift, res, out, padded, v_per_thread, m_per_threa
     threads = v_per_thread.shape[0]
     for img in range(n):
         # A zero-padded copy of the image, large enough that every tile lies inside it.
+        padded_image = padded[0]
         for ci in prange(c):
-            padded[ci] = 0.0
-            padded[ci, PT: PT + h, PL: PL + w] = x[img, ci]
+            padded_image[ci] = 0.0
+            padded_image[ci, PT: PT + h, PL: PL + w] = x[img, ci]
         for t in prange(threads):
             vt = v_per_thread[t]
             mt = m_per_thread[t]
@@ -216,11 +218,11 @@ def kernel(x, u, bias, scale, shift, res, out, padded, v_per_thread, m_per_threa
                 for ci in range(c):
                     for ti in range(ti0, ti1):
                         base = (ti - ti0) * tw
-{row_loads}
+{row_loads:24}
                         for tj in range(tw):
                             q = {m} * tj
                             k = base + tj
-{input_transform}
+{input_transform:28}
                 for xi in range({points}):
                     gemm(u[xi], vt[xi, :, :tiles], mt[xi, :, :tiles], False, ints, floats, no_trans)
                 for oc in range(o):
@@ -230,8 +232,58 @@ def kernel(x, u, bias, scale, shift, res, out, padded, v_per_thread, m_per_threa
                         for tj in range(tw):
                             k = base + tj
                             q = {m} * tj
-{output_transform}
+{output_transform:28}
 '''
+
+WINOGRAD_WHOLE = '''
+@njit(parallel=True, fastmath=FASTMATH, cache=True)
+def kernel(x, u, bias, scale, shift, res, out, padded, vt, mt):
+    """Winograd F({m}x{m}, 3x3) over every tile of every image at once, for small maps with many channels (where
+    bands would make the matrix products thin): transform all tiles (parallel over image x channel), one product
+    M[xi] = u[xi] @ V[xi] per point over all tiles (parallel over the {points} points), transform back with the
+    epilogue (parallel over image x output channel)."""
+    n, c, h, w = x.shape
+    o, oh, ow = out.shape[1], out.shape[2], out.shape[3]
+    th = (oh + {m1}) // {m}
+    tw = (ow + {m1}) // {m}
+    per_image = th * tw
+    for job in prange(n * c):
+        img = job // c
+        ci = job % c
+        padded_image = padded[img]
+        padded_image[ci] = 0.0
+        padded_image[ci, PT: PT + h, PL: PL + w] = x[img, ci]
+        for ti in range(th):
+            base = img * per_image + ti * tw
+{row_loads:12}
+            for tj in range(tw):
+                q = {m} * tj
+                k = base + tj
+{input_transform:16}
+    for xi in prange({points}):
+        ints, floats, no_trans = gemm_scratch()
+        gemm(u[xi], vt[xi], mt[xi], False, ints, floats, no_trans)
+    for job in prange(n * o):
+        img = job // o
+        oc = job % o
+        for ti in range(th):
+            base = img * per_image + ti * tw
+            r = {m} * ti
+            for tj in range(tw):
+                k = base + tj
+                q = {m} * tj
+{output_transform:16}
+'''
+
+
+class _Indented:
+    """Code whose format spec is the indentation, so templates place generated blocks with `{code:28}`."""
+
+    def __init__(self, lines: list[str]) -> None:
+        self.lines = lines
+
+    def __format__(self, spec: str) -> str:
+        return "\n".join(" " * int(spec) + line for line in self.lines)
 
 
 def _combination(coefficients: list[float], terms: list[str]) -> str:
@@ -247,11 +299,12 @@ def _combination(coefficients: list[float], terms: list[str]) -> str:
     return text[2:] if text.startswith("+ ") else "-" + text[2:]
 
 
-def _winograd_input_transform(m: int) -> tuple[str, str]:
-    """Code loading one tile d (from the row arrays x0..x{alpha-1}) and storing V = B^T d B into vt."""
+def _winograd_input_transform(m: int) -> tuple[_Indented, _Indented]:
+    """Code loading the rows x0..x{alpha-1} of a band of tiles from `padded_image`, and code transforming one tile
+    d of them into V = B^T d B, stored in vt[:, ci, k]."""
     bt = WINOGRAD_MATRICES[m]["BT"]
     alpha = m + 2
-    rows = "\n".join(f"{' ' * 24}x{a} = padded[ci, {m} * ti + {a}]" for a in range(alpha))
+    rows = [f"x{a} = padded_image[ci, {m} * ti + {a}]" for a in range(alpha)]
     lines = []
     for a in range(alpha):  # t = B^T d, one row a at a time, for each column b
         for b in range(alpha):
@@ -259,35 +312,38 @@ def _winograd_input_transform(m: int) -> tuple[str, str]:
     for a in range(alpha):  # V = t B: row a of t combined by row b of B^T
         for b in range(alpha):
             lines.append(f"vt[{a * alpha + b}, ci, k] = " + _combination(bt[b], [f"t{a}_{k}" for k in range(alpha)]))
-    return rows, "\n".join(" " * 28 + line for line in lines)
+    return _Indented(rows), _Indented(lines)
 
 
-def _winograd_output_transform(m: int, attrs: Mapping[str, Any]) -> str:
+def _winograd_output_transform(m: int, attrs: Mapping[str, Any]) -> _Indented:
     """Code reading M for one tile, forming Y = A^T M A, and storing each output (with the epilogue) that lies
     inside the output."""
     at = WINOGRAD_MATRICES[m]["AT"]
     alpha = m + 2
-    indent = " " * 28
-    lines = [f"{indent}s{a}_{b} = " + _combination(at[a], [f"mt[{k * alpha + b}, oc, k]" for k in range(alpha)])
+    lines = [f"s{a}_{b} = " + _combination(at[a], [f"mt[{k * alpha + b}, oc, k]" for k in range(alpha)])
              for a in range(m) for b in range(alpha)]
     for a in range(m):
         for b in range(m):
             guards = [g for g, needed in ((f"r + {a} < oh", a), (f"q + {b} < ow", b)) if needed]
-            inner = indent + "    " if guards else indent
+            inner = "    " if guards else ""
             if guards:
-                lines.append(f"{indent}if {' and '.join(guards)}:")
+                lines.append(f"if {' and '.join(guards)}:")
             lines.append(f"{inner}v = " + _combination(at[b], [f"s{a}_{k}" for k in range(alpha)]))
-            lines.append(epilogue_code(attrs, "v", "oc", f"res[img, oc, r + {a}, q + {b}]", len(inner)))
+            epilogue = epilogue_code(attrs, "v", "oc", f"res[img, oc, r + {a}, q + {b}]", len(inner))
+            lines += epilogue.split("\n")
             lines.append(f"{inner}out[img, oc, r + {a}, q + {b}] = v")
-    return "\n".join(lines)
+    return _Indented(lines)
 
 
-def winograd(attrs: Mapping[str, Any], m: int):
+def winograd(attrs: Mapping[str, Any], m: int, whole: bool):
+    """The Winograd kernel: in bands of tile rows (large maps) or over all tiles at once (`whole`)."""
     rows, input_transform = _winograd_input_transform(m)
-    body = WINOGRAD.format(m=m, m1=m - 1, points=(m + 2) ** 2, row_loads=rows, input_transform=input_transform,
+    template = WINOGRAD_WHOLE if whole else WINOGRAD_BANDS
+    body = template.format(m=m, m1=m - 1, points=(m + 2) ** 2, row_loads=rows, input_transform=input_transform,
                            output_transform=_winograd_output_transform(m, attrs))
     top, _, left, _ = attrs["padding"]
-    return render(f"conv2d_winograd_f{m}x{m}_3x3", body, PT=top, PL=left, **epilogue_constants(attrs))
+    family = f"conv2d_winograd_f{m}x{m}_3x3_{'whole' if whole else 'bands'}"
+    return render(family, body, PT=top, PL=left, **epilogue_constants(attrs))
 
 
 def winograd_weights(weight: np.ndarray, m: int) -> np.ndarray:
