@@ -72,6 +72,17 @@ def _residual(ctx: LoweringContext, node: Node, rows: bool) -> np.ndarray:
     return ctx.rows(node.inputs[1]) if rows else ctx.value(node.inputs[1])
 
 
+def gemm_tiles(k: int, m: int, pixels: int, threads: int) -> tuple[int, int]:
+    """(pixels, output channels) per job of the (m x k) @ (k x pixels) product of each image: pixel tiles whose
+    operand and result take about half a core's L2 cache, as many per image as a multiple of the thread count
+    (equal shares), starts aligned to 16 floats; maps under 128 pixels split over output channels instead."""
+    if pixels < 128:
+        return pixels, max(16, -(-m // (16 * threads)) * 16)
+    tiles = -(-pixels // max(64, TILE_BYTES // (4 * (k + m))))
+    tiles = -(-tiles // threads) * threads
+    return -(-pixels // (16 * tiles)) * 16, m
+
+
 def lower_conv2d(node: Node, ctx: LoweringContext) -> list[KernelCall]:
     x_type = ctx.graph.node(node.inputs[0]).type
     algorithm = ctx.conv2d_algorithms.get(node.name) or resolve.conv2d_algorithm(node.attrs, x_type, node.type)
@@ -88,8 +99,7 @@ def lower_conv2d(node: Node, ctx: LoweringContext) -> list[KernelCall]:
         return [KernelCall(conv.direct(attrs), args, node.name)]
     if algorithm == "pointwise":
         pixels = oh * ow
-        pixels_per_tile = max(64, min(pixels, TILE_BYTES // (4 * max(o, 1))))
-        channels_per_tile = o if pixels >= 2 * 64 else max(16, -(-o // ctx.threads))
+        pixels_per_tile, channels_per_tile = gemm_tiles(x_type.channels, o, pixels, ctx.threads)
         args = (ctx.rows(node.inputs[0]), weight.reshape(o, -1), *epilogue, _residual(ctx, node, True),
                 ctx.rows(node.name), pixels_per_tile, channels_per_tile, ctx.threads)
         return [KernelCall(conv.pointwise(attrs), args, node.name)]
@@ -133,13 +143,12 @@ def lower_pointwise_conv2d(node: Node, ctx: LoweringContext) -> list[KernelCall]
     o, pixels = node.shape[1], node.shape[2] * node.shape[3]
     residual = ctx.rows(node.inputs[-1]) if attrs["residual"] else EMPTY3
     epilogue = epilogue_args(params, attrs)
-    pixels_per_tile = max(64, min(pixels, TILE_BYTES // (4 * o)))
+    channels = ctx.graph.node(node.inputs[0]).shape[1]
+    pixels_per_tile, channels_per_tile = gemm_tiles(channels, o, pixels, ctx.threads)
     if attrs["gate"]:
-        channels = ctx.graph.node(node.inputs[0]).shape[1]
         args = (ctx.rows(node.inputs[0]), ctx.rows(node.inputs[1]), params["weight"], *epilogue, residual,
                 ctx.rows(node.name), Scratch((o, channels)), pixels_per_tile, ctx.threads)
         return [KernelCall(conv.gated_pointwise(attrs), args, node.name)]
-    channels_per_tile = o if pixels >= 2 * 64 else max(16, -(-o // ctx.threads))
     args = (ctx.rows(node.inputs[0]), params["weight"], *epilogue, residual, ctx.rows(node.name), pixels_per_tile,
             channels_per_tile, ctx.threads)
     return [KernelCall(conv.pointwise(attrs), args, node.name)]
