@@ -1,0 +1,144 @@
+"""What every CUDA kernel template shares: the module header, the fused epilogue as code, launch shapes, and the
+descriptions of kernel launches and their arguments that lowering produces.
+
+Every activation lives in one device arena of float32 (seen as int64 for max-pool indices), addressed by element
+offsets: value `t` of an (N, C, pixels) tensor is at `t_at + n * t_batch + c * pixels + p`. `t_batch` is the
+per-sample size, or the concat's for a value the memory plan placed inside a concat. Kernels take the arena once
+per tensor they touch (`x, x_at, x_batch`), so their sources read like the math, and every size is an argument:
+a template is specialized on window, stride, padding, dilation, epilogue and tile shape only.
+"""
+
+from __future__ import annotations
+
+import enum
+import textwrap
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from backends.numba_cuda.kernels import KernelSource
+
+HEADER = '''\
+"""cnncomp numba-cuda kernel: {family}
+{specialization}
+Generated code: edit the template in backends/numba_cuda/templates/, not this file."""
+
+import math
+
+from numba import cuda, float32
+'''
+
+# Elementwise kernels: threads per block, and the most blocks a grid-stride loop is launched with.
+BLOCK = 256
+MAX_BLOCKS = 8192
+WARP = 32
+
+
+def render(family: str, body: str, **constants: Any) -> KernelSource:
+    """A kernel module: the header, the specialization constants as module globals (Numba freezes globals into
+    the compiled kernel, so they size shared arrays and fold into index arithmetic), then the template body."""
+    lines = [f"{name} = {value!r}" for name, value in constants.items()]
+    specialization = ", ".join(f"{k}={v!r}" for k, v in constants.items()) or "(no constants)"
+    source = HEADER.format(family=family, specialization=specialization) + "\n" + "\n".join(lines) + "\n\n\n"
+    source += textwrap.dedent(body).strip() + "\n"
+    return KernelSource(family, source, tuple(constants.items()))
+
+
+# float32 throughout: a bare Python float literal is a float64 in Numba, and one would turn the arithmetic around
+# it into double precision (32x slower on most GPUs). The PTX tests check that no kernel does f64 arithmetic.
+ACTIVATION_CODE = {
+    # Written so that NaN passes through each activation as it does through the numpy reference.
+    "relu": "{v} = {v} if not ({v} < float32(0.0)) else float32(0.0)",
+    "relu6": "{v} = float32(0.0) if {v} < float32(0.0) else (float32(6.0) if {v} > float32(6.0) else {v})",
+    "leaky_relu": "{v} = {v} if not ({v} < float32(0.0)) else {v} * float32({alpha})",
+    "tanh": "{v} = math.tanh({v})",
+    "sigmoid": "{v} = float32(1.0) / (float32(1.0) + math.exp(-{v}))",
+    "silu": "{v} = {v} / (float32(1.0) + math.exp(-{v}))",
+    "hardswish": "{v} = {v} * min(max({v} + float32(3.0), float32(0.0)), float32(6.0)) / float32(6.0)",
+}
+
+
+def activation_code(act: str, value: str, alpha: str = "ALPHA") -> str:
+    return ACTIVATION_CODE[act].format(v=value, alpha=alpha)
+
+
+def epilogue_code(attrs: Mapping[str, Any], value: str, channel: str, residual: str, indent: int) -> str:
+    """Statements that apply `act(affine(v + bias) + residual)` to the float32 `value` of output channel
+    `channel`; `residual` is the expression that reads the residual operand at the same position."""
+    lines = []
+    if attrs.get("bias"):
+        lines.append(f"{value} += bias[{channel}]")
+    if attrs.get("affine"):
+        lines.append(f"{value} = {value} * scale[{channel}] + shift[{channel}]")
+    if attrs.get("residual"):
+        lines.append(f"{value} += {residual}")
+    if attrs.get("act"):
+        lines.append(activation_code(attrs["act"], value))
+    return textwrap.indent("\n".join(lines) or "pass", " " * indent)
+
+
+def epilogue_constants(attrs: Mapping[str, Any]) -> dict[str, Any]:
+    return {"ALPHA": float(attrs["alpha"])} if attrs.get("act") == "leaky_relu" else {}
+
+
+class Arena(enum.Enum):
+    """The activation arena, as the kernel argument sees it: float32 values or int64 indices (same memory)."""
+
+    FLOAT = "float32"
+    INT = "int64"
+
+
+class Status(enum.Enum):
+    """A small int32 device array in which kernels report bad data (an unpooling index out of range), one slot
+    per reporting node; the executable reads it after each run."""
+
+    ARRAY = "status"
+
+
+@dataclass(frozen=True)
+class Launch:
+    """One kernel launch of the executable: the kernel, its grid and block, and its arguments in order (Arena and
+    Status placeholders, host arrays that are copied to the device once at compile time, and ints)."""
+
+    kernel: KernelSource
+    grid: tuple[int, ...]
+    block: tuple[int, ...]
+    args: tuple[Any, ...]
+    node: str
+
+    @property
+    def threads(self) -> int:
+        return int(np.prod(self.grid)) * int(np.prod(self.block))
+
+
+# Stands for an epilogue array the node does not use, so that one kernel signature fits every node.
+UNUSED = np.zeros(1, np.float32)
+
+
+def epilogue_args(params: Mapping[str, np.ndarray], attrs: Mapping[str, Any]) -> tuple[np.ndarray, ...]:
+    """bias, scale, shift: the arrays an epilogue reads (UNUSED where the node has none)."""
+    return (
+        params["bias"] if attrs.get("bias") else UNUSED,
+        params["scale"] if attrs.get("affine") else UNUSED,
+        params["shift"] if attrs.get("affine") else UNUSED,
+    )
+
+
+def next_power_of_two(value: int) -> int:
+    return 1 << max(0, int(value) - 1).bit_length()
+
+
+def elementwise_launch(total: int) -> tuple[tuple[int], tuple[int]]:
+    """Grid and block of a grid-stride loop over `total` elements: BLOCK threads (fewer, a whole number of warps,
+    for tiny tensors) and at most MAX_BLOCKS blocks, each thread taking every (grid size)-th element."""
+    block = min(BLOCK, -(-max(total, 1) // WARP) * WARP)
+    grid = min(MAX_BLOCKS, -(-max(total, 1) // block))
+    return (grid,), (block,)
+
+
+GRID_STRIDE = '''
+start = cuda.grid(1)
+step = cuda.gridsize(1)
+'''
