@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Install cnncomp with its development tools into the current Python environment, and Debian's graphviz
+# Install cnncomp with its development tools and the numba-cuda backend's package (its tests run without a GPU)
+# into the current Python environment, and Debian's graphviz
 # (the `dot` renderer the graphviz Python package needs) when it is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,4 +15,4 @@ if ! command -v dot >/dev/null 2>&1; then
     fi
 fi
 
-python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+python -m pip install --quiet --disable-pip-version-check -e '.[dev,cuda]'

@@ -16,7 +16,6 @@ sources) and `kernels` (the on-disk kernel cache). This module imports `numba.cu
 
 from __future__ import annotations
 
-import importlib.util
 import time
 import warnings
 from collections.abc import Mapping
@@ -46,8 +45,10 @@ class CudaUnavailableError(CnnCompError):
 def cuda_module(require_device: bool = True) -> Any:
     """`numba.cuda` from the numba-cuda package (numba's own, deprecated CUDA target is not used). With
     `require_device`, a GPU or the simulator must be there, else CudaUnavailableError says what to do."""
-    if importlib.util.find_spec("numba_cuda") is None:
-        raise CudaUnavailableError(NOT_INSTALLED)
+    try:
+        import numba_cuda  # noqa: F401  (the package; numba.cuda is where it puts its API)
+    except ImportError:
+        raise CudaUnavailableError(NOT_INSTALLED) from None
     try:
         from numba import cuda
     except ImportError as exc:  # numba-cuda present but its CUDA Python bindings are not

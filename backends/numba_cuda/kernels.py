@@ -36,6 +36,15 @@ class KernelSource:
     def module_name(self) -> str:
         return f"cnncomp_cuda_{self.family}_{self.key}"
 
+    @property
+    def template(self) -> str:
+        """The source without its specialization constants: equal for kernels that differ only in the numbers
+        (window, stride, tile sizes), not in code."""
+        names = {name for name, _ in self.specialization}
+        lines = self.source.splitlines()
+        return "\n".join(line for line in lines[lines.index("from numba import cuda, float32"):]
+                         if line.split(" = ")[0] not in names)
+
 
 def default_cache_dir() -> Path:
     """`$CNNCOMP_CACHE_DIR`, else `$XDG_CACHE_HOME/cnncomp`, else `~/.cache/cnncomp` (as the numba-cpu backend)."""
@@ -63,8 +72,8 @@ def toolchain_key() -> str:
 class KernelCache:
     """Kernel modules on disk under `<root>/numba-cuda-<toolchain key>/`, imported at most once per process."""
 
-    def __init__(self, root: Path | None = None) -> None:
-        self.directory = (root or default_cache_dir()) / f"numba-cuda-{toolchain_key()}"
+    def __init__(self, root: str | Path | None = None) -> None:
+        self.directory = (Path(root) if root else default_cache_dir()) / f"numba-cuda-{toolchain_key()}"
 
     def path(self, kernel: KernelSource) -> Path:
         return self.directory / f"{kernel.module_name}.py"
