@@ -44,6 +44,24 @@ def _model_param(text: str) -> tuple[str, Any]:
     return name.strip(), {"true": True, "false": False}.get(value, value)
 
 
+def _input_shape(text: str) -> tuple[str, tuple[int, ...]]:
+    """`--input-shape NAME=1x3x224x224`: an input's full shape, batch included."""
+    name, equals, value = text.partition("=")
+    try:
+        shape = tuple(int(d) for d in value.lower().split("x"))
+    except ValueError:
+        shape = ()
+    if not equals or not name.strip() or not shape or min(shape) <= 0:
+        raise argparse.ArgumentTypeError(f"expected NAME=NxCxHxW with positive sizes, got {text!r}")
+    return name.strip(), shape
+
+
+def _add_input_shape_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--input-shape", type=_input_shape, action="append", default=[], metavar="NAME=NxCxHxW",
+                        help="an input's full shape, such as image=1x3x224x224 (repeatable); an ONNX model needs it "
+                             "for symbolic dimensions other than the batch")
+
+
 def _add_pipeline_options(parser: argparse.ArgumentParser, default_level: int) -> None:
     parser.add_argument("-O", dest="opt_level", type=int, choices=range(4), default=default_level, metavar="N",
                         help=f"optimization level 0-3: the graph after that pipeline (default {default_level})")
@@ -88,7 +106,8 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
     # With no pass to run, nothing reads the weights: skip drawing them (seconds for VGG-16's 138M).
     structure_only = not passes_for(args.opt_level, args.disable_pass, args.fully_convolutional)
-    graph = load_model(args.model, batch=args.batch, structure_only=structure_only, **dict(args.param))
+    graph = load_model(args.model, batch=args.batch, structure_only=structure_only,
+                       input_shapes=dict(args.input_shape), **dict(args.param))
     summary = summarize(_optimized(args, graph))
     print(json.dumps(summary, indent=1) if args.json else format_table(summary))
     return 0
@@ -122,7 +141,8 @@ def cmd_render(args: argparse.Namespace) -> int:
 
     # Pictures need no weights; only passes read them.
     structure_only = not passes_for(args.opt_level, args.disable_pass, args.fully_convolutional)
-    original = load_model(args.model, batch=args.batch, structure_only=structure_only, **dict(args.param))
+    original = load_model(args.model, batch=args.batch, structure_only=structure_only,
+                          input_shapes=dict(args.input_shape), **dict(args.param))
     graph = _optimized(args, original)
     if args.compare:
         before = "-O0" if not args.fully_convolutional else "-O0 (not fully convolutional)"
@@ -131,6 +151,28 @@ def cmd_render(args: argparse.Namespace) -> int:
         dot = render.to_dot(graph, cost=args.cost, block=args.block, caption=f"-O{args.opt_level}")
     print(render.write(dot, args.output))
     return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from cnncomp.driver import load_model
+    from cnncomp.onnx_export import OPSET, export
+
+    output = Path(args.output)
+    if output.suffix != ".onnx":
+        raise UsageError(f"{output}: an ONNX model is written as .onnx")
+    graph = _optimized(args, load_model(args.model, batch=args.batch, input_shapes=dict(args.input_shape),
+                                        **dict(args.param)))
+    model = export(graph, output)
+    parameters = sum(value.size for value in graph.params.values())
+    print(f"{graph.name}: {len(model.graph.node)} ONNX nodes (opset {OPSET}), {parameters:,} parameters in "
+          f"{len(graph.params)} initializers -> {output} ({_megabytes(output.stat().st_size)})")
+    return 0
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / 2 ** 20:.1f} MiB"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -149,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     summary.add_argument("--param", type=_model_param, action="append", default=[], metavar="NAME=VALUE",
                          help="set a model parameter, such as classes=10 (repeatable)")
     summary.add_argument("--json", action="store_true", help="print machine-readable JSON instead of a table")
+    _add_input_shape_option(summary)
     _add_pipeline_options(summary, default_level=0)
     summary.set_defaults(run=cmd_summary)
 
@@ -167,8 +210,25 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--compare", action="store_true", help="draw the graph before (-O0) and after side by side")
     render.add_argument("--cost", action="store_true", help="shade nodes by MACs and show each node's MACs")
     render.add_argument("--block", metavar="NAME", help="draw only this block of the model (e.g. layer1.0)")
+    _add_input_shape_option(render)
     _add_pipeline_options(render, default_level=0)
     render.set_defaults(run=cmd_render)
+
+    export = commands.add_parser(
+        "export", help="write the model as an ONNX file (weights included)",
+        description="Write the graph, after the pipeline -O asks for (default -O0: as written), as an ONNX model "
+                    "with its weights as initializers, checked with onnx.checker; ONNX Runtime and other ONNX tools "
+                    "run exactly this model. Needs the onnx package (pip install 'cnncomp[onnx]').",
+    )
+    export.add_argument("model", metavar="MODEL",
+                        help="model description (a .cnn, .py or .onnx file) or zoo model name")
+    export.add_argument("-o", "--output", required=True, metavar="FILE.onnx", help="the ONNX file to write")
+    export.add_argument("--batch", type=_positive_int, default=None, help="batch size (default: the model's)")
+    export.add_argument("--param", type=_model_param, action="append", default=[], metavar="NAME=VALUE",
+                        help="set a model parameter, such as classes=10 (repeatable)")
+    _add_input_shape_option(export)
+    _add_pipeline_options(export, default_level=0)
+    export.set_defaults(run=cmd_export)
 
     zoo = commands.add_parser(
         "zoo", help="list the zoo's models: input shape, params, MACs",

@@ -147,6 +147,9 @@ class Importer:
                 self.producers[output] = node
         present = [name for name in node.inputs if name]
         if any(name in self.poisoned for name in present):
+            # What an unsupported node feeds cannot be converted; its op type can still be checked.
+            if node.domain or (find_converter(node.op_type, self.opset) is None and node.op_type not in FOLDERS):
+                return self._fail(node, None)
             self.unchecked += 1
             self.poisoned.update(node.outputs)
             return
