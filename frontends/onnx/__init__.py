@@ -39,6 +39,8 @@ def import_model(model: Any, name: str | None = None, input_shapes: Mapping[str,
     """An `onnx.ModelProto` as a Graph (named `name`, else the ONNX graph's name); `source` names it in errors."""
     onnx = onnx_module()
     if getattr(model, "functions", None):
+        import onnx.inliner
+
         model = onnx.inliner.inline_local_functions(model)
     graph_name = name or model.graph.name or "model"
     return Importer(model, graph_name, source, input_shapes, onnx).run()

@@ -204,6 +204,10 @@ def _pool(cx: Importer, node: OnnxNode, op: str) -> Any:
     kernel = _pair(node.attrs["kernel_shape"], "kernel_shape")
     window = _window(cx, node, x, kernel)
     ceil_mode = bool(node.attrs.get("ceil_mode", 0))
+    if node.attrs.get("auto_pad", "NOTSET") in ("SAME_UPPER", "SAME_LOWER") and window["dilation"] != (1, 1):
+        # The ONNX definition pads for the dilated extent, ONNX Runtime for the kernel: refused, not guessed.
+        raise Unsupported(f"a {node.op_type} with auto_pad={node.attrs['auto_pad']} and dilations "
+                          f"{list(window['dilation'])} (ONNX Runtime and the ONNX definition disagree on its padding)")
     attrs = {"kernel": kernel, "stride": window["stride"], "padding": window["padding"], "ceil_mode": ceil_mode}
     if op == "max_pool2d":
         attrs["dilation"] = window["dilation"]
@@ -531,7 +535,7 @@ def _fold_into_bias(cx: Importer, node: OnnxNode, x: str, shift: np.ndarray) -> 
     """layer(x) + c => layer(x) with bias + c, when only this node reads the layer's value: the layer is
     replaced by its biased twin of the same name (or of the output's name, if that is a graph output)."""
     layer = cx.graph.node(x)
-    onnx_value = next(name for name in node.inputs if cx.values.get(name) == x)
+    onnx_value = next(name for name in node.inputs if isinstance(cx.values.get(name), str) and cx.values[name] == x)
     if layer.op not in BIASED_LAYERS or cx.graph.consumers(x) or not cx.sole_reader(onnx_value) \
             or layer.attrs.get("act") is not None or layer.attrs.get("affine") or layer.attrs.get("residual"):
         return None

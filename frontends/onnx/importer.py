@@ -206,17 +206,7 @@ class Importer:
             return bound
         if bound is None:
             raise Unsupported(f"input {index} is missing")
-        if isinstance(bound, np.ndarray):
-            raise Unsupported(f"input {index} ({node.input(index)!r}) is a constant; cnncomp computes this op on "
-                              "tensors that flow from the graph inputs")
-        if isinstance(bound, Overhanging):
-            raise Unsupported(f"input {index} is a ceil-mode pooling whose last window ONNX starts in the padding "
-                              "(cnncomp, as PyTorch, drops that window)")
-        if isinstance(bound, PendingSlice):
-            h, w = bound.size
-            raise Unsupported(f"input {index} is a center crop to {h}x{w}, but no tensor of that size to crop to "
-                              "(cnncomp's crop takes its size from a reference tensor)")
-        raise Unsupported(f"input {index} holds MaxPool indices, which only MaxUnpool reads")
+        raise Unsupported(f"input {index} ({node.input(index)!r}) is {_not_a_tensor(bound)}")
 
     def const(self, node: OnnxNode, index: int, required: bool = True) -> np.ndarray | None:
         """Input `index` as a constant array (None when omitted and not required)."""
@@ -290,9 +280,7 @@ class Importer:
         for name in self.output_names:
             bound = self.values.get(name)
             if not isinstance(bound, str):
-                kind = "a constant" if isinstance(bound, np.ndarray) else "MaxPool's flat indices"
-                raise ModelLoadError(f"{self.source}: graph output {name!r} is {kind}; cnncomp's outputs are "
-                                     "computed tensors")
+                raise ModelLoadError(f"{self.source}: graph output {name!r} is {_not_a_tensor(bound)}")
             if bound != name:
                 bound = self.graph.add_node(name, "identity", [bound]).name
             outputs.append(bound)
@@ -373,6 +361,20 @@ class Importer:
         count = len(self.problems)
         return (f"{self.source}: cannot import {count} of {total} node{'s' if total > 1 else ''} (opset "
                 f"{self.opset}): " + ". ".join(parts))
+
+
+def _not_a_tensor(bound: Value) -> str:
+    """Why a bound value is not a tensor of the graph."""
+    if isinstance(bound, np.ndarray):
+        return "a constant; cnncomp computes on tensors that flow from the graph inputs"
+    if isinstance(bound, Overhanging):
+        return ("a ceil-mode pooling whose last window ONNX starts in the padding (cnncomp, as PyTorch, drops that "
+                "window)")
+    if isinstance(bound, PendingSlice):
+        h, w = bound.size
+        return (f"a center crop to {h}x{w}, but no tensor of that size to crop to (cnncomp's crop takes its size "
+                "from a reference tensor)")
+    return "MaxPool's flat indices, which only MaxUnpool reads"
 
 
 # y = x * scale + shift as a batch norm: running_var + eps == 1 exactly in float32 (and float64).
