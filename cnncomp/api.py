@@ -1,0 +1,260 @@
+"""The Python API: load a model, compile it for a backend, run it, save it and load it again.
+
+    import cnncomp
+    graph = cnncomp.load_model("resnet18")                  # a .cnn or .py file, or a zoo name
+    model = cnncomp.compile(graph, backend="numba-cpu", opt_level=2, batch=1)
+    logits = model(x)                                       # x: N x C x H x W float32; any N
+    model.save("resnet18.cnnx")
+    model = cnncomp.load("resnet18.cnnx")                   # kernels generated again, from the kernel cache
+
+A model is compiled for one batch size; called with another, it compiles that variant once and keeps it. A model
+compiled `fully_convolutional` also takes other image sizes. Backends are found by name (`cnncomp.plugins`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cnncomp import plugins
+from cnncomp.data import default_preprocessing
+from cnncomp.errors import CnnCompError, GraphError, InputError
+from cnncomp.ir import Graph
+
+DEFAULT_BACKEND = "numba-cpu"
+
+Shapes = tuple[tuple[str, tuple[int, ...]], ...]
+
+
+def load_model(model: str | Path, *, weights: str | Path | None = None, batch: int | None = None,
+               **params: Any) -> Graph:
+    """A model description (`.cnn` or `.py` file) or zoo name as a Graph; `params` set the model's parameters,
+    `weights` loads an `.npz` of parameters keyed `node.param` (such as a PyTorch state dict's names)."""
+    from cnncomp.driver import load_model as load_description
+
+    graph = load_description(model, batch=batch, **params)
+    if weights is not None:
+        weights = Path(weights)
+        if not weights.is_file():
+            raise CnnCompError(f"{weights}: no such weights file")
+        graph.load_params(weights)
+    return graph
+
+
+def compile(model: Graph | str | Path, backend: str = DEFAULT_BACKEND, opt_level: int = 2,  # noqa: A001
+            batch: int | None = 1, fully_convolutional: bool = False, *, disable: Sequence[str] = (),
+            preprocessing: Mapping[str, Any] | None = None, options: Mapping[str, Any] | None = None,
+            ) -> CompiledModel:
+    """Optimize `model` at `opt_level` (0-3, without the `disable`d passes) and compile it for `backend` at
+    `batch` (None: the model's own). `preprocessing` says how images become its input (default: see
+    `cnncomp.data`); `options` go to the backend (numba-cpu: `progress`, `cache_dir`)."""
+    from cnncomp.pipeline import optimize
+
+    graph = model if isinstance(model, Graph) else load_model(model)
+    if batch is not None:
+        graph = graph.with_batch(batch)
+    started = time.perf_counter()
+    optimized, _ = optimize(graph, opt_level, disable, fully_convolutional)
+    compiled = CompiledModel(optimized, backend, opt_level, fully_convolutional=fully_convolutional,
+                             disabled_passes=tuple(disable), preprocessing=preprocessing, options=options)
+    compiled.compile_seconds = time.perf_counter() - started
+    return compiled
+
+
+def load(path: str | Path, backend: str | None = None, options: Mapping[str, Any] | None = None) -> CompiledModel:
+    """A model saved with `CompiledModel.save`, verified (see `cnncomp.artifact`), compiled for the backend it
+    was saved for (or `backend`)."""
+    from cnncomp import artifact
+
+    started = time.perf_counter()
+    manifest, graph = artifact.read(path)
+    model = CompiledModel(graph, backend or manifest["backend"], manifest["opt_level"],
+                          fully_convolutional=manifest["fully_convolutional"],
+                          disabled_passes=tuple(manifest["disabled_passes"]),
+                          preprocessing=manifest.get("preprocessing"), options=options)
+    model.compile_seconds = time.perf_counter() - started
+    return model
+
+
+class Profile(list):
+    """Per-kernel times, in execution order: rows of `node`, `kernel`, `ms`, `percent`; prints as a table."""
+
+    def __str__(self) -> str:
+        total = sum(row["ms"] for row in self)
+        width = max([len("node"), *(len(row["node"]) for row in self)])
+        kernel_width = max([len("kernel"), *(len(row["kernel"]) for row in self)])
+        lines = [f"{'node':<{width}}  {'kernel':<{kernel_width}}  {'ms':>9}  {'%':>5}"]
+        lines += [f"{row['node']:<{width}}  {row['kernel']:<{kernel_width}}  {row['ms']:9.3f}  {row['percent']:5.1f}"
+                  for row in self]
+        lines.append(f"{'total':<{width}}  {'':<{kernel_width}}  {total:9.3f}  {100.0:5.1f}")
+        return "\n".join(lines)
+
+
+class CompiledModel:
+    """A model compiled for a backend: call it on arrays, save it, read what was generated.
+
+    `graph` is the optimized graph at the compiled batch size; `stats` the backend's compile figures (numba-cpu:
+    kernels, compiled, from_cache, seconds, arena_bytes, scratch_bytes), `compile_seconds` the time of the whole
+    compile (passes included) or load.
+    """
+
+    def __init__(self, graph: Graph, backend: str = DEFAULT_BACKEND, opt_level: int = 2, *,
+                 fully_convolutional: bool = False, disabled_passes: tuple[str, ...] = (),
+                 preprocessing: Mapping[str, Any] | None = None, options: Mapping[str, Any] | None = None) -> None:
+        self.graph = graph
+        self.backend = backend
+        self.opt_level = opt_level
+        self.fully_convolutional = fully_convolutional
+        self.disabled_passes = disabled_passes
+        self.preprocessing = dict(preprocessing) if preprocessing is not None else default_preprocessing(graph)
+        self.options = dict(options or {})
+        self.compile_seconds = 0.0
+        self._backend = plugins.backend(backend)
+        self._memory_plan: dict[str, Any] | None = None
+        self._variants: dict[Shapes, Any] = {self._key(self.input_shapes): self._backend.compile(graph, self.options)}
+
+    # ----- what was compiled ---------------------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.graph.name
+
+    @property
+    def input_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {node.name: node.shape for node in self.graph.inputs}
+
+    @property
+    def output_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {name: self.graph.node(name).shape for name in self.graph.outputs}
+
+    @property
+    def variants(self) -> list[dict[str, tuple[int, ...]]]:
+        """The input shapes compiled so far: the compiled ones first, then each other batch size met."""
+        return [dict(key) for key in self._variants]
+
+    @property
+    def executable(self) -> Any:
+        """The backend's executable at the compiled shapes."""
+        return self._variants[self._key(self.input_shapes)]
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        stats = getattr(self.executable, "stats", None)
+        return asdict(stats) if is_dataclass(stats) else dict(stats or {})
+
+    @property
+    def source(self) -> dict[str, str]:
+        """The generated kernel modules by name ({} for a backend that generates none, such as the reference)."""
+        return dict(getattr(self.executable, "source", {}))
+
+    @property
+    def memory_plan(self) -> dict[str, Any]:
+        """Where each tensor lives in the one arena: the graph's own plan (-O3), else planned now as numba-cpu
+        plans a graph that has none."""
+        if self._memory_plan is None:
+            from cnncomp.passes.plan_memory import PLAN_KEY, plan_memory
+
+            graph = self.graph if PLAN_KEY in self.graph.meta else plan_memory(self.graph)
+            self._memory_plan = graph.meta[PLAN_KEY]
+        return self._memory_plan
+
+    @property
+    def softmax_output(self) -> bool:
+        """Whether the (single) output is a softmax already, so its values are probabilities."""
+        return len(self.graph.outputs) == 1 and self.graph.node(self.graph.outputs[0]).op == "softmax"
+
+    # ----- running -------------------------------------------------------------------------------------------
+    def __call__(self, x: np.ndarray | Mapping[str, np.ndarray]) -> np.ndarray | dict[str, np.ndarray]:
+        """Run on one N x C x H x W float32 array (a model with one input) or a dict of them by input name; returns
+        one array (a model with one output) or a dict by output name."""
+        inputs = self._inputs(x)
+        outputs = self._variant(inputs)(inputs)
+        return next(iter(outputs.values())) if len(outputs) == 1 else outputs
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Like calling the model, always with dicts."""
+        inputs = self._inputs(dict(inputs))
+        return self._variant(inputs)(inputs)
+
+    def profile(self, x: np.ndarray | Mapping[str, np.ndarray], repeat: int = 10) -> Profile:
+        """Each kernel's median time over `repeat` runs, in execution order (backends that can time kernels)."""
+        inputs = self._inputs(x)
+        executable = self._variant(inputs)
+        if not hasattr(executable, "profile"):
+            raise CnnCompError(f"the {self.backend} backend cannot time its kernels; numba-cpu can")
+        rows = executable.profile(inputs, repeat)
+        total = sum(row["seconds"] for row in rows) or 1.0
+        return Profile({"node": row["node"], "kernel": row["kernel"], "ms": row["seconds"] * 1e3,
+                        "percent": 100 * row["seconds"] / total} for row in rows)
+
+    def _inputs(self, x: np.ndarray | Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The inputs by name, each checked: a float32 array of the compiled shape, but for the batch size (and
+        the image size, if compiled fully convolutional)."""
+        expected = {node.name: node.type for node in self.graph.inputs}
+        if isinstance(x, Mapping):
+            inputs = dict(x)
+        elif len(expected) == 1:
+            inputs = {next(iter(expected)): x}
+        else:
+            raise InputError(f"model {self.name!r} has inputs {', '.join(expected)}; pass a dict of arrays")
+        missing = [name for name in expected if name not in inputs]
+        unknown = [name for name in inputs if name not in expected]
+        if missing or unknown:
+            problem = f"missing input {missing[0]!r}" if missing else f"unknown input {unknown[0]!r}"
+            raise InputError(f"{problem}; model {self.name!r} takes {', '.join(map(repr, expected))}")
+        for name, type_ in expected.items():
+            value = inputs[name]
+            if not isinstance(value, np.ndarray):
+                raise InputError(f"input {name!r}: expected a numpy array, got {type(value).__name__}")
+            if value.dtype != np.dtype(type_.dtype):
+                raise InputError(f"input {name!r}: dtype {value.dtype}, expected {type_.dtype}")
+            free = 2 if self.fully_convolutional else len(type_.shape)  # dims that must match after the batch
+            fixed = type_.shape[1:free]
+            if value.ndim != len(type_.shape) or value.shape[1:free] != fixed or value.shape[0] < 1:
+                wanted = "x".join(["N", *map(str, fixed), *("H", "W")[: len(type_.shape) - free]])
+                got = "x".join(map(str, value.shape)) or "a scalar"
+                raise InputError(f"input {name!r}: shape {got}, expected {wanted} (compiled for {type_})")
+        return inputs
+
+    def _variant(self, inputs: Mapping[str, np.ndarray]) -> Any:
+        """The executable for these input shapes, compiled on first use."""
+        shapes = {name: value.shape for name, value in inputs.items()}
+        key = self._key(shapes)
+        if key not in self._variants:
+            from cnncomp.passes.plan_memory import PLAN_KEY, plan_memory
+
+            try:
+                graph = self.graph.with_input_shapes(shapes)
+            except GraphError as exc:
+                raise InputError(f"model {self.name!r} cannot run on inputs of shape "
+                                 f"{', '.join('x'.join(map(str, s)) for s in shapes.values())}: {exc}") from None
+            if PLAN_KEY in self.graph.meta:
+                graph = plan_memory(graph)
+            self._variants[key] = self._backend.compile(graph, {**self.options, "progress": False})
+        return self._variants[key]
+
+    @staticmethod
+    def _key(shapes: Mapping[str, tuple[int, ...]]) -> Shapes:
+        return tuple(sorted((name, tuple(shape)) for name, shape in shapes.items()))
+
+    # ----- saving --------------------------------------------------------------------------------------------
+    def save(self, path: str | Path) -> Path:
+        """Write the `.cnnx` artifact (see `cnncomp.artifact`); the file appears whole or not at all."""
+        from cnncomp import artifact
+
+        return artifact.save(self, path)
+
+    def save_standalone(self, path: str | Path) -> tuple[Path, Path]:
+        """Write one Python file that runs this model with numpy and numba only, and its weights beside it
+        (`model.py`, `model.npz`); numba-cpu models only. See `cnncomp.standalone`."""
+        from cnncomp import standalone
+
+        return standalone.write(self, path)
+
+    def __repr__(self) -> str:
+        shapes = ", ".join(f"{name}: {'x'.join(map(str, shape))}" for name, shape in self.input_shapes.items())
+        return f"CompiledModel({self.name!r}, {self.backend}, -O{self.opt_level}, {shapes})"
