@@ -131,6 +131,7 @@ class CompileStats:
     launches: int = 0  # per call
     seconds: float = 0.0
     arena_bytes: int = 0
+    scratch_bytes: int = 0  # the status words kernels report bad data in
     weight_bytes: int = 0
     simulator: bool = False
 
@@ -240,7 +241,8 @@ def compile(graph: Graph, options: Mapping[str, Any] | None = None) -> CudaExecu
     cuda = cuda_module()
     lowered = lower_graph(graph)
     cache = KernelCache(Path(options["cache_dir"]) if options.get("cache_dir") else None)
-    stats = CompileStats(arena_bytes=lowered.arena_bytes, launches=len(lowered.launches), simulator=simulating())
+    stats = CompileStats(arena_bytes=lowered.arena_bytes, scratch_bytes=4 * lowered.status_slots,
+                         launches=len(lowered.launches), simulator=simulating())
 
     arena = cuda.to_device(np.zeros(lowered.arena_bytes // 4, np.float32))
     views = {Arena.FLOAT: arena, Arena.INT: arena.view(np.int64)}

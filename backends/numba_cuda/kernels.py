@@ -97,10 +97,10 @@ class KernelCache:
 
     def load(self, kernel: KernelSource) -> Any:
         """The kernel's dispatcher (a `cuda.jit` kernel, or the simulator's), importing its module (written
-        first if new)."""
+        first if new; written here too if this process imported it from another cache directory)."""
+        path = self.write(kernel)
         module = sys.modules.get(kernel.module_name)
         if module is None:
-            path = self.write(kernel)
             spec = importlib.util.spec_from_file_location(kernel.module_name, path)
             module = importlib.util.module_from_spec(spec)
             sys.modules[kernel.module_name] = module

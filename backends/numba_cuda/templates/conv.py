@@ -98,9 +98,11 @@ GEMM = '''
 @cuda.jit(cache=True)
 def kernel(x, x_at, x_batch, {extra_params}weight, bias, scale, shift, res, res_at, res_batch, out, out_at, out_batch,
            n, c, h, w, o, oh, ow, groups, depth):
-    """out[img, g * og + oc, pixel] = sum over k < depth of weight[g * og + oc, k] * B[k, (img, pixel)], where
-    B[k, column] = {what}; then act(affine(. + bias) + residual). Block (TP/MP, TO/MO) threads computes a TO x TP
-    tile of group blockIdx.z; weight is (O, depth), x, res and out live in the arena."""
+    """out[img, g * og + oc, pixel] = act(affine(sum over k < depth of weight[g * og + oc, k] * B[k, (img, pixel)]
+    + bias) + residual), where B[k, column] is
+    {what}.
+    A block of (TP/MP, TO/MO) threads computes a TO x TP tile of group blockIdx.z; weight is (O, depth); x, res
+    and out live in the arena."""
     a_tile = cuda.shared.array((TK, TO), float32)
     b_tile = cuda.shared.array((TK, TP), float32)
     acc = cuda.local.array((MO, MP), float32)
@@ -189,7 +191,7 @@ if ih >= 0 and ih < h and iw >= 0 and iw < w:
         "v = x[x_base + k * plane + load_pixel] * gate[gate_at + load_img * gate_batch + k]",
     ),
     "separable": (
-        "MID_ACT(depthwise(x)[img, k, pixel] + mid_bias[k]), the depthwise step computed on the fly",
+        "the depthwise step at (img, mid channel k, pixel), computed on the fly",
         "dw_weight, mid_bias, ",
         """\
 ci = k // M
@@ -221,7 +223,9 @@ def gemm(variant: str, attrs: Mapping[str, Any], tile: GemmTile, mid: Mapping[st
             if mid["mid_act"] == "leaky_relu":
                 constants["MID_ALPHA"] = float(mid["mid_alpha"])
         load_b = load_b + ("\n" + "\n".join(mid_lines) if mid_lines else "")
-        what = what.replace("MID_ACT", mid["mid_act"] or "")
+        step = "depthwise(x)[img, k, pixel]" + (" + mid_bias[k]" if mid["mid_bias"] else "")
+        what = f"{mid['mid_act']}({step})" if mid["mid_act"] else step
+        what += ", the depthwise step computed on the fly"
     body = GEMM.format(what=what, extra_params=extra_params, load_b=_indent(load_b, 16),
                        epilogue=epilogue_code(attrs, "v", "oc", "res[res_at + img * res_batch + oc * plane + pixel]",
                                               20))

@@ -3,8 +3,9 @@ the simulator, chosen when it was imported): every generated kernel compiles to 
 and 9.0 with no double-precision arithmetic and no local memory; without a GPU the backend says so in one line;
 without numba-cuda it says how to install it; importing the backend never imports numba.cuda.
 
-The CI set compiles one kernel per template (code that differs in more than its constants) found in every zoo
-model at -O0 and -O3, at batch 1 and 32 (about 40 s); the slow set compiles every distinct kernel (a few minutes).
+The CI set compiles one kernel per template (code that differs in more than its constants: the most unrolled
+of each) among the kernels of every zoo model at -O0 and -O3, batch 1 and 32, and of every graph the simulator
+tests run (about a minute on two cores); the slow set compiles every distinct kernel (several minutes).
 """
 
 from __future__ import annotations
@@ -29,29 +30,61 @@ def run_without_simulator(args: list[str], timeout: int = 900) -> subprocess.Com
                           cwd=ROOT)
 
 
-def sweep(*options: str, timeout: int = 900) -> list[dict]:
-    result = run_without_simulator(["-m", "backends.numba_cuda.ptx", "--batch", "1", "32", "--jobs", "2", "--json",
-                                    *options], timeout)
+SWEEP = """
+import json, sys
+from dataclasses import asdict
+from backends.numba_cuda import ptx
+from backends.numba_cuda.templates import conv
+from cnncomp.driver import zoo_models
+from tests.backends.cuda.test_blocks import BLOCKS
+from tests.backends.cuda.test_ops import simulated_graphs
+
+found = {}
+for name in sorted(zoo_models()):
+    for level in (0, 3):
+        for batch in (1, 32):
+            ptx.tasks(ptx.zoo_graph(name, level, batch), found)
+default_target = conv.TARGET_BLOCKS
+for graph, large_tiles in simulated_graphs():
+    conv.TARGET_BLOCKS = 1 if large_tiles else default_target
+    ptx.tasks(graph, found)
+conv.TARGET_BLOCKS = default_target
+for build in BLOCKS:
+    ptx.tasks(build(), found)
+chosen = ptx.representatives(found.values()) if sys.argv[1] == "representatives" else list(found.values())
+results = ptx.compile_all(chosen, jobs=2)
+print(json.dumps({"kernels": len(found), "compilations": [asdict(result) for result in results]}))
+"""
+
+
+def sweep(which: str, timeout: int) -> list[dict]:
+    """Compile the kernels of every zoo model at -O0 and -O3 (batch 1 and 32) and of every graph the simulator
+    tests run, in a subprocess with the simulator off; check each compiled for both compute capabilities, with
+    neither double-precision arithmetic nor local memory."""
+    result = run_without_simulator(["-c", SWEEP, which], timeout)
     assert result.returncode == 0, result.stderr[-5000:]
-    compilations = json.loads(result.stdout)
-    assert compilations and all(entry["error"] == "" for entry in compilations)
-    assert all(entry["f64_instructions"] == 0 and not entry["local_memory"] for entry in compilations)
+    compilations = json.loads(result.stdout)["compilations"]
+    failed = [entry for entry in compilations if entry["error"] or entry["f64_instructions"] or entry["local_memory"]]
+    assert failed == []
     for module in {entry["module"] for entry in compilations}:
         assert sorted(entry["cc"] for entry in compilations if entry["module"] == module) == ["8.0", "9.0"]
     return compilations
 
 
-def test_every_kernel_template_of_the_zoo_compiles_to_ptx():
-    compilations = sweep("--representatives")
-    families = {entry["family"] for entry in compilations}
-    assert {"conv2d_conv", "conv2d_pointwise", "conv2d_gated", "conv2d_separable", "depthwise_conv2d", "dense",
-            "conv_transpose2d", "max_pool2d", "avg_pool2d", "global_avg_pool", "lrn", "softmax_rows",
-            "strided_copy", "binary_add", "unary_relu"} <= families
+def test_every_kernel_template_compiles_to_ptx():
+    families = {entry["family"] for entry in sweep("representatives", timeout=900)}
+    expected = {"conv2d_conv", "conv2d_pointwise", "conv2d_gated", "conv2d_separable", "depthwise_conv2d", "dense",
+                "conv_transpose2d", "max_pool2d", "max_pool2d_indices", "avg_pool2d", "max_unpool2d_clear",
+                "max_unpool2d_scatter", "global_avg_pool", "adaptive_avg_pool2d", "lrn", "softmax_rows",
+                "softmax_columns", "strided_copy", "pad_zeros", "pad_reflect", "pad_replicate", "binary_add",
+                "binary_mul", "unary_affine", "upsample_nearest", "upsample_bilinear", "upsample_bicubic"}
+    expected |= {f"unary_{act}" for act in ("relu", "relu6", "leaky_relu", "tanh", "sigmoid", "silu", "hardswish")}
+    assert expected <= families
 
 
 @pytest.mark.slow
-def test_every_kernel_of_the_zoo_compiles_to_ptx():
-    sweep(timeout=3600)
+def test_every_kernel_compiles_to_ptx():
+    sweep("all", timeout=3600)
 
 
 def test_the_ptx_checks_find_double_precision_and_local_memory(tmp_path):

@@ -3,6 +3,9 @@ checked, readable generated sources, the kernel cache, errors reported by kernel
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
 import tracemalloc
 
 import numpy as np
@@ -222,3 +225,25 @@ def test_argument_types_are_what_the_device_arrays_type_as():
 @pytest.mark.parametrize("batch", [1, 3])
 def test_dense_batches_larger_and_smaller_than_a_warp_chunk(batch):
     assert_same_as_reference(op_graph("dense", [(batch, 40)], dict(out_features=9, act="tanh")))
+
+
+def test_a_second_compile_in_a_fresh_process_loads_every_kernel_from_the_cache(tmp_path):
+    """On a GPU: numba-cuda keeps the compiled kernels beside their sources; the simulator compiles nothing."""
+    if numba_cuda.simulating():
+        pytest.skip("the simulator compiles nothing")
+    script = textwrap.dedent(f"""
+        import backends.numba_cuda as numba_cuda
+        from tests.backends.cuda.test_executable import small_net
+        stats = numba_cuda.compile(small_net(), {{"cache_dir": {str(tmp_path)!r}}}).stats
+        print(stats.kernels, stats.compiled, stats.from_cache)
+    """)
+
+    def run():
+        result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr
+        return [int(v) for v in result.stdout.split()]
+
+    kernels, compiled, cached = run()
+    assert kernels > 0 and compiled == kernels and cached == 0
+    kernels, compiled, cached = run()
+    assert compiled == 0 and cached == kernels

@@ -160,13 +160,17 @@ def _cases():
             yield pytest.param(op, case, id=f"{op}-{index}")
 
 
+def case_graph(op: str, case: Case) -> tuple[Graph, dict]:
+    """The graph of one case of OP_CASES and the tolerance to check it with."""
+    if callable(case):
+        return case(), {}
+    shapes, attrs, exact = case
+    return op_graph(op, shapes, attrs), (EXACT if exact else {})
+
+
 @pytest.mark.parametrize("op,case", _cases())
 def test_op_matches_the_reference(op, case):
-    if callable(case):
-        graph, tolerance = case(), {}
-    else:
-        shapes, attrs, exact = case
-        graph, tolerance = op_graph(op, shapes, attrs), (EXACT if exact else {})
+    graph, tolerance = case_graph(op, case)
     assert op in {node.op for node in graph.nodes}
     assert_same_as_reference(graph, **tolerance)
 
@@ -207,11 +211,14 @@ def test_full_epilogue_in_every_family(op, shapes, attrs):
                                                     "act": "leaky_relu", "alpha": 0.1}))
 
 
-@pytest.mark.parametrize("shape,attrs,tile", [
+LARGE_TILES = [
     ((1, 6, 7, 9), dict(out_channels=40, kernel=3, padding=1), (64, 64)),  # MO = MP = 4, both sides partial
     ((2, 4, 6, 5), dict(out_channels=20, kernel=3, padding=(1, 0, 2, 1), stride=(1, 2)), (32, 32)),
     ((1, 8, 3, 5), dict(out_channels=12, kernel=1), (16, 16)),
-])
+]
+
+
+@pytest.mark.parametrize("shape,attrs,tile", LARGE_TILES)
 def test_large_gemm_tiles(monkeypatch, shape, attrs, tile):
     """Layers big enough for large tiles are too slow for the simulator: a small layer keeps its largest tile
     when the GPU-filling rule (TARGET_BLOCKS) is switched off."""
@@ -245,3 +252,15 @@ def test_nan_and_inf_propagate_like_the_reference():
     assert not np.isfinite(expected).all()
     finite = np.isfinite(expected)
     np.testing.assert_allclose(out[finite], expected[finite], atol=1e-4, rtol=1e-4)
+
+
+def simulated_graphs() -> list[tuple[Graph, bool]]:
+    """Every graph the tests above run, each with whether it wants the large tiles (TARGET_BLOCKS = 1): what the
+    PTX checks compile too, so that no kernel the simulator ran escapes them."""
+    graphs = [(case_graph(op, case)[0], False) for op, cases in OP_CASES.items() for case in cases]
+    graphs += [(op_graph("conv2d", [(1, 4, 4, 4)], dict(out_channels=6, kernel=1, **epilogue)), False)
+               for epilogue in ACTIVATIONS]
+    graphs += [(op_graph(op, shapes, {**attrs, "affine": True, "residual": True, "act": "leaky_relu", "alpha": 0.1}),
+                False) for op, shapes, attrs in FULL_EPILOGUES]
+    graphs += [(op_graph("conv2d", [shape], attrs), True) for shape, attrs, _ in LARGE_TILES]
+    return graphs
