@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from cnncomp import __version__
@@ -175,6 +177,253 @@ def _megabytes(size: int) -> str:
     return f"{size / 2 ** 20:.1f} MiB"
 
 
+def _csv(convert: Any, what: str) -> Any:
+    """A comma-separated list argument (`--batch 1,8`, `-b numba-cpu,reference`)."""
+
+    def parse(text: str) -> list[Any]:
+        items = [item.strip() for item in text.split(",") if item.strip()]
+        if not items:
+            raise argparse.ArgumentTypeError(f"expected a comma-separated list of {what}, got {text!r}")
+        return [convert(item) for item in items]
+
+    return parse
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {text!r}") from None
+
+
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--param", type=_model_param, action="append", default=[], metavar="NAME=VALUE",
+                        help="set a model parameter, such as classes=10 (repeatable)")
+    parser.add_argument("--weights", metavar="FILE.npz",
+                        help="load the model's weights from an .npz keyed node.param (such as c1.weight)")
+
+
+def _add_image_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--mean", type=_floats, metavar="M[,M,M]",
+                        help="per-channel mean images are normalized with: (pixel/255 - mean) / std "
+                             "(default: ImageNet's for 3-channel models, 0 for 1-channel)")
+    parser.add_argument("--std", type=_floats, metavar="S[,S,S]", help="per-channel std (see --mean)")
+
+
+def _format_bytes(size: int) -> str:
+    for unit in ("bytes", "KiB", "MiB"):
+        if size < 1024 or unit == "MiB":
+            return f"{size} {unit}" if unit == "bytes" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GiB"
+
+
+def _compiled(args: argparse.Namespace, batch: int | None, graph: Any = None) -> Any:
+    """The model the command line names, compiled: an artifact (.cnnx) loaded, or a model description or zoo name
+    (or its `graph`, loaded already) compiled after the pipeline the command line asks for."""
+    from cnncomp import api
+    from cnncomp.artifact import SUFFIX
+    from cnncomp.data import default_preprocessing, with_normalization
+
+    if str(args.model).endswith(SUFFIX):
+        if args.param or args.weights:
+            raise UsageError(f"{args.model}: an artifact is compiled already; --param and --weights do not apply")
+        model = api.load(args.model, backend=args.backend)
+        model.preprocessing = with_normalization(model.preprocessing, args.mean, args.std)
+        return model
+    if graph is None:
+        graph = api.load_model(args.model, weights=args.weights, **dict(args.param))
+    if batch is not None:
+        graph = graph.with_batch(batch)
+    started = time.perf_counter()
+    optimized = _optimized(args, graph)
+    preprocessing = with_normalization(default_preprocessing(graph), args.mean, args.std)
+    model = api.CompiledModel(optimized, args.backend or api.DEFAULT_BACKEND, args.opt_level,
+                              fully_convolutional=args.fully_convolutional, disabled_passes=tuple(args.disable_pass),
+                              preprocessing=preprocessing)
+    model.compile_seconds = time.perf_counter() - started
+    return model
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    from cnncomp.data import check_writable
+
+    standalone = args.emit == "standalone"
+    output = Path(args.output) if args.output else None
+    if output is not None:
+        check_writable(output)
+        if standalone:
+            if output.suffix != ".py":
+                raise UsageError(f"{output}: --emit standalone writes a Python program; name it .py")
+            check_writable(output.with_suffix(".npz"))
+    if args.emit_source and Path(args.emit_source).exists() and not Path(args.emit_source).is_dir():
+        raise UsageError(f"--emit-source {args.emit_source}: exists and is not a folder")
+    model = _compiled(args, args.batch)
+    output = output or Path(f"{model.name}{'.py' if standalone else '.cnnx'}")
+    written = model.save_standalone(output) if standalone else (model.save(output),)
+    stats = model.stats
+    if stats.get("kernels") is not None:
+        what = (f"{stats['kernels']} kernels ({stats['compiled']} compiled, {stats['from_cache']} from the cache), "
+                f"arena {_format_bytes(stats['arena_bytes'])}, scratch {_format_bytes(stats['scratch_bytes'])}")
+    else:
+        what = f"{model.backend} backend (no generated kernels)"
+    if args.emit_source:
+        what += f", {_write_sources(model, Path(args.emit_source))} kernel sources in {args.emit_source}"
+    print(f"{model.name}: {what}, {model.compile_seconds:.1f} s -> {', '.join(map(str, written))}")
+    return 0
+
+
+def _write_sources(model: Any, folder: Path) -> int:
+    from cnncomp.data import write_atomically
+
+    folder.mkdir(parents=True, exist_ok=True)
+    write_atomically({folder / f"{name}.py": text.encode() for name, text in model.source.items()})
+    return len(model.source)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from cnncomp import api
+    from cnncomp.artifact import SUFFIX
+    from cnncomp.data import (
+        array_bytes,
+        check_writable,
+        class_map_png,
+        default_preprocessing,
+        is_classifier_output,
+        is_map_output,
+        read_inputs,
+        read_labels,
+        softmax,
+        top_k,
+        with_normalization,
+        write_atomically,
+    )
+
+    output = Path(args.output) if args.output else None
+    if output is not None:
+        if output.suffix not in (".npy", ".npz"):
+            raise UsageError(f"{output}: the output array is written as .npy (or .npz for several outputs)")
+        check_writable(output)
+    labels = read_labels(args.labels) if args.labels else None
+    if str(args.model).endswith(SUFFIX):
+        model = _compiled(args, None)
+        inputs = read_inputs(args.input, list(model.input_shapes), model.preprocessing, model.name)
+    else:
+        # The inputs decide the batch size, and images are read as the model's input says: read them first.
+        graph = api.load_model(args.model, weights=args.weights, **dict(args.param))
+        preprocessing = with_normalization(default_preprocessing(graph), args.mean, args.std)
+        inputs = read_inputs(args.input, [node.name for node in graph.inputs], preprocessing, graph.name)
+        batches = {value.shape[0] for value in inputs.values() if getattr(value, "ndim", 0)}
+        model = _compiled(args, batches.pop() if len(batches) == 1 else None, graph)
+    outputs = model.run(inputs)
+    shapes = ", ".join(f"{name} {'x'.join(map(str, value.shape))}" for name, value in outputs.items())
+    print(f"{model.name} ({model.backend}, -O{model.opt_level}) on {args.input}: {shapes}")
+    files: dict[Path, bytes] = {}
+    for name, value in outputs.items():
+        if is_classifier_output(value.shape):
+            scores = value.reshape(value.shape[0], -1)
+            probabilities = scores if model.softmax_output else softmax(scores)
+            if labels is not None and len(labels) < scores.shape[1]:
+                raise UsageError(f"{args.labels}: {len(labels)} labels, but {name} has {scores.shape[1]} classes")
+            k = min(args.top_k, scores.shape[1])
+            for image, best in enumerate(top_k(probabilities, k)):
+                print(f"{name}[{image}] top-{k}:" if len(outputs) > 1 or scores.shape[0] > 1 else f"top-{k}:")
+                for rank, index in enumerate(best, start=1):
+                    label = labels[index] if labels is not None else f"class {index}"
+                    print(f"  {rank}. {label:<24} {100 * probabilities[image, index]:6.2f}%")
+        elif is_map_output(value.shape):
+            for image in range(value.shape[0]):
+                classes = value[image].argmax(axis=0) if value.shape[1] > 1 else None
+                if classes is not None:
+                    counts = np.bincount(classes.ravel(), minlength=value.shape[1])
+                    shares = ", ".join(
+                        f"{labels[c] if labels is not None and c < len(labels) else f'class {c}'} "
+                        f"{100 * counts[c] / classes.size:.1f}%" for c in np.argsort(-counts, kind="stable")[:5]
+                        if counts[c])
+                    print(f"{name}[{image}] class map {value.shape[2]}x{value.shape[3]}: {shares}")
+                if output is not None:
+                    suffix = f"{'.' + name if len(outputs) > 1 else ''}{f'.{image}' if value.shape[0] > 1 else ''}"
+                    files[output.with_name(f"{output.stem}{suffix}.png")] = class_map_png(value[image])
+    if output is not None:
+        files = {output: array_bytes(outputs, output.suffix if len(outputs) == 1 else ".npz"), **files}
+        write_atomically(files)
+        print(f"wrote {', '.join(map(str, files))}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from cnncomp.data import read_labelled_set, top_k_errors
+
+    x, y = read_labelled_set(args.data)
+    batch = min(args.batch, len(x))
+    model = _compiled(args, batch)
+    if len(model.output_shapes) != 1:
+        raise UsageError(f"model {model.name!r} has {len(model.output_shapes)} outputs; eval scores one classifier")
+    ((output, shape),) = model.output_shapes.items()
+    classes = int(np.prod(shape[1:]))
+    if shape[2:] not in ((), (1, 1)):
+        raise UsageError(f"model {model.name!r}: output {output} is {'x'.join(map(str, shape))}, not N x classes")
+    too_large = [k for k in args.top_k if k > classes]
+    if too_large:
+        raise UsageError(f"--top-k {too_large[0]}: model {model.name!r} has only {classes} classes")
+    if y.min() < 0 or y.max() >= classes:
+        raise UsageError(f"{args.data}: labels range over {y.min()}..{y.max()}, but the model has {classes} classes")
+    scores = np.concatenate([model(x[start: start + batch]).reshape(-1, classes) for start in range(0, len(x), batch)])
+    errors = top_k_errors(scores, y, args.top_k)
+    if args.json:
+        print(json.dumps({"model": model.name, "data": str(args.data), "backend": model.backend,
+                          "opt_level": model.opt_level, "samples": len(y),
+                          "errors": {str(k): n for k, n in errors.items()},
+                          "error_rates": {str(k): n / len(y) for k, n in errors.items()}}, indent=1))
+        return 0
+    print(f"{model.name} on {args.data}: {len(y)} samples, {model.backend} -O{model.opt_level}")
+    for k, n in errors.items():
+        print(f"top-{k} error: {100 * n / len(y):.2f}% ({n} of {len(y)})")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from cnncomp import bench, plugins
+    from cnncomp.driver import load_model
+    from cnncomp.progress import progress
+    from cnncomp.summary import summarize
+
+    for name in args.backend:
+        plugins.backend(name)  # an unknown name fails now, not after minutes of measuring
+    if args.weights and not Path(args.weights).is_file():
+        raise UsageError(f"{args.weights}: no such weights file")
+    macs = {model: summarize(load_model(model, batch=1, structure_only=True, **dict(args.param)))["macs"]
+            for model in args.models}
+    backends = list(dict.fromkeys(args.backend))
+    peers, notes = bench.peers_available() if args.peers else ([], [])
+    for note in notes:
+        print(f"cnncomp: note: {note}", file=sys.stderr)
+    peak = bench.matmul_peak_gflops()
+    jobs = [bench.Job(model, backend, batch, args.opt_level, args.repeat, dict(args.param), args.weights)
+            for model in args.models for backend in [*backends, *(p for p in peers if p not in backends)]
+            for batch in args.batch]
+    records = []
+    for job in progress(jobs, len(jobs), "benchmarking"):
+        try:
+            records.append(bench.measure(job, macs[job.model] * job.batch, peak))
+        except bench.BenchError as exc:
+            if job.backend not in peers:
+                raise
+            print(f"cnncomp: note: peer skipped: {exc}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(records, indent=1))
+        return 0
+    print(f"numpy float32 matmul peak: {peak:.1f} GFLOP/s; {args.repeat} timed runs after one warm-up")
+    for model in args.models:
+        print()
+        print(bench.table(model, macs[model], [r for r in records if r["model"] == model], peers))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cnncomp", description="A graph-IR compiler for convolutional networks.")
     parser.add_argument("--version", action="version", version=f"cnncomp {__version__}")
@@ -237,6 +486,90 @@ def build_parser() -> argparse.ArgumentParser:
     )
     zoo.add_argument("--json", action="store_true", help="print machine-readable JSON instead of a table")
     zoo.set_defaults(run=cmd_zoo)
+
+    compile_ = commands.add_parser(
+        "compile", help="compile a model into an artifact (.cnnx) or a standalone Python program",
+        description="Optimize a model and compile it for a backend; write the artifact (graph, weights, manifest, "
+                    "kernel sources) or, with --emit standalone, one Python file that needs only numpy, numba "
+                    "and scipy, with its weights in an .npz beside it.",
+    )
+    compile_.add_argument("model", metavar="MODEL",
+                          help="model description (a .cnn file, a .py file defining build()) or zoo model name")
+    compile_.add_argument("-o", "--output", metavar="FILE",
+                          help="where to write (default: MODEL_NAME.cnnx, or MODEL_NAME.py with --emit standalone)")
+    compile_.add_argument("-b", "--backend", default=None, metavar="NAME", help="backend (default numba-cpu)")
+    compile_.add_argument("--batch", type=_positive_int, default=1,
+                          help="batch size (default 1; a loaded model compiles other sizes on demand)")
+    compile_.add_argument("--emit", choices=("artifact", "standalone"), default="artifact",
+                          help="artifact: a .cnnx file (default); standalone: a .py program and its .npz weights")
+    compile_.add_argument("--emit-source", metavar="DIR", help="also write the generated kernel modules into DIR")
+    _add_model_options(compile_)
+    _add_image_options(compile_)
+    _add_pipeline_options(compile_, default_level=2)
+    compile_.set_defaults(run=cmd_compile)
+
+    run = commands.add_parser(
+        "run", help="run a model on an array or an image: top-k classes, output array, class map",
+        description="Run a model (an artifact, a model description or a zoo name) on a .npy/.npz array or a PNG/JPEG "
+                    "image (resized and normalized as the model says); print the top-k classes with their "
+                    "probabilities, write the output array and, for segmentation models, a PNG of the class map.",
+    )
+    run.add_argument("model", metavar="MODEL_OR_ARTIFACT", help="a .cnnx artifact, model description or zoo name")
+    run.add_argument("-i", "--input", required=True, metavar="INPUT",
+                     help=".npy (one input), .npz (an array per input name) or a .png/.jpg image")
+    run.add_argument("-o", "--output", metavar="OUT.npy",
+                     help="write the output array (.npz for several outputs); class maps go beside it as .png")
+    run.add_argument("--top-k", type=_positive_int, default=5, metavar="K", help="classes to print (default 5)")
+    run.add_argument("--labels", metavar="FILE", help="class names, one per line (line k names class k)")
+    run.add_argument("-b", "--backend", default=None, metavar="NAME",
+                     help="backend (default numba-cpu, or the artifact's)")
+    _add_model_options(run)
+    _add_image_options(run)
+    _add_pipeline_options(run, default_level=2)
+    run.set_defaults(run=cmd_run)
+
+    evaluate = commands.add_parser(
+        "eval", help="top-1 and top-5 error of a classifier over a labelled set",
+        description="The lecture's top-k error over a labelled set: the share of samples whose label is not among "
+                    "the k classes the model scores highest. DATA is an .npz with 'x' (N inputs, float32) and 'y' "
+                    "(N integer labels).",
+    )
+    evaluate.add_argument("model", metavar="MODEL_OR_ARTIFACT", help="a .cnnx artifact, model description or zoo name")
+    evaluate.add_argument("-d", "--data", required=True, metavar="DATA.npz", help="labelled set: arrays x and y")
+    evaluate.add_argument("--top-k", type=_csv(_positive_int, "positive integers"), default=[1, 5], metavar="K,...",
+                          help="which top-k errors (default 1,5)")
+    evaluate.add_argument("-b", "--backend", default=None, metavar="NAME",
+                          help="backend (default numba-cpu, or the artifact's)")
+    evaluate.add_argument("--batch", type=_positive_int, default=64, help="samples per run (default 64)")
+    evaluate.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    _add_model_options(evaluate)
+    _add_image_options(evaluate)
+    _add_pipeline_options(evaluate, default_level=2)
+    evaluate.set_defaults(run=cmd_eval)
+
+    bench = commands.add_parser(
+        "bench", help="latency, GFLOP/s, compile time and memory on backends, against PyTorch and ONNX Runtime",
+        description="Benchmark models on backends: a warm-up, then repeated timed runs, each model, backend and batch "
+                    "in fresh processes over an empty kernel cache (compile time cold, then warm). Prints median "
+                    "and min latency, images/s, GFLOP/s (2 FLOPs per MAC), the share of this machine's numpy "
+                    "matmul rate, compile times and peak memory; --peers adds PyTorch eager and ONNX Runtime on the "
+                    "same graph and weights, with the ratio to each.",
+    )
+    bench.add_argument("models", nargs="+", metavar="MODEL", help="model descriptions or zoo names")
+    bench.add_argument("-b", "--backend", type=_csv(str, "backend names"), default=["numba-cpu"], metavar="NAME,...",
+                       help="backends to measure (default numba-cpu)")
+    bench.add_argument("--batch", type=_csv(_positive_int, "positive integers"), default=[1], metavar="N,...",
+                       help="batch sizes (default 1)")
+    bench.add_argument("--repeat", type=_positive_int, default=10, help="timed runs after the warm-up (default 10)")
+    bench.add_argument("--peers", action="store_true",
+                       help="also run PyTorch eager (backend torch) and ONNX Runtime (backend onnxruntime)")
+    bench.add_argument("-O", dest="opt_level", type=int, choices=range(4), default=3, metavar="N",
+                       help="optimization level of our backends (default 3); peers run the graph as written")
+    bench.add_argument("--json", action="store_true",
+                       help="print a list of records {model, backend, batch, median_ms, min_ms, images_per_s, "
+                            "gflops, peak_fraction, compile_cold_s, compile_warm_s, peak_rss_mb}")
+    _add_model_options(bench)
+    bench.set_defaults(run=cmd_bench)
     return parser
 
 
