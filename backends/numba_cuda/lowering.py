@@ -34,6 +34,10 @@ from cnncomp.ops.resize import interpolation_taps
 
 # Largest block of the reducing kernels (global average pool, softmax): a power of two.
 REDUCE_THREADS = 256
+# Global average pooling sums planes of up to SMALL_PLANE pixels (the maps at the end of a network) in one thread
+# each; larger ones in a block, at least POOL_PIXELS_PER_THREAD pixels per thread (256 threads from 2048 pixels).
+SMALL_PLANE = 256
+POOL_PIXELS_PER_THREAD = 8
 
 
 @dataclass(frozen=True)
@@ -216,8 +220,11 @@ def lower_max_unpool2d(node: Node, ctx: LoweringContext) -> list[Launch]:
 def lower_global_avg_pool(node: Node, ctx: LoweringContext) -> list[Launch]:
     n, c = node.shape[:2]
     pixels = _pixels(ctx.shape(node.inputs[0]))
-    threads = min(REDUCE_THREADS, max(WARP, next_power_of_two(pixels)))
     args = (*ctx.tensor(node.inputs[0]), *ctx.tensor(node.name), n, c, pixels)
+    if pixels <= SMALL_PLANE:
+        block = min(128, -(-n * c // WARP) * WARP)
+        return [Launch(pool.global_avg_pool_small(), (-(-n * c // block),), (block,), args, node.name)]
+    threads = min(REDUCE_THREADS, max(WARP, next_power_of_two(pixels // POOL_PIXELS_PER_THREAD)))
     return [Launch(pool.global_avg_pool(threads), (min(n * c, 65535),), (threads,), args, node.name)]
 
 

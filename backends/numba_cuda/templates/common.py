@@ -30,9 +30,11 @@ import math
 from numba import cuda, float32
 '''
 
-# Elementwise kernels: threads per block, and the most blocks a grid-stride loop is launched with.
+# Elementwise kernels: threads per block, the most blocks a grid-stride loop is launched with, and the fewest
+# elements each thread takes (a few loads in flight per thread hide memory latency as well as more threads do).
 BLOCK = 256
 MAX_BLOCKS = 8192
+ELEMENTS_PER_THREAD = 4
 WARP = 32
 
 
@@ -131,14 +133,12 @@ def next_power_of_two(value: int) -> int:
 
 
 def elementwise_launch(total: int) -> tuple[tuple[int], tuple[int]]:
-    """Grid and block of a grid-stride loop over `total` elements: BLOCK threads (fewer, a whole number of warps,
-    for tiny tensors) and at most MAX_BLOCKS blocks, each thread taking every (grid size)-th element."""
-    block = min(BLOCK, -(-max(total, 1) // WARP) * WARP)
-    grid = min(MAX_BLOCKS, -(-max(total, 1) // block))
+    """Grid and block of a grid-stride loop over `total` elements: at least ELEMENTS_PER_THREAD elements per
+    thread, BLOCK threads per block (fewer, a whole number of warps, for tiny tensors), at most MAX_BLOCKS
+    blocks."""
+    threads = -(-max(total, 1) // ELEMENTS_PER_THREAD)
+    block = min(BLOCK, -(-threads // WARP) * WARP)
+    grid = min(MAX_BLOCKS, -(-threads // block))
     return (grid,), (block,)
 
 
-GRID_STRIDE = '''
-start = cuda.grid(1)
-step = cuda.gridsize(1)
-'''

@@ -10,7 +10,8 @@
   `separable` computes the depthwise step (with its bias and activation) for each element, so the depthwise
   output never exists in memory.
 - `depthwise`: one input channel per group. A block computes a TH x TW tile of one output plane from the input
-  window under it (halo included), staged in shared memory once instead of being read KH x KW times.
+  window under it (halo included), staged in shared memory once instead of being read KH x KW times; each thread
+  computes QW neighbouring outputs of a row, reading each weight once for them.
 """
 
 from __future__ import annotations
@@ -37,13 +38,14 @@ def window_constants(attrs: Mapping[str, Any]) -> dict[str, int]:
 # A GPU wants a few blocks per multiprocessor (132 on an H100) to hide latency: tiles shrink until a layer has
 # this many, or reach their smallest size.
 TARGET_BLOCKS = 264
-LANES = 16  # threads along each side of a block of the largest tiles
+LANES = 16  # at most this many threads along each side of a block
 
 
 @dataclass(frozen=True)
 class GemmTile:
-    """TO output channels x TP columns per block, reduced TK at a time; each thread owns MO x MP outputs, the
-    block's threads laid out LANES_O x LANES_P (threadIdx.y, threadIdx.x)."""
+    """TO output channels x TP columns per block, reduced TK at a time; each thread owns MO x MP outputs (at least
+    2 x 2, so that each value read from shared memory feeds two products), the block's threads laid out
+    LANES_O x LANES_P (threadIdx.y, threadIdx.x): 64 threads for 16 x 16 tiles, 256 for 32 x 32 and larger."""
 
     to: int
     tp: int
@@ -51,11 +53,11 @@ class GemmTile:
 
     @property
     def lanes_o(self) -> int:
-        return min(self.to, LANES)
+        return min(self.to // 2, LANES)
 
     @property
     def lanes_p(self) -> int:
-        return min(self.tp, LANES)
+        return min(self.tp // 2, LANES)
 
     @property
     def mo(self) -> int:
@@ -79,15 +81,15 @@ class GemmTile:
 
 def gemm_tile(out_per_group: int, columns: int, groups: int, target_blocks: int | None = None) -> GemmTile:
     """The largest tile (up to 64 x 64) that fits the layer without leaving the GPU idle: start from the layer's
-    size rounded up to a power of two (at least 8 x 8), halve the larger side while there are fewer than
+    size rounded up to a power of two (at least 16 x 16), halve the larger side while there are fewer than
     `target_blocks` (TARGET_BLOCKS) blocks. TK keeps the shared slices at most 8 KiB (16 deep for tiles with a
     side of 64, else 32: fewer barriers per reduction). Every tile keeps THREADS a multiple of TP, so that each
     thread stages the same B column at every step of the reduction."""
     target_blocks = TARGET_BLOCKS if target_blocks is None else target_blocks
-    to = min(64, max(8, next_power_of_two(out_per_group)))
-    tp = min(64, max(8, next_power_of_two(columns)))
-    while groups * -(-out_per_group // to) * -(-columns // tp) < target_blocks and (to > 8 or tp > 8):
-        if tp >= to and tp > 8 or to == 8:
+    to = min(64, max(16, next_power_of_two(out_per_group)))
+    tp = min(64, max(16, next_power_of_two(columns)))
+    while groups * -(-out_per_group // to) * -(-columns // tp) < target_blocks and (to > 16 or tp > 16):
+        if tp >= to and tp > 16 or to == 16:
             tp //= 2
         else:
             to //= 2
@@ -236,31 +238,36 @@ def _indent(code: str, spaces: int) -> str:
     return "\n".join(" " * spaces + line for line in code.splitlines())
 
 
-# Depthwise output tiles: at most 16 x 16 threads, narrower for small planes.
+# Depthwise output tiles: at most 256 threads, each computing QW neighbouring outputs of a row.
 DEPTHWISE_MAX_THREADS = 256
 MAX_GRID_Z = 65535
 
 
 @dataclass(frozen=True)
 class PlaneTile:
-    """TH x TW outputs of one plane per block, one thread each; the input window under them is IN_H x IN_W."""
+    """TH x TW outputs of one plane per block, QW neighbouring outputs of a row per thread (each weight read once
+    for all of them), so TH x TW / QW threads; the input window under the tile is IN_H x IN_W."""
 
     th: int
     tw: int
+    qw: int
 
     def constants(self, attrs: Mapping[str, Any]) -> dict[str, int]:
         (kh, kw), (sh, sw), (dh, dw) = attrs["kernel"], attrs["stride"], attrs["dilation"]
-        return {"TH": self.th, "TW": self.tw, "IN_H": (self.th - 1) * sh + (kh - 1) * dh + 1,
-                "IN_W": (self.tw - 1) * sw + (kw - 1) * dw + 1}
+        return {"TH": self.th, "TW": self.tw, "QW": self.qw, "LANES_W": self.tw // self.qw,
+                "IN_H": (self.th - 1) * sh + (kh - 1) * dh + 1, "IN_W": (self.tw - 1) * sw + (kw - 1) * dw + 1}
 
     def launch(self, oh: int, ow: int, planes: int) -> tuple[tuple[int, int, int], tuple[int, int]]:
-        return (-(-ow // self.tw), -(-oh // self.th), min(planes, MAX_GRID_Z)), (self.tw, self.th)
+        return (-(-ow // self.tw), -(-oh // self.th), min(planes, MAX_GRID_Z)), (self.tw // self.qw, self.th)
 
 
 def plane_tile(oh: int, ow: int) -> PlaneTile:
-    tw = min(32, max(8, next_power_of_two(ow)))
-    th = min(DEPTHWISE_MAX_THREADS // tw, max(1, next_power_of_two(oh)))
-    return PlaneTile(th, tw)
+    """Up to 32 threads across (QW outputs each: 4 on wide maps, 2 from 8 columns, else 1) by 256 / that rows;
+    a plane smaller than that gets a tile of its own size (rounded up to QW), so that few threads idle."""
+    qw = 4 if ow >= 32 else 2 if ow >= 8 else 1
+    lanes = min(32, -(-ow // qw))
+    th = min(DEPTHWISE_MAX_THREADS // lanes, oh)
+    return PlaneTile(th, lanes * qw, qw)
 
 
 DEPTHWISE = '''
@@ -268,8 +275,11 @@ DEPTHWISE = '''
 def kernel(x, x_at, x_batch, weight, bias, scale, shift, res, res_at, res_batch, out, out_at, out_batch,
            n, c, h, w, oh, ow):
     """out[img, oc] = the KH x KW window of input channel oc // M under each output pixel, weighted by weight[oc]
-    (C*M, KH*KW); then act(affine(. + bias) + residual). blockIdx.z walks the (image, output channel) planes."""
+    (C*M, KH*KW); then act(affine(. + bias) + residual). blockIdx.z walks the (image, output channel) planes; the
+    window under the block's TH x TW tile is staged in shared memory, and each thread computes QW outputs of a
+    row."""
     window = cuda.shared.array((IN_H, IN_W), float32)
+    acc = cuda.local.array(QW, float32)
     tx = cuda.threadIdx.x
     ty = cuda.threadIdx.y
     r0 = cuda.blockIdx.y * TH
@@ -277,13 +287,12 @@ def kernel(x, x_at, x_batch, weight, bias, scale, shift, res, res_at, res_batch,
     top = r0 * SH - PT
     left = q0 * SW - PL
     r = r0 + ty
-    q = q0 + tx
     channels = c * M
     for plane_index in range(cuda.blockIdx.z, n * channels, cuda.gridDim.z):
         img = plane_index // channels
         oc = plane_index % channels
         source = x_at + img * x_batch + (oc // M) * h * w
-        for e in range(ty * TW + tx, IN_H * IN_W, TH * TW):
+        for e in range(ty * LANES_W + tx, IN_H * IN_W, TH * LANES_W):
             ih = top + e // IN_W
             iw = left + e % IN_W
             if ih >= 0 and ih < h and iw >= 0 and iw < w:
@@ -291,20 +300,27 @@ def kernel(x, x_at, x_batch, weight, bias, scale, shift, res, res_at, res_batch,
             else:
                 window[e // IN_W, e % IN_W] = float32(0.0)
         cuda.syncthreads()
-        if r < oh and q < ow:
-            v = float32(0.0)
+        if r < oh:
+            for u in range(QW):
+                acc[u] = float32(0.0)
             for i in range(KH):
                 for j in range(KW):
-                    v += window[ty * SH + i * DH, tx * SW + j * DW] * weight[oc, i * KW + j]
+                    tap = weight[oc, i * KW + j]
+                    for u in range(QW):
+                        acc[u] += window[ty * SH + i * DH, (tx * QW + u) * SW + j * DW] * tap
+            for u in range(QW):
+                q = q0 + tx * QW + u
+                if q < ow:
+                    v = acc[u]
 {epilogue}
-            out[out_at + img * out_batch + (oc * oh + r) * ow + q] = v
+                    out[out_at + img * out_batch + (oc * oh + r) * ow + q] = v
         cuda.syncthreads()
 '''
 
 
 def depthwise(attrs: Mapping[str, Any], tile: PlaneTile):
     """attrs: depthwise_conv2d's (multiplier M), or conv2d's with groups = C (M = out_channels / C)."""
-    epilogue = epilogue_code(attrs, "v", "oc", "res[res_at + img * res_batch + (oc * oh + r) * ow + q]", 12)
+    epilogue = epilogue_code(attrs, "v", "oc", "res[res_at + img * res_batch + (oc * oh + r) * ow + q]", 20)
     body = DEPTHWISE.format(epilogue=epilogue)
     multiplier = attrs.get("multiplier") or attrs["out_channels"] // attrs["groups"]
     return render("depthwise_conv2d", body, **window_constants(attrs), M=multiplier, **tile.constants(attrs),

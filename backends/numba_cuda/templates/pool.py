@@ -2,7 +2,8 @@
 
 Window pools give each thread one output of a grid-stride loop and read its window straight from global memory:
 a pool reads each input a few times at most (KH x KW / (SH x SW), 2.25 for a 3x3/2 pool), which the L1 cache
-serves. Global average pooling gives each (image, channel) plane a block that sums it in a shared-memory tree.
+serves. Global average pooling gives each (image, channel) plane a block that sums it in a shared-memory tree,
+or, for planes of at most 256 pixels, a thread.
 """
 
 from __future__ import annotations
@@ -170,6 +171,26 @@ def kernel(x, x_at, x_batch, out, out_at, out_batch, n, c, pixels):
 def global_avg_pool(threads: int):
     """`threads`: a power of two, the block size."""
     return render("global_avg_pool", GLOBAL_AVG, THREADS=threads)
+
+
+GLOBAL_AVG_SMALL = '''
+@cuda.jit(cache=True)
+def kernel(x, x_at, x_batch, out, out_at, out_batch, n, c, pixels):
+    """out[img, ch] = mean of x[img, ch] over its pixels, one thread per plane: for small maps, where a block per
+    plane would spend more time on its barriers than on the sum."""
+    for plane in range(cuda.grid(1), n * c, cuda.gridsize(1)):
+        img = plane // c
+        ch = plane % c
+        source = x_at + img * x_batch + ch * pixels
+        total = float32(0.0)
+        for p in range(pixels):
+            total += x[source + p]
+        out[out_at + img * out_batch + ch] = total / float32(pixels)
+'''
+
+
+def global_avg_pool_small():
+    return render("global_avg_pool_small", GLOBAL_AVG_SMALL)
 
 
 ADAPTIVE = '''

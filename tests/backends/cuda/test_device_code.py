@@ -75,9 +75,10 @@ def test_every_kernel_template_compiles_to_ptx():
     families = {entry["family"] for entry in sweep("representatives", timeout=900)}
     expected = {"conv2d_conv", "conv2d_pointwise", "conv2d_gated", "conv2d_separable", "depthwise_conv2d", "dense",
                 "conv_transpose2d", "max_pool2d", "max_pool2d_indices", "avg_pool2d", "max_unpool2d_clear",
-                "max_unpool2d_scatter", "global_avg_pool", "adaptive_avg_pool2d", "lrn", "softmax_rows",
-                "softmax_columns", "strided_copy", "pad_zeros", "pad_reflect", "pad_replicate", "binary_add",
-                "binary_mul", "unary_affine", "upsample_nearest", "upsample_bilinear", "upsample_bicubic"}
+                "max_unpool2d_scatter", "global_avg_pool", "global_avg_pool_small", "adaptive_avg_pool2d", "lrn",
+                "softmax_rows", "softmax_columns", "strided_copy", "pad_zeros", "pad_reflect", "pad_replicate",
+                "binary_add", "binary_mul", "unary_affine", "upsample_nearest", "upsample_bilinear",
+                "upsample_bicubic"}
     expected |= {f"unary_{act}" for act in ("relu", "relu6", "leaky_relu", "tanh", "sigmoid", "silu", "hardswish")}
     assert expected <= families
 

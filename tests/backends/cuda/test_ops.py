@@ -80,6 +80,9 @@ OP_CASES: dict[str, list[Case]] = {
         ([(2, 3, 7, 6)], dict(kernel=3, padding=1), False),
         ([(1, 2, 9, 7)], dict(kernel=5, stride=2, padding=2, multiplier=2, act="relu6"), False),
         ([(1, 3, 6, 6)], dict(kernel=3, padding=2, dilation=2, bias=False, affine=True, act="silu"), False),
+        ([(1, 2, 3, 9)], dict(kernel=3, padding=1), False),  # 2 outputs per thread, the last pair half outside
+        ([(1, 1, 2, 35)], dict(kernel=(1, 3), padding=(0, 1)), False),  # 4 per thread
+        ([(1, 1, 9, 130)], dict(kernel=(2, 3), padding=(1, 0, 2, 2), dilation=(1, 2)), False),  # 2 x 2 tiles
     ],
     "pointwise_conv2d": [
         ([(2, 6, 3, 5)], dict(out_channels=10, act="relu"), False),
@@ -116,7 +119,7 @@ OP_CASES: dict[str, list[Case]] = {
         ([(2, 2, 6, 7)], dict(kernel=(2, 3), stride=(1, 2), padding=(1, 1), count_include_pad=False), False),
     ],
     "max_unpool2d": [pool_unpool, lambda: pool_unpool((1, 2, 7, 7), kernel=3, stride=2)],
-    "global_avg_pool": [([(2, 1, 5, 7)], {}, False), ([(1, 1, 20, 20)], {}, False)],
+    "global_avg_pool": [([(2, 3, 5, 7)], {}, False), ([(1, 1, 20, 20)], {}, False), ([(1, 1, 50, 50)], {}, False)],
     "adaptive_avg_pool2d": [([(1, 2, 7, 5)], dict(output_size=(3, 2)), False),
                             ([(1, 2, 4, 4)], dict(output_size=(6, 5)), False)],
     "batch_norm": [([(2, 3, 4, 4)], dict(eps=1e-3), False), ([(3, 6)], {}, False)],
@@ -236,7 +239,7 @@ def test_gemm_tiles_fill_the_gpu_and_keep_their_invariants():
                 tile = conv.gemm_tile(out_per_group, columns, groups)
                 assert tile.threads % tile.tp == 0 and tile.mo * tile.lanes_o == tile.to
                 blocks = groups * -(-out_per_group // tile.to) * -(-columns // tile.tp)
-                assert blocks >= conv.TARGET_BLOCKS or (tile.to, tile.tp) == (8, 8)
+                assert blocks >= conv.TARGET_BLOCKS or (tile.to, tile.tp) == (16, 16)
                 assert tile.tk * (tile.to + tile.tp) * 4 <= 8192
 
 
