@@ -3,7 +3,8 @@ onnxscript), imported, and run on every backend at -O0 and -O3: the outputs matc
 1e-4). A ResNet basic and bottleneck stage, an inception module, an MBConv with squeeze-and-excitation, a
 depthwise-separable stack, a U-Net level with ConvTranspose and crop, upsampling in every mode torch exports,
 and heads and blocks covering the other converters; across opsets 9 to 20, with and without the exporter's
-constant folding (which folds batch norms into convs)."""
+constant folding (which folds batch norms into convs). numba-cuda runs them in its simulator in the slow set
+(`pytest -m slow`): minutes per block."""
 
 import io
 import warnings
@@ -24,14 +25,23 @@ TOLERANCE = {"atol": 1e-4, "rtol": 1e-4}
 OPSET = 17
 
 
-def backends_to_test() -> list[str]:
-    """reference and numba-cpu; numba-cuda where it is installed and its simulator is on."""
+# numba-cuda runs in its simulator without a GPU, minutes per block: its runs are in the slow set.
+BACKENDS = ["reference", "numba-cpu"]
+
+
+@pytest.fixture
+def cuda_backend():
+    """numba-cuda, in its simulator unless NUMBA_ENABLE_CUDASIM=0 (as tests/backends/cuda sets it up)."""
+    import importlib.util
     import os
 
-    names = ["reference", "numba-cpu"]
-    if "numba-cuda" in plugins.available(plugins.BACKENDS) and os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
-        names.append("numba-cuda")
-    return names
+    if importlib.util.find_spec("numba_cuda") is None or "numba-cuda" not in plugins.available(plugins.BACKENDS):
+        pytest.skip("numba-cuda is not installed")
+    os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
+    from numba.core import config
+
+    config.reload_config()
+    return "numba-cuda"
 
 
 def randomize(module: nn.Module, seed: int = 1) -> nn.Module:
@@ -201,7 +211,14 @@ ISSUE_BLOCKS = {
 @pytest.mark.parametrize("name", list(ISSUE_BLOCKS))
 def test_issue_blocks_on_every_backend_at_O0_and_O3(name):
     build, shape = ISSUE_BLOCKS[name]
-    check(build(), shape, backends=backends_to_test(), levels=(0, 3))
+    check(build(), shape, backends=BACKENDS, levels=(0, 3))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(ISSUE_BLOCKS))
+def test_issue_blocks_on_numba_cuda_at_O0_and_O3(name, cuda_backend):
+    build, shape = ISSUE_BLOCKS[name]
+    check(build(), shape, backends=(cuda_backend,), levels=(0, 3))
 
 
 @pytest.mark.parametrize("opset", [10, 11, 13, 20])  # torch exports the U-Net crop from opset 10
@@ -256,7 +273,13 @@ UPSAMPLING = [
 
 @pytest.mark.parametrize("kwargs", UPSAMPLING, ids=[str(k) for k in UPSAMPLING])
 def test_upsampling_modes_on_every_backend(kwargs):
-    check(Upsampling(**kwargs), (1, 3, 6, 5), backends=backends_to_test(), levels=(0, 3))
+    check(Upsampling(**kwargs), (1, 3, 6, 5), backends=BACKENDS, levels=(0, 3))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kwargs", UPSAMPLING, ids=[str(k) for k in UPSAMPLING])
+def test_upsampling_modes_on_numba_cuda(kwargs, cuda_backend):
+    check(Upsampling(**kwargs), (1, 3, 6, 5), backends=(cuda_backend,), levels=(0, 3))
 
 
 @pytest.mark.parametrize("opset", [11, 13, 18, 20])
@@ -358,6 +381,6 @@ def test_other_blocks_across_opsets(name, opset):
 
 
 @pytest.mark.parametrize("name", list(OTHER_BLOCKS))
-def test_other_blocks_on_numba_cpu(name):
+def test_other_blocks_on_every_backend(name):
     build, shape = OTHER_BLOCKS[name]
-    check(build(), shape, backends=backends_to_test(), levels=(0, 3))
+    check(build(), shape, backends=BACKENDS, levels=(0, 3))
