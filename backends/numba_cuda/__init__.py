@@ -16,9 +16,10 @@ sources) and `kernels` (the on-disk kernel cache). This module imports `numba.cu
 
 from __future__ import annotations
 
+import contextlib
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -154,7 +155,7 @@ class CudaExecutable:
     steps: list[Step]
     slots: dict[str, Slot]
     stats: CompileStats
-    arena: Any = field(repr=False)
+    arena_views: dict[Arena, Any] = field(repr=False)  # the arena as float32 and as int64
     status: Any = field(repr=False)
     status_nodes: list[str] = field(default_factory=list)
     weights: list[Any] = field(repr=False, default_factory=list)  # keeps the device copies alive
@@ -190,7 +191,7 @@ class CudaExecutable:
                 for step, seconds in zip(self.steps, medians, strict=True)]
 
     def _view(self, slot: Slot) -> Any:
-        return self.arena[Arena.INT] if slot.arena is Arena.INT else self.arena[Arena.FLOAT]
+        return self.arena_views[slot.arena]
 
     def _copy_in(self, inputs: Mapping[str, np.ndarray]) -> None:
         for name, value in check_inputs(self.graph, inputs).items():
@@ -221,13 +222,13 @@ class CudaExecutable:
                 raise GraphError(f"node {node!r}: an unpooling index lies outside the output plane")
 
 
-class _quiet_launches(warnings.catch_warnings):
+@contextlib.contextmanager
+def _quiet_launches() -> Iterator[None]:
     """numba-cuda warns on every launch of a small grid; our launch shapes are decided from the layer's size, so
     the warning says nothing the layer does not."""
-
-    def __enter__(self) -> None:
-        super().__enter__()
+    with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Grid size .* will likely result in GPU under-utilization")
+        yield
 
 
 def compile(graph: Graph, options: Mapping[str, Any] | None = None) -> CudaExecutable:  # noqa: A001

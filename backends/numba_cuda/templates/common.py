@@ -110,10 +110,6 @@ class Launch:
     args: tuple[Any, ...]
     node: str
 
-    @property
-    def threads(self) -> int:
-        return int(np.prod(self.grid)) * int(np.prod(self.block))
-
 
 # Stands for an epilogue array the node does not use, so that one kernel signature fits every node.
 UNUSED = np.zeros(1, np.float32)

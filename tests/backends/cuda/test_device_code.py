@@ -24,10 +24,10 @@ from backends.numba_cuda import NO_GPU, NOT_INSTALLED
 ROOT = Path(__file__).resolve().parents[3]
 
 
-def run_without_simulator(args: list[str], timeout: int = 900) -> subprocess.CompletedProcess:
+def run_without_simulator(args: list[str], timeout: int = 900, executable: str = sys.executable
+                          ) -> subprocess.CompletedProcess:
     env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "0"}
-    return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=timeout, env=env,
-                          cwd=ROOT)
+    return subprocess.run([executable, *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
 
 
 SWEEP = """
@@ -168,3 +168,30 @@ def test_importing_the_backend_never_imports_numba_cuda():
     result = run_without_simulator(["-c", script], timeout=300)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_cli_compile_emits_readable_kernel_sources(tmp_path):
+    """The issue's command, in the simulator: every kernel module of ResNet-18 written out, each importable text."""
+    command = ["cnncomp", "compile", "resnet18", "-b", "numba-cuda", "--emit-source", str(tmp_path / "src"), "-o",
+               str(tmp_path / "resnet18.cnnx")]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path,
+                            env={**os.environ, "NUMBA_ENABLE_CUDASIM": "1"})
+    assert result.returncode == 0, result.stderr
+    sources = sorted((tmp_path / "src").glob("cnncomp_cuda_*.py"))
+    assert len(sources) > 5
+    families = set()
+    for path in sources:
+        text = path.read_text()
+        compile(text, path.name, "exec")
+        assert text.startswith('"""cnncomp numba-cuda kernel: ') and "def kernel(" in text
+        families.add(text.splitlines()[0].split(": ")[1])
+    assert {"conv2d_conv", "conv2d_pointwise", "max_pool2d", "global_avg_pool_small", "dense"} <= families
+
+
+def test_cli_without_a_gpu_exits_with_one_line(tmp_path):
+    command = ["cnncomp", "compile", "lenet5", "-b", "numba-cuda", "-o", str(tmp_path / "lenet5.cnnx")]
+    result = run_without_simulator(command[1:], timeout=300, executable=command[0])
+    if result.returncode == 0:
+        pytest.skip("this machine has a GPU")
+    assert result.returncode == 1
+    assert result.stderr == f"cnncomp: error: {NO_GPU}\n"
