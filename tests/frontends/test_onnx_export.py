@@ -245,8 +245,21 @@ def test_onnxruntime_backend_checks_inputs():
         executable({"x": np.zeros((1, 16, 12, 13), np.float32)})
 
 
+@pytest.mark.parametrize("module", ["cnncomp.onnx_export", "backends.onnxruntime_peer", "frontends.onnx"])
+def test_onnx_and_onnxruntime_are_imported_only_when_used(module):
+    import subprocess
+
+    check = (f"import sys, {module}; bad = sorted(m for m in sys.modules if m.split('.')[0] in "
+             "('onnx', 'onnxruntime', 'torch') or (m.split('.')[0] in ('frontends', 'backends') and "
+             f"'{module}'.startswith('cnncomp'))); print(bad); sys.exit(1 if bad else 0)")
+    result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 @pytest.mark.parametrize("missing,call,message", [
     ("onnx", lambda: to_onnx(models.mbconv()), "ONNX support needs the onnx package: pip install 'cnncomp[onnx]'"),
+    ("onnx", lambda: __import__("frontends.onnx", fromlist=["load"]).load("model.onnx"),
+     "reading ONNX models needs the onnx package: pip install 'cnncomp[onnx]'"),
     ("onnxruntime", lambda: onnxruntime_peer.compile(models.mbconv()),
      "the onnxruntime backend needs ONNX Runtime: pip install 'cnncomp[onnx]'"),
 ])
