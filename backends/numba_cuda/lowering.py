@@ -17,6 +17,7 @@ import numpy as np
 
 from backends.numba_cuda.templates import conv, layers, pool, tensor
 from backends.numba_cuda.templates.common import (
+    MAX_BLOCKS,
     UNUSED,
     WARP,
     Arena,
@@ -180,7 +181,7 @@ def lower_dense(node: Node, ctx: LoweringContext) -> list[Launch]:
     n, o = node.shape
     k = ctx.shape(node.inputs[0])[1]
     warps = layers.DENSE_THREADS // WARP
-    grid = (min(-(-o // warps), 4 * 1024),)
+    grid = (min(-(-o // warps), MAX_BLOCKS),)
     args = (*ctx.tensor(node.inputs[0]), params["weight"], *epilogue_args(params, attrs), *_residual(ctx, node),
             *ctx.tensor(node.name), n, k, o)
     return [Launch(layers.dense(attrs, n), grid, (layers.DENSE_THREADS,), args, node.name)]
@@ -225,7 +226,7 @@ def lower_global_avg_pool(node: Node, ctx: LoweringContext) -> list[Launch]:
         block = min(128, -(-n * c // WARP) * WARP)
         return [Launch(pool.global_avg_pool_small(), (-(-n * c // block),), (block,), args, node.name)]
     threads = min(REDUCE_THREADS, max(WARP, next_power_of_two(pixels // POOL_PIXELS_PER_THREAD)))
-    return [Launch(pool.global_avg_pool(threads), (min(n * c, 65535),), (threads,), args, node.name)]
+    return [Launch(pool.global_avg_pool(threads), (min(n * c, MAX_BLOCKS),), (threads,), args, node.name)]
 
 
 def lower_adaptive_avg_pool2d(node: Node, ctx: LoweringContext) -> list[Launch]:
@@ -349,7 +350,7 @@ def lower_softmax(node: Node, ctx: LoweringContext) -> list[Launch]:
         return _elementwise(node, layers.softmax_columns(), args, n * outer * inner)
     threads = min(REDUCE_THREADS, max(WARP, next_power_of_two(size)))
     args = (*ctx.tensor(node.inputs[0]), *ctx.tensor(node.name), n, outer, size)
-    return [Launch(layers.softmax_rows(threads), (min(n * outer, 65535),), (threads,), args, node.name)]
+    return [Launch(layers.softmax_rows(threads), (min(n * outer, MAX_BLOCKS),), (threads,), args, node.name)]
 
 
 def lower_upsample(node: Node, ctx: LoweringContext) -> list[Launch]:
