@@ -75,7 +75,7 @@ def program(model: CompiledModel) -> tuple[str, dict[str, np.ndarray]]:
                         + _comment(module.docstring) + module.renamed(suffix))
         kernel_names[module_name] = f"kernel{suffix}"
 
-    layout = _Layout(*executable._buffers)  # the arena and the scratch region the steps' views point into
+    layout = _Layout(executable.arena, executable.scratch)
     steps = []
     for step in executable.steps:
         args = "".join(f"        {layout.spec(arg, step.node)},\n" for arg in step.args)

@@ -72,7 +72,8 @@ class NumbaExecutable:
     steps: list[Step]
     views: dict[str, np.ndarray]
     stats: CompileStats
-    _buffers: list[np.ndarray] = field(repr=False, default_factory=list)
+    arena: np.ndarray = field(repr=False)  # every value's view points into this (or into a constant's parameter)
+    scratch: np.ndarray = field(repr=False)  # the steps' temporaries
 
     def __call__(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         for name, value in check_inputs(self.graph, inputs).items():
@@ -190,4 +191,4 @@ def compile(graph: Graph, options: Mapping[str, Any] | None = None) -> NumbaExec
             compiled_signatures.add((kernel.key, signature))
         steps.append(Step(call.node, kernel, function, args))
     stats.seconds = time.perf_counter() - start
-    return NumbaExecutable(graph, steps, views, stats, [arena, scratch])
+    return NumbaExecutable(graph, steps, views, stats, arena, scratch)

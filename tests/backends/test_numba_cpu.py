@@ -52,7 +52,8 @@ def algorithm_of(attrs, in_shape):
 
 CONV_CASES = [
     # input shape, attrs, expected algorithm
-    ((1, 3, 17, 17), dict(out_channels=8, kernel=3, padding=1), "direct"),
+    ((1, 3, 17, 17), dict(out_channels=8, kernel=3, padding=1), "im2col"),
+    ((1, 3, 20, 20), dict(out_channels=8, kernel=7, stride=2, padding=3), "im2col"),
     ((2, 6, 9, 11), dict(out_channels=6, kernel=3, padding=1, groups=6), "direct"),
     ((1, 4, 10, 10), dict(out_channels=8, kernel=5, stride=2, padding=2, groups=2), "direct"),
     ((1, 16, 12, 12), dict(out_channels=24, kernel=1), "pointwise"),
@@ -113,7 +114,7 @@ def test_every_activation_in_the_epilogue(epilogue):
 
 
 @pytest.mark.parametrize("shape,attrs", [
-    ((1, 3, 9, 9), dict(out_channels=4, kernel=3, padding=1)),  # direct
+    ((1, 6, 9, 9), dict(out_channels=6, kernel=3, padding=1, groups=6)),  # direct
     ((1, 16, 10, 10), dict(out_channels=8, kernel=3, padding=1)),  # winograd, F(2x2)
     ((1, 16, 22, 22), dict(out_channels=8, kernel=3, padding=1)),  # winograd, F(4x4)
     ((1, 16, 10, 10), dict(out_channels=8, kernel=3, stride=2, padding=1)),  # im2col
