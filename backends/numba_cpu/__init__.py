@@ -20,6 +20,7 @@ per op and 1e-3 relative per zoo model; Winograd's F(4x4) transforms add about 1
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -36,7 +37,6 @@ from backends.numba_cpu.templates.common import KernelCall, Scratch
 from cnncomp.errors import GraphError
 from cnncomp.ir import Graph
 from cnncomp.passes.plan_memory import plan_memory, plan_of
-from cnncomp.progress import progress
 from cnncomp.runtime import check_inputs
 
 ALIGNMENT = 64  # bytes: one cache line, and AVX-512 vectors
@@ -171,24 +171,24 @@ def compile(graph: Graph, options: Mapping[str, Any] | None = None) -> NumbaExec
 
     cache = KernelCache(Path(options["cache_dir"]) if options.get("cache_dir") else None)
     stats = CompileStats(arena_bytes=arena.nbytes, scratch_bytes=scratch.nbytes)
-    functions: dict[str, Any] = {}
-    compiled_signatures: set[tuple[str, tuple[Any, ...]]] = set()
-    steps = []
-    pairs = list(zip(calls, resolved_args, strict=True))
-    for call, args in progress(pairs, len(pairs), "compiling kernels", options.get("progress")):
-        kernel = call.kernel
-        if kernel.key not in functions:
-            stats.kernels += 1
-            if cache.is_cached(kernel):
-                stats.from_cache += 1
-            else:
-                stats.compiled += 1
-            functions[kernel.key] = cache.load(kernel)
-        function = functions[kernel.key]
+    signatures: dict[str, list[tuple[Any, ...]]] = {}
+    kernels: dict[str, KernelSource] = {}
+    for call, args in zip(calls, resolved_args, strict=True):
+        kernels[call.kernel.key] = call.kernel
         signature = tuple(numba.typeof(arg) for arg in args)
-        if (kernel.key, signature) not in compiled_signatures:
-            function.compile(signature)
-            compiled_signatures.add((kernel.key, signature))
-        steps.append(Step(call.node, kernel, function, args))
+        if signature not in signatures.setdefault(call.kernel.key, []):
+            signatures[call.kernel.key].append(signature)
+    to_compile = [(kernels[key], missing) for key, sigs in signatures.items()
+                  if (missing := cache.missing(kernels[key], sigs))]
+    stats.kernels, stats.compiled = len(kernels), len(to_compile)
+    stats.from_cache = stats.kernels - stats.compiled
+    if to_compile:
+        cache.compile_in_workers(to_compile, options.get("progress"), min(len(to_compile), os.cpu_count() or 1))
+    functions = {key: cache.load(kernel) for key, kernel in kernels.items()}
+    for key, sigs in signatures.items():
+        for signature in sigs:
+            functions[key].compile(signature)
+    steps = [Step(call.node, call.kernel, functions[call.kernel.key], args)
+             for call, args in zip(calls, resolved_args, strict=True)]
     stats.seconds = time.perf_counter() - start
     return NumbaExecutable(graph, steps, views, stats, arena, scratch)

@@ -5,9 +5,12 @@ from there so that Numba caches the machine code beside it (Numba caches only fu
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
+import json
 import os
+import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -16,6 +19,7 @@ from typing import Any
 
 import llvmlite
 import numba
+from numba.core import types
 
 _PACKAGE_DIR = Path(__file__).parent
 # Modules generated kernels import; a change to any of them must not reuse machine code compiled against the old
@@ -66,26 +70,90 @@ class KernelCache:
     def path(self, kernel: KernelSource) -> Path:
         return self.directory / f"{kernel.module_name}.py"
 
-    def is_cached(self, kernel: KernelSource) -> bool:
-        """Whether Numba has machine code for this kernel on disk (an index file beside the source)."""
-        pycache = self.directory / "__pycache__"
-        return pycache.is_dir() and any(pycache.glob(f"{kernel.module_name}.kernel-*.nbi"))
+    def write(self, kernel: KernelSource) -> Path:
+        """The kernel's module file, written if new: write then rename, so a reader never sees half a file and
+        Numba's cache stamp (mtime, size) of a finished file never changes afterwards."""
+        path = self.path(kernel)
+        if not path.exists():
+            self.directory.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self.directory, suffix=".tmp")
+            with os.fdopen(fd, "w") as handle:
+                handle.write(kernel.source)
+            os.replace(tmp, path)
+        return path
 
     def load(self, kernel: KernelSource) -> Any:
         """The kernel's Numba dispatcher, importing its module (written first if new)."""
-        module = sys.modules.get(kernel.module_name)
-        if module is None:
-            path = self.path(kernel)
-            if not path.exists():
-                self.directory.mkdir(parents=True, exist_ok=True)
-                # Write then rename: a reader never sees half a file, and Numba's cache stamp (mtime, size) of
-                # a finished file never changes afterwards.
-                fd, tmp = tempfile.mkstemp(dir=self.directory, suffix=".tmp")
-                with os.fdopen(fd, "w") as handle:
-                    handle.write(kernel.source)
-                os.replace(tmp, path)
-            spec = importlib.util.spec_from_file_location(kernel.module_name, path)
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[kernel.module_name] = module
-            spec.loader.exec_module(module)
-        return module.kernel
+        return _import(kernel.module_name, self.write(kernel)).kernel
+
+    def missing(self, kernel: KernelSource, signatures: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+        """The signatures this process has no machine code for, in memory or in the on-disk cache."""
+        dispatcher = self.load(kernel)
+        return [sig for sig in signatures
+                if tuple(sig) not in dispatcher.overloads and dispatcher._cache.load_overload(sig, dispatcher.targetctx)
+                is None]
+
+    def compile_in_workers(self, jobs: list[tuple[KernelSource, list[tuple[Any, ...]]]], progress_enabled: bool | None,
+                           workers: int) -> None:
+        """Compile kernels in separate processes (`python -m backends.numba_cpu.compile_worker`), which fill the
+        on-disk cache; this process then loads them.
+
+        Two reasons: the cores compile kernels in parallel, and every process runs machine code loaded from the
+        cache, never code it compiled itself (Numba's in-process compile and its cached object code can differ in
+        the last bits of a result, so a model compiled now and the same model loaded later would)."""
+        from cnncomp.progress import progress
+
+        descriptions = [{"module": kernel.module_name, "path": str(self.write(kernel)),
+                         "signatures": [[encode_type(t) for t in sig] for sig in signatures]}
+                        for kernel, signatures in jobs]
+        shares = [descriptions[i::workers] for i in range(workers)]
+        failures = []
+        with contextlib.ExitStack() as stack:
+            # Worker errors go to files, not pipes: a long warning can never block a worker.
+            errors = [stack.enter_context(tempfile.TemporaryFile("w+")) for _ in shares]
+            processes = [subprocess.Popen([sys.executable, "-m", "backends.numba_cpu.compile_worker"],
+                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=error, text=True)
+                         for error in errors]
+            for process, share in zip(processes, shares, strict=True):
+                process.stdin.write(json.dumps(share))
+                process.stdin.close()
+            lines = (line for process in processes for line in process.stdout)
+            for _ in progress(lines, len(descriptions), "compiling kernels", progress_enabled):
+                pass
+            for process, error in zip(processes, errors, strict=True):
+                if process.wait() != 0:
+                    error.seek(0)
+                    failures.append((error.read().strip().splitlines() or ["(no message)"])[-1])
+        if failures:
+            raise RuntimeError(f"a kernel failed to compile: {failures[0]}")
+
+
+def encode_type(numba_type: Any) -> list[Any] | str:
+    """A kernel argument's Numba type as JSON: arrays by dtype, rank, layout and writability; scalars by name."""
+    if isinstance(numba_type, types.Array):
+        return [str(numba_type.dtype), numba_type.ndim, numba_type.layout, numba_type.mutable]
+    return str(numba_type)
+
+
+def decode_type(encoded: list[Any] | str) -> Any:
+    if isinstance(encoded, str):
+        return getattr(types, encoded)
+    dtype, ndim, layout, mutable = encoded
+    return types.Array(getattr(types, dtype), ndim, layout, readonly=not mutable)
+
+
+def _import(module_name: str, path: Path) -> Any:
+    module = sys.modules.get(module_name)
+    if module is None:
+        spec = importlib.util.spec_from_file_location(module_name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module
+        spec.loader.exec_module(module)
+    return module
+
+
+def compile_kernel(module_name: str, path: str, signatures: list[list[Any]]) -> None:
+    """Compile a kernel module's `kernel` for each encoded signature; Numba writes the machine code to its cache."""
+    dispatcher = _import(module_name, Path(path)).kernel
+    for signature in signatures:
+        dispatcher.compile(tuple(decode_type(t) for t in signature))

@@ -384,19 +384,28 @@ def test_generated_source_is_readable():
 
 
 def test_second_compile_in_a_fresh_process_loads_every_kernel_from_the_cache(tmp_path):
+    """...and computes bit for bit what the first one did (kernels are always compiled in worker processes and
+    loaded from the cache, so no process runs code it compiled itself)."""
     script = textwrap.dedent(f"""
+        import sys
+        import numpy as np
         import backends.numba_cpu as numba_cpu
         from tests import models
-        executable = numba_cpu.compile(models.unet_level(), {{"cache_dir": {str(tmp_path)!r}}})
+        graph = models.unet_level()
+        executable = numba_cpu.compile(graph, {{"cache_dir": {str(tmp_path)!r}}})
+        x = np.random.default_rng(0).standard_normal(graph.inputs[0].shape).astype(np.float32)
+        np.save(sys.argv[1], executable({{"x": x}})["out"])
         print(executable.stats.kernels, executable.stats.compiled, executable.stats.from_cache)
     """)
 
-    def run():
-        result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    def run(output):
+        result = subprocess.run([sys.executable, "-c", script, str(output)], capture_output=True, text=True,
+                                timeout=600)
         assert result.returncode == 0, result.stderr
         return [int(v) for v in result.stdout.split()]
 
-    kernels, compiled, cached = run()
+    kernels, compiled, cached = run(tmp_path / "first.npy")
     assert compiled == kernels and cached == 0
-    kernels, compiled, cached = run()
+    kernels, compiled, cached = run(tmp_path / "second.npy")
     assert compiled == 0 and cached == kernels
+    np.testing.assert_array_equal(np.load(tmp_path / "first.npy"), np.load(tmp_path / "second.npy"))
