@@ -66,8 +66,9 @@ def sweep(which: str, timeout: int) -> list[dict]:
     compilations = json.loads(result.stdout)["compilations"]
     failed = [entry for entry in compilations if entry["error"] or entry["f64_instructions"] or entry["local_memory"]]
     assert failed == []
-    for module in {entry["module"] for entry in compilations}:
-        assert sorted(entry["cc"] for entry in compilations if entry["module"] == module) == ["8.0", "9.0"]
+    for kernel in {(entry["module"], entry["signature"]) for entry in compilations}:
+        assert sorted(entry["cc"] for entry in compilations
+                      if (entry["module"], entry["signature"]) == kernel) == ["8.0", "9.0"]
     return compilations
 
 

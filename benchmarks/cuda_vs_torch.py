@@ -1,9 +1,6 @@
 """cnncomp numba-cuda (-O3) against PyTorch on the same GPU, on the zoo. Run it on a machine with an NVIDIA GPU.
 
-    python -m benchmarks.cuda [--models resnet18 resnet50 ...] [--batch 1 32] [--repeat 20] [--json out.json]
-
-(as a module from the repository root: run as a script, `benchmarks/backends.py` would shadow the `backends`
-package).
+    python benchmarks/cuda_vs_torch.py [--models resnet18 resnet50 ...] [--batch 1 32] [--repeat 20] [--json out.json]
 
 Both run in one process on the same graph and weights, interleaved (one call of each in turn). A call is what a
 user sees: host arrays in, host arrays out (numba-cuda: one copy in, the launches, one copy out). PyTorch runs the
@@ -154,7 +151,7 @@ def main() -> None:
     try:
         cuda = numba_cuda.cuda_module()
     except CnnCompError as exc:
-        sys.exit(f"benchmarks.cuda: {exc}")
+        sys.exit(f"benchmarks/cuda_vs_torch.py: {exc}")
     device = "the simulator" if numba_cuda.simulating() else cuda.get_current_device().name
     print(f"device: {device if isinstance(device, str) else device.decode()}")
     records = []
