@@ -24,7 +24,7 @@ from numba.core import types
 _PACKAGE_DIR = Path(__file__).parent
 # Modules generated kernels import; a change to any of them must not reuse machine code compiled against the old
 # version, so their text is part of the cache key.
-_RUNTIME_MODULES = ("blas.py",)
+_RUNTIME_MODULES = ("blas.py", "mathlib.py")
 
 
 @dataclass(frozen=True)

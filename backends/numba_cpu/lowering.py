@@ -95,8 +95,8 @@ def lower_conv2d(node: Node, ctx: LoweringContext) -> list[KernelCall]:
     n, o, oh, ow = node.shape
     epilogue = epilogue_args(params, attrs)
     if algorithm == "direct":
-        args = (x, weight, *epilogue, _residual(ctx, node, False), out, Scratch((ctx.threads, ow)))
-        return [KernelCall(conv.direct(attrs), args, node.name)]
+        args = (x, weight, *epilogue, _residual(ctx, node, False), out, direct_planes(ctx, node, weight.shape[1]))
+        return [KernelCall(conv.direct(attrs, weight.shape[1]), args, node.name)]
     if algorithm == "pointwise":
         pixels = oh * ow
         pixels_per_tile, channels_per_tile = gemm_tiles(x_type.channels, o, pixels, ctx.threads)
@@ -130,12 +130,23 @@ def lower_conv2d(node: Node, ctx: LoweringContext) -> list[KernelCall]:
     return [KernelCall(conv.im2col(attrs), args, node.name)]
 
 
+def direct_planes(ctx: LoweringContext, node: Node, channels_per_group: int) -> Scratch:
+    """Per thread, a zero-padded plane per channel of a group, covering every tap of every output."""
+    (kh, kw), (sh, sw), (dh, dw) = node.attrs["kernel"], node.attrs["stride"], node.attrs["dilation"]
+    top, _, left, _ = node.attrs["padding"]
+    h, w = ctx.graph.node(node.inputs[0]).shape[2:]
+    oh, ow = node.shape[2:]
+    height = max(top + h, (oh - 1) * sh + dh * (kh - 1) + 1)
+    width = max(left + w, (ow - 1) * sw + dw * (kw - 1) + 1)
+    return Scratch((ctx.threads, channels_per_group, height, width))
+
+
 def lower_depthwise_conv2d(node: Node, ctx: LoweringContext) -> list[KernelCall]:
     """The direct kernel: depthwise_conv2d's weight (C*M, 1, KH, KW) is conv2d's for groups = C."""
     params, attrs = ctx.params(node), node.attrs
     args = (ctx.value(node.inputs[0]), params["weight"], *epilogue_args(params, attrs), _residual(ctx, node, False),
-            ctx.value(node.name), Scratch((ctx.threads, node.shape[3])))
-    return [KernelCall(conv.direct(attrs), args, node.name)]
+            ctx.value(node.name), direct_planes(ctx, node, 1))
+    return [KernelCall(conv.direct(attrs, 1), args, node.name)]
 
 
 def lower_pointwise_conv2d(node: Node, ctx: LoweringContext) -> list[KernelCall]:

@@ -409,3 +409,21 @@ def test_second_compile_in_a_fresh_process_loads_every_kernel_from_the_cache(tmp
     kernels, compiled, cached = run(tmp_path / "second.npy")
     assert compiled == 0 and cached == kernels
     np.testing.assert_array_equal(np.load(tmp_path / "first.npy"), np.load(tmp_path / "second.npy"))
+
+
+def test_fast_exp_is_exp_to_float32_precision():
+    from numba import njit
+
+    from backends.numba_cpu.mathlib import fast_exp
+
+    @njit
+    def exp_all(values):
+        out = np.empty_like(values)
+        for i in range(values.size):
+            out[i] = fast_exp(values[i])
+        return out
+
+    x = np.linspace(-87, 88, 200_001).astype(np.float32)
+    np.testing.assert_allclose(exp_all(x), np.exp(x.astype(np.float64)), rtol=2e-7, atol=0)
+    special = exp_all(np.array([np.nan, np.inf, -np.inf, 0.0], np.float32))
+    assert np.isnan(special[0]) and special[1] == np.inf and 0 <= special[2] < 1e-37 and special[3] == 1.0

@@ -26,6 +26,7 @@ import numpy as np
 from numba import njit, prange
 
 from backends.numba_cpu.blas import gemm, gemm_scratch
+from backends.numba_cpu.mathlib import fast_exp
 '''
 
 
@@ -45,8 +46,8 @@ ACTIVATION_CODE = {
     "relu6": "{v} = np.float32(0.0) if {v} < 0.0 else (np.float32(6.0) if {v} > 6.0 else {v})",
     "leaky_relu": "{v} = {v} if not ({v} < 0.0) else {v} * np.float32({alpha})",
     "tanh": "{v} = np.tanh({v})",
-    "sigmoid": "{v} = np.float32(1.0) / (np.float32(1.0) + np.exp(-{v}))",
-    "silu": "{v} = {v} / (np.float32(1.0) + np.exp(-{v}))",
+    "sigmoid": "{v} = np.float32(1.0) / (np.float32(1.0) + fast_exp(-{v}))",
+    "silu": "{v} = {v} / (np.float32(1.0) + fast_exp(-{v}))",
     "hardswish": "{v} = {v} * min(max({v} + np.float32(3.0), np.float32(0.0)), np.float32(6.0)) / np.float32(6.0)",
 }
 

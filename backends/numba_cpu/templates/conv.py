@@ -1,7 +1,7 @@
 """Convolution kernels. Four algorithms, chosen per layer by `backends.numba_cpu.resolve`:
 
-- `direct`: output rows accumulated tap by tap (vectorized along the row); for few channels per group
-  (depthwise convs, the first layer of a network).
+- `direct`: each output summed over its taps in a register, from zero-padded copies of the input planes; for
+  few channels per group (depthwise convs).
 - `im2col`: a band of output rows at a time, the receptive fields copied into a K x pixels matrix and multiplied
   by the weights with BLAS, the epilogue applied while the band is in cache.
 - `pointwise`: a 1x1 convolution with stride 1 and no padding is a matrix product W (O x C) @ X (C x pixels).
@@ -31,45 +31,45 @@ def _window_constants(attrs: Mapping[str, Any]) -> dict[str, int]:
 
 DIRECT = '''
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
-def kernel(x, weight, bias, scale, shift, res, out, acc_rows):
-    """out[n, o] = sum over the group's channels and the KH x KW taps; weight (O, C/groups, KH, KW)."""
+def kernel(x, weight, bias, scale, shift, res, out, planes):
+    """Grouped convolution, one (image, group) per job: the group's input channels are copied into zero-padded
+    planes (so no tap needs a bounds check), then each output value sums its KH x KW taps over the group's
+    channels in a register (CG channels per group, a constant, so every tap loop unrolls). weight (O, C/groups,
+    KH, KW)."""
     n, c, h, w = x.shape
     o, oh, ow = out.shape[1], out.shape[2], out.shape[3]
-    cg = weight.shape[1]
-    og = o // (c // cg)
-    threads = acc_rows.shape[0]
-    jobs = n * o
+    groups = c // CG
+    og = o // groups
+    threads = planes.shape[0]
+    jobs = n * groups
     for t in prange(threads):
-        acc = acc_rows[t]
+        plane = planes[t]
         for job in range(t, jobs, threads):
-            img = job // o
-            oc = job % o
-            c0 = (oc // og) * cg
-            for r in range(oh):
-                acc[:ow] = 0.0
-                for ci in range(cg):
-                    for i in range(KH):
-                        ih = r * SH - PT + i * DH
-                        if ih < 0 or ih >= h:
-                            continue
-                        xrow = x[img, c0 + ci, ih]
-                        for j in range(KW):
-                            wv = weight[oc, ci, i, j]
-                            # output columns whose tap j falls inside the row
-                            q_lo = max(0, (PL - j * DW + SW - 1) // SW)
-                            q_hi = min(ow, (w - 1 + PL - j * DW) // SW + 1)
-                            for q in range(q_lo, q_hi):
-                                acc[q] += wv * xrow[q * SW - PL + j * DW]
-                for q in range(ow):
-                    v = acc[q]
+            img = job // groups
+            g = job % groups
+            for ci in range(CG):
+                plane[ci] = 0.0
+                plane[ci, PT: PT + h, PL: PL + w] = x[img, g * CG + ci]
+            for oc_local in range(og):
+                oc = g * og + oc_local
+                taps = weight[oc]
+                for r in range(oh):
+                    row = out[img, oc, r]
+                    for q in range(ow):
+                        v = np.float32(0.0)
+                        for ci in range(CG):
+                            for i in range(KH):
+                                for j in range(KW):
+                                    v += taps[ci, i, j] * plane[ci, r * SH + i * DH, q * SW + j * DW]
 {epilogue}
-                    out[img, oc, r, q] = v
+                        row[q] = v
 '''
 
 
-def direct(attrs: Mapping[str, Any]):
-    body = DIRECT.format(epilogue=epilogue_code(attrs, "v", "oc", "res[img, oc, r, q]", 20))
-    return render("conv2d_direct", body, **_window_constants(attrs), **epilogue_constants(attrs))
+def direct(attrs: Mapping[str, Any], channels_per_group: int):
+    body = DIRECT.format(epilogue=epilogue_code(attrs, "v", "oc", "res[img, oc, r, q]", 24))
+    return render("conv2d_direct", body, **_window_constants(attrs), CG=channels_per_group,
+                  **epilogue_constants(attrs))
 
 
 IM2COL = '''
