@@ -72,6 +72,13 @@ def _residual(ctx: LoweringContext, node: Node, rows: bool) -> np.ndarray:
     return ctx.rows(node.inputs[1]) if rows else ctx.value(node.inputs[1])
 
 
+def band_rows(rows: int, target: int, threads: int) -> int:
+    """Rows per band: about `target`, but with the band count a multiple of the thread count (equal shares)."""
+    bands = -(-rows // max(1, target))
+    bands = min(rows, -(-bands // threads) * threads)
+    return -(-rows // bands)
+
+
 def gemm_tiles(k: int, m: int, pixels: int, threads: int) -> tuple[int, int]:
     """(pixels, output channels) per job of the (m x k) @ (k x pixels) product of each image: pixel tiles whose
     operand and result take about half a core's L2 cache, as many per image as a multiple of the thread count
@@ -169,10 +176,18 @@ def lower_separable_conv2d(node: Node, ctx: LoweringContext) -> list[KernelCall]
     params, attrs = ctx.params(node), node.attrs
     _, o, oh, ow = node.shape
     mid_channels = params["depthwise_weight"].shape[0]
-    rows_per_tile = max(1, min(oh, TILE_BYTES // (4 * (mid_channels + o) * ow)))
+    # Bands of at least 256 pixels (thin products are slow); fewer bands than two per thread: split the channels.
+    rows_per_tile = band_rows(oh, max(TILE_BYTES // (4 * (mid_channels + o) * ow), -(-256 // ow)), ctx.threads)
+    bands = -(-oh // rows_per_tile) * node.shape[0]
+    channels_per_job = o if bands >= 2 * ctx.threads else -(-o // (16 * ctx.threads)) * 16
+    (kh, kw), (sh, sw), (dh, dw) = attrs["kernel"], attrs["stride"], attrs["dilation"]
+    _, _, left, _ = attrs["padding"]
+    w = ctx.graph.node(node.inputs[0]).shape[3]
+    band = (ctx.threads, (rows_per_tile - 1) * sh + dh * (kh - 1) + 1, max(left + w, (ow - 1) * sw + dw * (kw - 1) + 1))
     args = (ctx.value(node.inputs[0]), params["depthwise_weight"], params.get("mid_bias", EMPTY),
             params["pointwise_weight"], *epilogue_args(params, attrs), _residual(ctx, node, True),
-            ctx.rows(node.name), Scratch((ctx.threads, mid_channels, rows_per_tile * ow)), rows_per_tile, oh, ow)
+            ctx.rows(node.name), Scratch((ctx.threads, mid_channels, rows_per_tile * ow)), Scratch(band),
+            rows_per_tile, channels_per_job, oh, ow)
     return [KernelCall(conv.separable(attrs), args, node.name)]
 
 
@@ -188,13 +203,21 @@ def lower_conv_transpose2d(node: Node, ctx: LoweringContext) -> list[KernelCall]
     return [KernelCall(layers.conv_transpose(attrs), args, node.name)]
 
 
+# Up to this many images a dense layer streams its weight row by row (bound by memory); above, BLAS.
+DENSE_ROWS_MAX_BATCH = 4
+
+
 def lower_dense(node: Node, ctx: LoweringContext) -> list[KernelCall]:
     params, attrs = ctx.params(node), node.attrs
-    out_features = node.shape[1]
-    columns = max(64, -(-out_features // ctx.threads))
+    batch, out_features = node.shape
     residual = ctx.value(node.inputs[1]) if attrs["residual"] else np.zeros((0, 0), np.float32)
-    args = (ctx.value(node.inputs[0]), np.ascontiguousarray(params["weight"].T), *epilogue_args(params, attrs),
-            residual, ctx.value(node.name), columns, ctx.threads)
+    common = (*epilogue_args(params, attrs), residual, ctx.value(node.name))
+    if batch <= DENSE_ROWS_MAX_BATCH:
+        rows_per_job = max(8, -(-out_features // (8 * ctx.threads)))
+        args = (ctx.value(node.inputs[0]), params["weight"], *common, rows_per_job, ctx.threads)
+        return [KernelCall(layers.dense_rows(attrs), args, node.name)]
+    columns = max(64, -(-out_features // ctx.threads))
+    args = (ctx.value(node.inputs[0]), np.ascontiguousarray(params["weight"].T), *common, columns, ctx.threads)
     return [KernelCall(layers.dense(attrs), args, node.name)]
 
 

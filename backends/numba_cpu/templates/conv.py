@@ -389,59 +389,64 @@ def gated_pointwise(attrs: Mapping[str, Any]):
 SEPARABLE = '''
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
 def kernel(x, depthwise_weight, mid_bias, pointwise_weight, bias, scale, shift, res, out, mid_per_thread,
-           rows_per_tile, oh, ow):
+           band_per_thread, rows_per_tile, channels_per_job, oh, ow):
     """Depthwise then pointwise, one band of output rows at a time: each thread computes the band's depthwise
-    output for every channel into its own (C*M x pixels) tile, adds mid_bias and mid_act, and multiplies it by
-    pointwise_weight (O x C*M) straight into the output; the whole intermediate tensor never exists."""
+    output for every channel into its own (C*M x pixels) tile (each value summed over its taps in a register,
+    from a zero-padded copy of the input rows under the band), adds mid_bias and mid_act, and multiplies the tile
+    by pointwise_weight (O x C*M) straight into the output; the whole intermediate tensor never exists. On small
+    maps a band's outputs are split over channels_per_job blocks of output channels, so every thread has work
+    (each recomputes the band's cheap depthwise step)."""
     n, c, h, w = x.shape
     o = out.shape[1]
     mid_channels = depthwise_weight.shape[0]
     multiplier = mid_channels // c
     tiles = (oh + rows_per_tile - 1) // rows_per_tile
+    blocks = (o + channels_per_job - 1) // channels_per_job
     threads = mid_per_thread.shape[0]
-    jobs = n * tiles
+    jobs = n * tiles * blocks
     for t in prange(threads):
         mid = mid_per_thread[t]
+        band = band_per_thread[t]
         ints, floats, no_trans = gemm_scratch()
         for job in range(t, jobs, threads):
-            img = job // tiles
-            r0 = (job % tiles) * rows_per_tile
+            img = job // (tiles * blocks)
+            o0 = (job % blocks) * channels_per_job
+            o1 = min(o, o0 + channels_per_job)
+            r0 = ((job // blocks) % tiles) * rows_per_tile
             r1 = min(oh, r0 + rows_per_tile)
             pixels = (r1 - r0) * ow
+            top = r0 * SH - PT  # input row of the band's first row
             for m in range(mid_channels):
-                acc = mid[m]
-                acc[:pixels] = 0.0
-                src_channel = m // multiplier
-                for r in range(r0, r1):
-                    base = (r - r0) * ow
-                    for i in range(KH):
-                        ih = r * SH - PT + i * DH
-                        if ih < 0 or ih >= h:
-                            continue
-                        xrow = x[img, src_channel, ih]
-                        for j in range(KW):
-                            wv = depthwise_weight[m, 0, i, j]
-                            q_lo = max(0, (PL - j * DW + SW - 1) // SW)
-                            q_hi = min(ow, (w - 1 + PL - j * DW) // SW + 1)
-                            for q in range(q_lo, q_hi):
-                                acc[base + q] += wv * xrow[q * SW - PL + j * DW]
-                for p in range(pixels):
-                    v = acc[p]
+                if m % multiplier == 0:
+                    band[:, :] = 0.0
+                    for br in range(band.shape[0]):
+                        ih = top + br
+                        if ih >= 0 and ih < h:
+                            band[br, PL: PL + w] = x[img, m // multiplier, ih]
+                taps = depthwise_weight[m, 0]
+                row = mid[m]
+                for rr in range(r1 - r0):
+                    for q in range(ow):
+                        v = np.float32(0.0)
+                        for i in range(KH):
+                            for j in range(KW):
+                                v += taps[i, j] * band[rr * SH + i * DH, q * SW + j * DW]
 {mid_statements}
-                    acc[p] = v
-            tile = out[img, :, r0 * ow: r1 * ow]
-            gemm(pointwise_weight, mid[:, :pixels], tile, False, ints, floats, no_trans)
-            for oc in range(o):
+                        row[rr * ow + q] = v
+            tile = out[img, o0:o1, r0 * ow: r1 * ow]
+            gemm(pointwise_weight[o0:o1], mid[:, :pixels], tile, False, ints, floats, no_trans)
+            for oc_local in range(o1 - o0):
+                oc = o0 + oc_local
                 for p in range(pixels):
-                    v = tile[oc, p]
+                    v = tile[oc_local, p]
 {epilogue}
-                    tile[oc, p] = v
+                    tile[oc_local, p] = v
 '''
 
 
 def separable(attrs: Mapping[str, Any]):
     mid = {"bias": attrs["mid_bias"], "act": attrs["mid_act"]}
-    mid_code = epilogue_code(mid, "v", "m", "", 20, bias="mid_bias", alpha="MID_ALPHA")
+    mid_code = epilogue_code(mid, "v", "m", "", 24, bias="mid_bias", alpha="MID_ALPHA")
     body = SEPARABLE.format(mid_statements=mid_code,
                             epilogue=epilogue_code(attrs, "v", "oc", "res[img, oc, r0 * ow + p]", 20))
     constants = {**_window_constants(attrs), **epilogue_constants(attrs)}

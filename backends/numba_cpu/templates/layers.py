@@ -35,6 +35,35 @@ def dense(attrs: Mapping[str, Any]):
     return render("dense", body, **epilogue_constants(attrs))
 
 
+DENSE_ROWS = '''
+@njit(parallel=True, fastmath=FASTMATH, cache=True)
+def kernel(x, weight, bias, scale, shift, res, out, rows_per_job, threads):
+    """out[n, o] = dot(weight[o], x[n]) for a few images: the weight (O x K) streams through once, row by row,
+    each row read for every image while it is in cache (a matrix-vector product is bound by memory, and BLAS's
+    packing would read the weight twice)."""
+    n, k = x.shape
+    o = weight.shape[0]
+    jobs = (o + rows_per_job - 1) // rows_per_job
+    workers = min(jobs, threads)
+    for t in prange(workers):
+        for job in range(t, jobs, workers):
+            for oc in range(job * rows_per_job, min(o, (job + 1) * rows_per_job)):
+                row = weight[oc]
+                for img in range(n):
+                    src = x[img]
+                    v = np.float32(0.0)
+                    for i in range(k):
+                        v += row[i] * src[i]
+{epilogue}
+                    out[img, oc] = v
+'''
+
+
+def dense_rows(attrs: Mapping[str, Any]):
+    body = DENSE_ROWS.format(epilogue=epilogue_code(attrs, "v", "oc", "res[img, oc]", 20))
+    return render("dense_rows", body, **epilogue_constants(attrs))
+
+
 CONV_TRANSPOSE = '''
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
 def kernel(x, taps, bias, out, contributions, h, w, threads):
