@@ -320,7 +320,9 @@ def lower_crop(node: Node, ctx: LoweringContext) -> list[KernelCall]:
 
 
 def lower_lrn(node: Node, ctx: LoweringContext) -> list[KernelCall]:
-    return [KernelCall(layers.lrn(node.attrs), (ctx.rows(node.inputs[0]), ctx.rows(node.name)), node.name)]
+    pixels = node.shape[2] * node.shape[3]
+    args = (ctx.rows(node.inputs[0]), ctx.rows(node.name), Scratch((ctx.threads, pixels)))
+    return [KernelCall(layers.lrn(node.attrs), args, node.name)]
 
 
 def lower_softmax(node: Node, ctx: LoweringContext) -> list[KernelCall]:

@@ -246,7 +246,8 @@ def test_crop():
     assert_same_as_reference(op_graph("crop", [(1, 2, 9, 10), (1, 1, 4, 5)]), atol=0, rtol=0)
 
 
-@pytest.mark.parametrize("attrs", [dict(size=5, alpha=1e-4, beta=0.75, k=2.0), dict(size=4, alpha=0.5, beta=0.5)])
+@pytest.mark.parametrize("attrs", [dict(size=5, alpha=1e-4, beta=0.75, k=2.0), dict(size=4, alpha=0.5, beta=0.5),
+                                   dict(size=3, alpha=0.2, beta=1.0), dict(size=5, alpha=0.1, beta=0.6, k=1.5)])
 def test_lrn(attrs):
     assert_same_as_reference(op_graph("lrn", [(2, 7, 3, 4)], attrs))
 

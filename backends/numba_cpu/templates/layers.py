@@ -111,26 +111,41 @@ def conv_transpose(attrs: Mapping[str, Any]):
 
 LRN = '''
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
-def kernel(x, out):
+def kernel(x, out, sums_per_thread):
     """out_c = x_c / (K + ALPHA / SIZE * sum of x_j^2 over channels j in [c - SIZE//2, c + (SIZE-1)//2])^BETA;
-    x and out viewed (N, C, pixels)."""
+    x and out viewed (N, C, pixels). The window sums accumulate channel by channel, vectorized along the pixels."""
     n, c, pixels = x.shape
-    for job in prange(n * c):
-        img = job // c
-        ch = job % c
-        lo = max(0, ch - SIZE // 2)
-        hi = min(c, ch + (SIZE - 1) // 2 + 1)
-        for p in range(pixels):
-            total = 0.0
-            for j in range(lo, hi):
-                v = x[img, j, p]
-                total += v * v
-            out[img, ch, p] = x[img, ch, p] / (K + ALPHA / SIZE * total) ** BETA
+    threads = sums_per_thread.shape[0]
+    jobs = n * c
+    for t in prange(threads):
+        sums = sums_per_thread[t]
+        for job in range(t, jobs, threads):
+            img = job // c
+            ch = job % c
+            sums[:pixels] = 0.0
+            for j in range(max(0, ch - SIZE // 2), min(c, ch + (SIZE - 1) // 2 + 1)):
+                src = x[img, j]
+                for p in range(pixels):
+                    sums[p] += src[p] * src[p]
+            src = x[img, ch]
+            dst = out[img, ch]
+            for p in range(pixels):
+                base = np.float32(K) + np.float32(ALPHA / SIZE) * sums[p]
+                dst[p] = src[p] * {inverse_power}
 '''
+
+# base^-BETA: square roots where BETA allows (AlexNet, GoogLeNet and VGG use 0.75), which vectorize; else pow.
+INVERSE_POWERS = {
+    0.5: "(np.float32(1.0) / np.sqrt(base))",
+    0.75: "(np.float32(1.0) / (np.sqrt(base) * np.sqrt(np.sqrt(base))))",
+    1.0: "(np.float32(1.0) / base)",
+}
 
 
 def lrn(attrs: Mapping[str, Any]):
-    return render("lrn", LRN, SIZE=attrs["size"], ALPHA=attrs["alpha"], BETA=attrs["beta"], K=attrs["k"])
+    inverse = INVERSE_POWERS.get(attrs["beta"], "base ** np.float32(-BETA)")
+    return render("lrn", LRN.format(inverse_power=inverse), SIZE=attrs["size"], ALPHA=attrs["alpha"],
+                  BETA=attrs["beta"], K=attrs["k"])
 
 
 SOFTMAX = '''
