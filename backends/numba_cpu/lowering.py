@@ -137,15 +137,19 @@ def lower_conv2d(node: Node, ctx: LoweringContext) -> list[KernelCall]:
     return [KernelCall(conv.im2col(attrs), args, node.name)]
 
 
-def direct_planes(ctx: LoweringContext, node: Node, channels_per_group: int) -> Scratch:
-    """Per thread, a zero-padded plane per channel of a group, covering every tap of every output."""
-    (kh, kw), (sh, sw), (dh, dw) = node.attrs["kernel"], node.attrs["stride"], node.attrs["dilation"]
+def padded_plane(ctx: LoweringContext, node: Node) -> tuple[int, int]:
+    """Height and width of an input plane padded so that every tap of every output window lies inside it."""
+    (kh, kw), (sh, sw) = node.attrs["kernel"], node.attrs["stride"]
+    dh, dw = node.attrs.get("dilation", (1, 1))
     top, _, left, _ = node.attrs["padding"]
     h, w = ctx.graph.node(node.inputs[0]).shape[2:]
     oh, ow = node.shape[2:]
-    height = max(top + h, (oh - 1) * sh + dh * (kh - 1) + 1)
-    width = max(left + w, (ow - 1) * sw + dw * (kw - 1) + 1)
-    return Scratch((ctx.threads, channels_per_group, height, width))
+    return max(top + h, (oh - 1) * sh + dh * (kh - 1) + 1), max(left + w, (ow - 1) * sw + dw * (kw - 1) + 1)
+
+
+def direct_planes(ctx: LoweringContext, node: Node, channels_per_group: int) -> Scratch:
+    """Per thread, a padded plane per channel of a group."""
+    return Scratch((ctx.threads, channels_per_group, *padded_plane(ctx, node)))
 
 
 def lower_depthwise_conv2d(node: Node, ctx: LoweringContext) -> list[KernelCall]:
@@ -222,7 +226,7 @@ def lower_dense(node: Node, ctx: LoweringContext) -> list[KernelCall]:
 
 
 def lower_max_pool2d(node: Node, ctx: LoweringContext) -> list[KernelCall]:
-    args = (ctx.value(node.inputs[0]), ctx.value(node.name), Scratch((ctx.threads, node.shape[3])))
+    args = (ctx.value(node.inputs[0]), ctx.value(node.name), Scratch((ctx.threads, *padded_plane(ctx, node))))
     return [KernelCall(pool.max_pool(node.attrs), args, node.name)]
 
 

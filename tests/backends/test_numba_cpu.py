@@ -428,3 +428,13 @@ def test_fast_exp_is_exp_to_float32_precision():
     np.testing.assert_allclose(exp_all(x), np.exp(x.astype(np.float64)), rtol=2e-7, atol=0)
     special = exp_all(np.array([np.nan, np.inf, -np.inf, 0.0], np.float32))
     assert np.isnan(special[0]) and special[1] == np.inf and 0 <= special[2] < 1e-37 and special[3] == 1.0
+
+
+def test_max_pool_lets_nan_win_like_the_reference():
+    graph = op_graph("max_pool2d", [(1, 2, 6, 6)], dict(kernel=3, stride=2, padding=1, ceil_mode=True))
+    data = random((1, 2, 6, 6))
+    data[0, 0, 1, 1], data[0, 1, 4, 4] = np.nan, np.inf
+    out, expected = numba_cpu.compile(graph)({"x0": data})["y"], reference.run(graph, {"x0": data})["y"]
+    np.testing.assert_array_equal(np.isnan(out), np.isnan(expected))
+    assert np.isnan(out).any() and np.isinf(out).any()
+    np.testing.assert_array_equal(out[~np.isnan(out)], expected[~np.isnan(expected)])

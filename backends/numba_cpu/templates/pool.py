@@ -19,32 +19,30 @@ def _constants(attrs: Mapping[str, Any]) -> dict[str, int]:
 
 MAX = '''
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
-def kernel(x, out, rows_per_thread):
-    """out = max over each window; NaN wins, as in numpy's max."""
+def kernel(x, out, planes):
+    """out = max over each window; NaN wins, as in numpy's max. Each (image, channel) plane is copied into a
+    plane padded with -inf (covering the ceil_mode overhang too), so every window is read without bounds checks
+    and its maximum kept in a register."""
     n, c, h, w = x.shape
     oh, ow = out.shape[2], out.shape[3]
-    threads = rows_per_thread.shape[0]
+    threads = planes.shape[0]
     jobs = n * c
     for t in prange(threads):
-        acc = rows_per_thread[t]
+        plane = planes[t]
         for job in range(t, jobs, threads):
             img = job // c
             ch = job % c
+            plane[:, :] = -np.inf
+            plane[PT: PT + h, PL: PL + w] = x[img, ch]
             for r in range(oh):
-                acc[:ow] = -np.inf
-                for i in range(KH):
-                    ih = r * SH - PT + i * DH
-                    if ih < 0 or ih >= h:
-                        continue
-                    src = x[img, ch, ih]
-                    for j in range(KW):
-                        q_lo = max(0, (PL - j * DW + SW - 1) // SW)
-                        q_hi = min(ow, (w - 1 + PL - j * DW) // SW + 1)
-                        for q in range(q_lo, q_hi):
-                            v = src[q * SW - PL + j * DW]
-                            if v > acc[q] or v != v:
-                                acc[q] = v
-                out[img, ch, r, :] = acc[:ow]
+                row = out[img, ch, r]
+                for q in range(ow):
+                    m = np.float32(-np.inf)
+                    for i in range(KH):
+                        for j in range(KW):
+                            v = plane[r * SH + i * DH, q * SW + j * DW]
+                            m = v if (v > m or v != v) else m
+                    row[q] = m
 '''
 
 INDICES = '''
