@@ -91,9 +91,11 @@ class Value:
                         stride=stride, padding=padding, output_padding=output_padding, dilation=dilation,
                         groups=groups, bias=bias)
 
-    def dense(self, out_features: int, bias: bool = True, act: str | None = None, name: str | None = None,
-              weights: Mapping[str, Any] | None = None) -> Value:
-        return self._op("dense", name=name, weights=weights, out_features=out_features, bias=bias, act=act)
+    def dense(self, out_features: int, bias: bool = True, act: str | None = None, residual: Value | None = None,
+              name: str | None = None, weights: Mapping[str, Any] | None = None, **epilogue: Any) -> Value:
+        operands = (residual,) if residual is not None else ()
+        return self._op("dense", *operands, name=name, weights=weights, out_features=out_features, bias=bias,
+                        act=act, residual=residual is not None, **epilogue)
 
     # ----- pooling -------------------------------------------------------------------------------------
     def max_pool(self, kernel: Any, stride: Any = None, padding: Any = 0, dilation: Any = 1,

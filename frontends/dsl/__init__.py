@@ -36,11 +36,13 @@ from frontends.dsl.syntax import Program
 __all__ = ["Diagnostic", "DslError", "Pos", "Program", "build_from_source", "load", "load_structure", "parse"]
 
 
-def build_from_source(text: str, filename: str = "<string>", *, initialize: bool = True, **params: Any) -> Graph:
+def build_from_source(text: str, filename: str = "<string>", *, initialize: bool = True, batch: int = 1,
+                      **params: Any) -> Graph:
     """The graph a model description builds. `params` override the header's model parameters; text values (as
     from the command line) are read as constants of the language. `initialize=False` skips drawing the weights:
-    the graph has every shape, parameter count and cost, but cannot run (see `load_structure`)."""
-    return Evaluator(parse(text, filename), params).run(initialize)
+    the graph has every shape, parameter count and cost, but cannot run (see `load_structure`). `batch` is the
+    inputs' batch size (as the driver's `batch`; a constant with a batch axis needs it at build time)."""
+    return Evaluator(parse(text, filename), params, batch).run(initialize)
 
 
 def _read(path: str | Path) -> tuple[str, str]:

@@ -1,6 +1,10 @@
 """The ops of the model language: each is a method of the Python builder, so the language and Python code make
 nodes the same way. Argument names, order and defaults come from the builder method's signature; an argument that
 is an attribute of the registry op is checked by that attribute's own rule, before the builder sees it.
+
+A registry op the builder has no method for (the ops passes lower to, constants, max-pool indices) is called by its
+registry name, with every attribute by its registry name (`REGISTRY_ONLY`), so every graph can be written as text
+(`frontends.dsl.writer`).
 """
 
 from __future__ import annotations
@@ -42,10 +46,55 @@ OPS: dict[str, tuple[Callable[..., Any], str]] = {
     "upsample": (Value.upsample, "upsample"),
     "pad": (Value.pad, "pad"),
     "crop": (Value.crop_to, "crop"),
+    "max_unpool": (Value.max_unpool, "max_unpool2d"),
     "concat": (Builder.concat, "concat"),
     "add": (Builder.add, "add"),
     "mul": (Builder.mul, "mul"),
 }
+
+# Registry ops without a builder method, called by their registry name (see `_registry_method`).
+REGISTRY_ONLY = ("depthwise_conv2d", "pointwise_conv2d", "separable_conv2d", "strided_slice", "max_pool2d_indices",
+                 "constant")
+# Attributes whose True brings an operand, given by name like conv's residual: `residual=skip`, `gate=g`.
+OPERAND_FLAGS = ("gate", "residual")
+
+
+def _registry_method(op: str) -> Callable[..., Any]:
+    """A builder-like method making one `op` node: `method(x, residual=skip, **attrs)`, or for an op without
+    operands (constant) `method(builder, **attrs)`; an operand flag is set by giving its operand."""
+    opdef = get_op(op)
+    flags = [flag for flag in OPERAND_FLAGS if flag in opdef.attrs]
+
+    def method(receiver: Any, name: str | None = None, weights: Any = None, **arguments: Any) -> Value:
+        operands = []
+        for flag in flags:
+            operand = arguments.pop(flag, None)
+            if operand is not None:
+                operands.append(operand)
+                arguments[flag] = True
+        if isinstance(receiver, Builder):
+            return receiver.op(op, name=name, weights=weights, **arguments)
+        return receiver.builder.op(op, receiver, *operands, name=name, weights=weights, **arguments)
+
+    positional = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    parameters = [inspect.Parameter("self", positional)]
+    for key, attr in opdef.attrs.items():
+        if key in flags:
+            parameters.append(inspect.Parameter(key, positional, default=None, annotation="Value | None"))
+        else:
+            default = attr.default
+            if isinstance(default, tuple) and len(set(default)) == 1:
+                default = default[0]  # (1, 1) is written 1, as the builder's methods take it
+            parameters.append(inspect.Parameter(key, positional, default=inspect.Parameter.empty
+                                                if default is REQUIRED else default))
+    parameters += [inspect.Parameter("name", positional, default=None), inspect.Parameter("weights", positional,
+                                                                                         default=None)]
+    method.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
+    method.__qualname__ = f"{'Builder' if opdef.arity[1] == 0 else 'Value'}.{op}"
+    return method
+
+
+OPS.update({op: (_registry_method(op), op) for op in REGISTRY_ONLY})
 
 # Ops whose weight a description may set (`weight=`): the lecture's image filters are convolutions with set kernels.
 FIXED_WEIGHT_OPS = ("conv2d", "conv_transpose2d", "dense")
@@ -109,7 +158,12 @@ def _signature(name: str, method: Callable[..., Any], op: str) -> OpSignature:
     if not method.__qualname__.startswith("Builder."):
         parameters.append(Parameter("x", "tensor"))
     for p in inspect.signature(method).parameters.values():
-        if p.name in HIDDEN or p.kind is inspect.Parameter.VAR_KEYWORD:
+        if p.name in HIDDEN:
+            continue
+        if p.kind is inspect.Parameter.VAR_KEYWORD:  # the registry attributes the method passes on unnamed
+            named = {q.name for q in parameters} | set(inspect.signature(method).parameters)
+            parameters += [Parameter(key, "attr", attr.default, attr) for key, attr in registry.attrs.items()
+                           if key not in named]
             continue
         default = REQUIRED if p.default is inspect.Parameter.empty else p.default
         if p.kind is inspect.Parameter.VAR_POSITIONAL:
