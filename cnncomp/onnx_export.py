@@ -215,7 +215,8 @@ class _IndexedPools:
 
     def reads_flat(self, unpool: Node) -> bool:
         pool_input = self.graph.node(self.graph.node(unpool.inputs[1]).inputs[0])
-        return pool_input.shape[2] * pool_input.shape[3] == unpool.shape[2] * unpool.shape[3]
+        return (pool_input.shape[2] * pool_input.shape[3] == unpool.shape[2] * unpool.shape[3]
+                and not below_max_unpool_size(self.graph, unpool))
 
     def needs_plane_indices(self, indices: Node) -> bool:
         return indices.name in self.graph.outputs or any(
@@ -284,9 +285,28 @@ def _max_pool_indices(w: _Writer, node: Node) -> None:
         w.emit("Mod", [w.pools.flat[node.name], plane], node.name)
 
 
+def below_max_unpool_size(graph: Graph, unpool: Node) -> bool:
+    """Whether the unpooling's output is smaller than ONNX's MaxUnpool output, (H-1)*S - P + K, in an axis: ONNX
+    Runtime refuses such an output_shape, which the op allows (a pool in ceil mode or with stride above kernel)."""
+    top, bottom, left, right = unpool.attrs["padding"]
+    sizes = zip(graph.node(unpool.inputs[0]).type.spatial, unpool.attrs["stride"], unpool.attrs["kernel"],
+                (top + bottom, left + right), unpool.type.spatial, strict=True)
+    return any(out < (n - 1) * s - p + k for n, s, k, p, out in sizes)
+
+
 def _max_unpool(w: _Writer, node: Node) -> None:
     x, indices = node.inputs
     n, c, oh, ow = node.shape
+    if below_max_unpool_size(w.graph, node):  # each value scattered into its plane, as the op is defined
+        planes = w.ints(f"{node.name}/planes", [n, c, -1])
+        zeros = w.emit("ConstantOfShape", [w.ints(f"{node.name}/planes_shape", [n, c, oh * ow])],
+                       w.step(node.name, "zeros"))
+        flat_values = w.emit("Reshape", [x, planes], w.step(node.name, "values"))
+        flat_indices = w.emit("Reshape", [indices, planes], w.step(node.name, "indices"))
+        scattered = w.emit("ScatterElements", [zeros, flat_indices, flat_values], w.step(node.name, "scattered"),
+                           axis=2)
+        w.emit("Reshape", [scattered, w.ints(f"{node.name}/shape", node.shape)], node.name)
+        return
     if w.pools.reads_flat(node):
         flat = w.pools.flat[indices]
     else:

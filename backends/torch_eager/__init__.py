@@ -164,7 +164,12 @@ def _avg_pool(e: TorchExecutable, node: Node, ops: list[Any], p: Mapping[str, An
 
 
 def _unpool(e: TorchExecutable, node: Node, ops: list[Any], p: Mapping[str, Any]) -> Any:
-    return e.F.max_unpool2d(ops[0], ops[1], node.attrs["kernel"], node.attrs["stride"], output_size=node.shape[2:])
+    # A scatter into each output plane, as the op is defined: F.max_unpool2d refuses output sizes more than a
+    # stride away from its default, which the op allows (a pool in ceil mode, or one whose stride is not its kernel).
+    x, indices = ops
+    n, c, oh, ow = node.shape
+    out = e.torch.zeros((n, c, oh * ow), dtype=x.dtype)
+    return out.scatter_(2, indices.reshape(n, c, -1), x.reshape(n, c, -1)).reshape(n, c, oh, ow)
 
 
 def _batch_norm(e: TorchExecutable, node: Node, ops: list[Any], p: Mapping[str, Any]) -> Any:
