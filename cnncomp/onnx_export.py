@@ -369,9 +369,27 @@ def _separable(w: _Writer, node: Node) -> None:
 
 def _conv_transpose(w: _Writer, node: Node) -> None:
     attrs = node.attrs
-    inputs = [node.inputs[0], w.param(node, "weight")] + ([w.param(node, "bias")] if attrs["bias"] else [])
-    w.emit("ConvTranspose", inputs, node.name, group=attrs["groups"], output_padding=list(attrs["output_padding"]),
-           **window_attrs(attrs))
+    inputs = [node.inputs[0], w.param(node, "weight")]
+    if all(op < s for op, s in zip(attrs["output_padding"], attrs["stride"], strict=True)):
+        inputs += [w.param(node, "bias")] if attrs["bias"] else []
+        w.emit("ConvTranspose", inputs, node.name, group=attrs["groups"], output_padding=list(attrs["output_padding"]),
+               **window_attrs(attrs))
+        return
+    # ONNX Runtime refuses output_padding >= stride, which the op (as PyTorch) allows below the dilation: the full
+    # transposed conv, zero rows after it where output_padding reaches past the end padding, the output's window
+    # of that, then the bias.
+    top, bottom, left, right = attrs["padding"]
+    (oph, opw), (oh, ow) = attrs["output_padding"], node.type.spatial
+    y = w.emit("ConvTranspose", inputs, w.step(node.name, "full"), group=attrs["groups"],
+               **window_attrs({**attrs, "padding": (0, 0, 0, 0)}))
+    extra = [max(0, oph - bottom), max(0, opw - right)]
+    y = w.emit("Pad", [y, w.ints(f"{node.name}/pads", [0, 0, 0, 0, 0, 0, *extra])], w.step(node.name, "extended"))
+    last = not attrs["bias"]
+    window = [w.ints(f"{node.name}/starts", [top, left]), w.ints(f"{node.name}/ends", [top + oh, left + ow]),
+              w.ints(f"{node.name}/axes", [2, 3])]
+    y = w.emit("Slice", [y, *window], node.name if last else w.step(node.name, "window"))
+    if not last:
+        w.emit("Add", [y, w.param(node, "bias", per_channel_shape(node))], node.name)
 
 
 def _dense(w: _Writer, node: Node) -> None:
