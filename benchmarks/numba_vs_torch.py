@@ -1,6 +1,6 @@
 """cnncomp numba-cpu (-O3) against PyTorch eager (and the reference backend on small models), on the zoo.
 
-    python benchmarks/backends.py [--models lenet5 resnet50 ...] [--batch 1 8] [--repeat 10] [--json out.json]
+    python benchmarks/numba_vs_torch.py [--models lenet5 resnet50 ...] [--batch 1 8] [--repeat 10] [--json out.json]
 
 All backends run in one process on the same graph and weights, interleaved (one run of each in turn), so a
 slow moment of the machine hits them alike. Reported per model and batch: median and min latency, GFLOP/s from

@@ -4,17 +4,18 @@ only (no cnncomp), and its weights in an `.npz` beside it.
     cnncomp compile lenet5 --emit standalone -o lenet5.py      # writes lenet5.py and lenet5.npz
     python lenet5.py input.npy -o output.npy
 
-The file holds, in order: the BLAS binding the kernels call (backends/numba_cpu/blas.py, inlined), every generated
-kernel module of the model (inlined, each module's names given the suffix `_k<i>` so that the modules' `kernel`
-functions and specialization constants do not collide), the memory layout (arena and scratch sizes, where each
-argument array lives) and the steps, then a small command line. The weights file holds every array argument that
-is not an activation, as the backend prepared it (Winograd-transformed, transposed, ...), so the program does no
-preparation of its own: it replays the compiled steps.
+The file holds, in order: the runtime modules the kernels call (backends/numba_cpu/blas.py and mathlib.py, inlined),
+every generated kernel module of the model (inlined, each module's names given the suffix `_k<i>` so that the
+modules' `kernel` functions and specialization constants do not collide), the memory layout (arena and scratch
+sizes, where each argument array lives) and the steps, then a small command line. The weights file holds every array
+argument that is not an activation, as the backend prepared it (Winograd-transformed, transposed, ...), so the
+program does no preparation of its own: it replays the compiled steps.
 """
 
 from __future__ import annotations
 
 import ast
+import importlib
 import inspect
 import io
 import sys
@@ -58,10 +59,13 @@ def program(model: CompiledModel) -> tuple[str, dict[str, np.ndarray]]:
         raise StandaloneError(f"a standalone program holds numba-cpu kernels; model {model.name!r} is compiled for "
                               f"{model.backend} (compile it with -b {BACKEND})")
     executable = model.executable
-    blas = plugins.backend(BACKEND).blas
-    blas_module = _Module(inspect.getsource(blas), blas.__name__)
+    backend = plugins.backend(BACKEND)
+    runtime = [importlib.import_module(f"{backend.__name__}.{name}") for name in backend.kernels.RUNTIME_MODULES]
+    inlined = {module.__name__ for module in runtime}
+    runtime_modules = [_Module(inspect.getsource(module), module.__name__) for module in runtime]
     imports = _Imports()
-    imports.add(blas_module.imports, inlined=blas.__name__)
+    for module in runtime_modules:
+        imports.add(module.imports, inlined=inlined)
     kernel_names: dict[str, str] = {}  # module name -> the renamed kernel function
     sections = []
     for step in executable.steps:
@@ -70,7 +74,7 @@ def program(model: CompiledModel) -> tuple[str, dict[str, np.ndarray]]:
             continue
         suffix = f"_k{len(kernel_names)}"
         module = _Module(step.kernel.source, module_name)
-        imports.add(module.imports, inlined=blas.__name__)
+        imports.add(module.imports, inlined=inlined)
         sections.append(f"# ----- kernel {len(kernel_names)}: {module_name} {'-' * max(0, 80 - len(module_name))}\n"
                         + _comment(module.docstring) + module.renamed(suffix))
         kernel_names[module_name] = f"kernel{suffix}"
@@ -89,7 +93,7 @@ def program(model: CompiledModel) -> tuple[str, dict[str, np.ndarray]]:
     )
     source = "\n\n".join([
         header.rstrip() + "\n\n" + imports.text(),
-        f"# ----- BLAS ({blas.__name__}, inlined) {'-' * 70}\n" + blas_module.body,
+        *(f"# ----- {module.name} (inlined) {'-' * 70}\n" + module.body for module in runtime_modules),
         *sections,
         RUNNER.format(name=model.name, arena_bytes=layout.arena.nbytes, scratch_bytes=layout.scratch.nbytes,
                       inputs=_dict_literal(inputs), outputs=_dict_literal(outputs), steps="\n".join(steps)),
@@ -208,19 +212,19 @@ def _defined_names(node: ast.stmt) -> set[str]:
 
 
 class _Imports:
-    """The imports of every inlined module, merged; the inlined BLAS module's own import is dropped."""
+    """The imports of every inlined module, merged; imports of the inlined runtime modules are dropped."""
 
     def __init__(self) -> None:
         self.modules: set[tuple[str, str | None]] = set()
         self.names: dict[str, set[tuple[str, str | None]]] = {}
 
-    def add(self, imports: list[ast.Import | ast.ImportFrom], inlined: str) -> None:
+    def add(self, imports: list[ast.Import | ast.ImportFrom], inlined: set[str]) -> None:
         for node in imports:
             if isinstance(node, ast.Import):
                 self.modules.update((alias.name, alias.asname) for alias in node.names)
                 continue
             module = node.module or ""
-            if module == "__future__" or module == inlined:
+            if module == "__future__" or module in inlined:
                 continue
             if node.level or module.split(".")[0] in ("cnncomp", "backends", "frontends"):
                 raise StandaloneError(f"a kernel imports from {module!r}, which a standalone program cannot hold")

@@ -22,9 +22,10 @@ import numba
 from numba.core import types
 
 _PACKAGE_DIR = Path(__file__).parent
-# Modules generated kernels import; a change to any of them must not reuse machine code compiled against the old
-# version, so their text is part of the cache key.
-_RUNTIME_MODULES = ("blas.py", "mathlib.py")
+# Modules of this package that generated kernels import (in dependency order): a change to any of them must not
+# reuse machine code compiled against the old version, so their text is part of the cache key; the standalone
+# program inlines them.
+RUNTIME_MODULES = ("blas", "mathlib")
 
 
 @dataclass(frozen=True)
@@ -56,8 +57,8 @@ def default_cache_dir() -> Path:
 
 def _toolchain_key() -> str:
     digest = hashlib.sha256(f"numba {numba.__version__} llvmlite {llvmlite.__version__}".encode())
-    for name in _RUNTIME_MODULES:
-        digest.update((_PACKAGE_DIR / name).read_bytes())
+    for name in RUNTIME_MODULES:
+        digest.update((_PACKAGE_DIR / f"{name}.py").read_bytes())
     return digest.hexdigest()[:12]
 
 
