@@ -44,9 +44,11 @@ def gemm(a: np.ndarray, b: np.ndarray, c: np.ndarray, accumulate: bool, ints: np
     ints[0] = n
     ints[1] = m
     ints[2] = k
-    ints[3] = b.strides[0] // 4
-    ints[4] = a.strides[0] // 4
-    ints[5] = c.strides[0] // 4
+    # The row stride of a one-row view is arbitrary (numpy calls such an array contiguous whatever it is), and BLAS
+    # refuses a leading dimension below the row length: never pass less.
+    ints[3] = max(b.strides[0] // 4, n, 1)
+    ints[4] = max(a.strides[0] // 4, k, 1)
+    ints[5] = max(c.strides[0] // 4, n, 1)
     floats[0] = 1.0
     floats[1] = 1.0 if accumulate else 0.0
     _sgemm(no_trans.ctypes, no_trans.ctypes, ints[0:].ctypes, ints[1:].ctypes, ints[2:].ctypes, floats.ctypes,
