@@ -494,6 +494,9 @@ def _strided_slice(w: _Writer, node: Node) -> None:
 
 
 def _dropout(w: _Writer, node: Node) -> None:
+    if node.type.dtype != "float32":  # ONNX's Dropout takes floats only; at inference it is the identity
+        w.emit("Identity", [node.inputs[0]], node.name)
+        return
     w.emit("Dropout", [node.inputs[0], w.scalar(f"{node.name}/ratio", node.attrs["rate"])], node.name)
 
 
