@@ -25,7 +25,9 @@ from typing import Any
 
 import numpy as np
 
+from cnncomp.errors import GraphError
 from cnncomp.ir import Graph, TensorType
+from cnncomp.limits import over_limit
 from cnncomp.ops import get_op
 from cnncomp.ops.activation import RELU_FAMILY
 
@@ -259,8 +261,14 @@ def uses_relu(graph: Graph) -> bool:
 
 def initialize_params(graph: Graph, seed: int = 0, init: str = "auto") -> None:
     """Give every declared parameter the graph lacks a value: weights He- or Xavier-normal by fan, the rest
-    zeros or ones as the op declares. Each parameter's random stream depends only on the seed and its name."""
+    zeros or ones as the op declares. Each parameter's random stream depends only on the seed and its name.
+    Parameters that would take more than the memory limit in all are refused before any is drawn."""
     he = init == "he" or (init == "auto" and uses_relu(graph))
+    total = sum(math.prod(spec.shape) * 4 for node in graph.nodes
+                for spec in get_op(node.op).params(node.attrs, [graph.node(i).type for i in node.inputs]).values())
+    reason = over_limit(f"the parameters of graph {graph.name!r}", total)
+    if reason is not None:
+        raise GraphError(reason)
     for node in graph.nodes:
         specs = get_op(node.op).params(node.attrs, [graph.node(i).type for i in node.inputs])
         fresh = {}

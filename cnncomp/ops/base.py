@@ -13,6 +13,7 @@ import numpy as np
 
 from cnncomp.errors import GraphError, ShapeError
 from cnncomp.ir import TensorType
+from cnncomp.limits import over_limit
 
 
 class Fusion(enum.IntEnum):
@@ -201,9 +202,23 @@ class Op:
                     attrs[key] = spec.default
             attrs = self.finalize(attrs)
             output = self.infer(attrs, inputs, strict)
+            self._check_memory(attrs, inputs, output)
         except OpError as exc:
             raise (ShapeError if exc.shape else GraphError)(f"{where}: {exc}") from None
         return attrs, output
+
+
+    def _check_memory(self, attrs: Mapping[str, Any], inputs: Sequence[TensorType], output: TensorType) -> None:
+        """Refuse, before anything is allocated, an output or parameters larger than the memory limit."""
+        reason = over_limit(f"its output {output}", output.nbytes)
+        specs = self.params(attrs, inputs) if reason is None else {}
+        if specs:
+            largest = max(specs, key=lambda key: prod(specs[key].shape))
+            reason = over_limit(f"its parameters (the largest, {largest}, "
+                                f"{'x'.join(map(str, specs[largest].shape))} float32)",
+                                sum(prod(spec.shape) for spec in specs.values()) * 4)
+        if reason is not None:
+            raise OpError(reason)
 
 
 def _normalize_attr(key: str, spec: Attr, value: Any) -> Any:

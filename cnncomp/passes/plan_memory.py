@@ -10,6 +10,7 @@ import numpy as np
 
 from cnncomp.errors import GraphError
 from cnncomp.ir import Graph
+from cnncomp.limits import over_limit
 
 PLAN_KEY = "memory_plan"
 PLAN_VERSION = 1
@@ -118,6 +119,7 @@ def plan_memory(graph: Graph) -> Graph:
                                                   end[node.name]))
         buffer.start, buffer.end = min(buffer.start, step[node.name]), max(buffer.end, end[node.name])
     arena = _place(list(buffers.values()))
+    _check_arena(graph, arena)
 
     tensors: dict[str, dict[str, Any]] = {}
     for node in order:
@@ -147,6 +149,12 @@ def plan_memory(graph: Graph) -> Graph:
     return graph
 
 
+def _check_arena(graph: Graph, arena_bytes: int) -> None:
+    reason = over_limit(f"graph {graph.name!r}: the arena of its activations", arena_bytes)
+    if reason is not None:
+        raise GraphError(reason)
+
+
 def _lower_bound(buffers: list[Buffer], graph: Graph, steps: int) -> int:
     live = [0] * (steps + 1)
     for buffer in buffers:
@@ -168,6 +176,7 @@ def check_plan(graph: Graph) -> None:
     plan = graph.meta.get(PLAN_KEY)
     if plan is None:
         raise GraphError(f"graph {graph.name!r} has no memory plan; run plan_memory (-O3)")
+    _check_arena(graph, plan["arena_bytes"])
     if plan["order"] != [node.name for node in graph.nodes]:
         raise GraphError(f"graph {graph.name!r}: the memory plan was made for another node order; "
                          "the graph changed after plan_memory")

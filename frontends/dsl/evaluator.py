@@ -12,6 +12,7 @@ skipped silently, and the run goes on to find the next mistake. Each place in th
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -35,9 +36,21 @@ MAX_NODES = 50_000
 MAX_STEPS = 200_000  # statements run in all, so nested loops cannot hang the compiler
 MAX_LIST = 10_000
 MAX_NOTES = 6  # "in block ..., called at ..." lines under a diagnostic
+MAX_INT = 2**63 - 1  # ints stay 64-bit: repeated squaring of a huge int would hang the evaluator
 FUNCTIONS = ("range", "len", "min", "max", "int")
 TENSOR_ATTRIBUTES = ("channels", "height", "width", "shape")
 NODE_NAME = re.compile(r"\w+")
+
+
+_ARITHMETIC = {
+    "+": lambda a, b: a + b,
+    "-": lambda a, b: a - b,
+    "*": lambda a, b: a * b,
+    "/": lambda a, b: a / b,
+    "//": lambda a, b: a // b,
+    "%": lambda a, b: a % b,
+    "**": lambda a, b: a**b,
+}
 
 
 class _Failed:
@@ -165,7 +178,10 @@ class Evaluator:
         if self.diagnostics:
             raise DslError(list(self.diagnostics.values()), self.program.source)
         if initialize:
-            return self.builder.build(*self.outputs)
+            try:
+                return self.builder.build(*self.outputs)
+            except GraphError as error:  # the weights as a whole over the memory limit
+                raise self.fail(self.header.pos, str(error)) from None
         # The structure only (for summaries): Builder.build without drawing the weights, which for VGG-16's
         # 138M parameters takes seconds. Such a graph has shapes and costs but cannot run.
         self.builder.graph.set_outputs(v.name for v in self.outputs)
@@ -540,6 +556,8 @@ class Evaluator:
                 raise EvalError(expr.pos, f"lists are limited to {MAX_LIST:,} items")
             return left + right
         if op == "+" and isinstance(left, str) and isinstance(right, str):
+            if len(left) + len(right) > MAX_LIST:
+                raise EvalError(expr.pos, f"strings are limited to {MAX_LIST:,} characters")
             return left + right
         if op == "*" and isinstance(left, tuple) and _is_int(right):
             if len(left) * max(right, 0) > MAX_LIST:
@@ -551,19 +569,13 @@ class Evaluator:
             raise EvalError(expr.pos, f"division by zero in '{op}'")
         if op == "**" and (abs(right) > 64 or (right < 0 and left == 0)):
             raise EvalError(expr.pos, f"the exponent {right} is out of range")
-        if op == "+":
-            return left + right
-        if op == "-":
-            return left - right
-        if op == "*":
-            return left * right
-        if op == "/":
-            return left / right
-        if op == "//":
-            return left // right
-        if op == "%":
-            return left % right
-        return left**right
+        try:
+            result = _ARITHMETIC[op](left, right)
+        except OverflowError:
+            raise EvalError(expr.pos, f"'{op}' overflows the range of numbers") from None
+        if _is_int(result) and abs(result) > MAX_INT:
+            raise EvalError(expr.pos, f"'{op}' gives an int beyond the 64-bit range (at most 2**63 - 1)")
+        return result
 
     def tensor_binary(self, expr: s.Binary, left: Any, right: Any, final: str | None) -> Value:
         """`a + b` is a residual add and `a * b` a product (squeeze-and-excitation's gating); nothing else applies."""
@@ -800,6 +812,8 @@ class Evaluator:
         if call.name == "int":
             if len(values) != 1 or not _is_number(values[0]):
                 raise EvalError(call.pos, "int takes one number (and rounds it toward zero)")
+            if not math.isfinite(values[0]) or abs(values[0]) > MAX_INT:
+                raise EvalError(call.pos, f"int of {values[0]}: not a finite number within the 64-bit range of ints")
             return int(values[0])
         items = values[0] if len(values) == 1 and isinstance(values[0], (tuple, range)) else values
         if not items or not all(_is_number(v) for v in items):

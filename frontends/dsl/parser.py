@@ -8,7 +8,9 @@ is reported once and the rest of the file is still checked.
 
 from __future__ import annotations
 
+import math
 import re
+import textwrap
 from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
@@ -109,6 +111,16 @@ class _TemplateError(Exception):
         self.message = message
 
 
+MAX_INT = 2**63 - 1
+
+
+def _int(text: str, pos: Pos) -> int:
+    """An int literal; one beyond 64 bits is refused (past 4,300 digits Python would not even read it)."""
+    if len(text.lstrip("0")) > len(str(MAX_INT)) or int(text) > MAX_INT:
+        raise _TemplateError(pos, f"the int {text[:20]}{'...' if len(text) > 20 else ''} is beyond the 64-bit range")
+    return int(text)
+
+
 class ToSyntax(Transformer):
     """Lark's parse tree to `syntax` nodes."""
 
@@ -118,10 +130,13 @@ class ToSyntax(Transformer):
 
     # ----- atoms
     def int(self, children: list) -> s.Constant:
-        return s.Constant(int(children[0]), _pos(children[0]))
+        return s.Constant(_int(children[0], _pos(children[0])), _pos(children[0]))
 
     def float(self, children: list) -> s.Constant:
-        return s.Constant(float(children[0]), _pos(children[0]))
+        value = float(children[0])
+        if not math.isfinite(value):
+            raise _TemplateError(_pos(children[0]), f"the number {children[0][:20]} is beyond the range of floats")
+        return s.Constant(value, _pos(children[0]))
 
     def string(self, children: list) -> s.Constant:
         return s.Constant(children[0][1:-1], _pos(children[0]))
@@ -223,7 +238,8 @@ class ToSyntax(Transformer):
     # ----- the VGG table's layers
     def TABLE_CONV(self, token: Token) -> s.TableLayer:
         match = re.fullmatch(r"conv(\d+)-(\w+)", token.value)
-        return s.TableLayer("conv", int(match[1]), self._table_size(token, match[2], match.start(2)), _pos(token))
+        kernel = _int(match[1], _pos(token))
+        return s.TableLayer("conv", kernel, self._table_size(token, match[2], match.start(2)), _pos(token))
 
     def TABLE_FC(self, token: Token) -> s.TableLayer:
         match = re.fullmatch(r"FC-(\w+)", token.value)
@@ -231,7 +247,7 @@ class ToSyntax(Transformer):
 
     def _table_size(self, token: Token, text: str, offset: int) -> s.Expr:
         pos = Pos(token.line, token.column + offset, len(text))
-        return s.Constant(int(text), pos) if text.isdigit() else s.Name(text, pos)
+        return s.Constant(_int(text, pos), pos) if text.isdigit() else s.Name(text, pos)
 
     def MAXPOOL(self, token: Token) -> s.TableLayer:
         return s.TableLayer("maxpool", None, None, _pos(token))
@@ -259,7 +275,8 @@ class ToSyntax(Transformer):
             token = children[0]
             dims, column = [], token.column
             for text in token.value.split("x"):
-                dims.append(s.Constant(int(text), Pos(token.line, column, len(text))))
+                dims.append(s.Constant(_int(text, Pos(token.line, column, len(text))), Pos(token.line, column,
+                                                                                          len(text))))
                 column += len(text) + 1
             return tuple(dims)
         dims = []
@@ -267,8 +284,8 @@ class ToSyntax(Transformer):
             if isinstance(child, Token) and child.type == "SHAPE_X":
                 continue
             if isinstance(child, Token):
-                dims.append(s.Constant(int(child), _pos(child)) if child.type == "INT" else s.Name(str(child),
-                                                                                                    _pos(child)))
+                dims.append(s.Constant(_int(child, _pos(child)), _pos(child)) if child.type == "INT"
+                            else s.Name(str(child), _pos(child)))
             else:
                 dims.append(child)
         return tuple(dims)
@@ -499,6 +516,26 @@ def _blank_statement(lines: list[str], spans: list[tuple[int, int]], line_index:
     return changed
 
 
+def _out_of_stack(error: Exception) -> bool:
+    """A RecursionError, or one that lark wrapped while transforming the tree."""
+    return isinstance(error, RecursionError) or (isinstance(error, VisitError)
+                                                 and isinstance(error.orig_exc, RecursionError))
+
+
+def _too_deep(lines: list[str], spans: list[tuple[int, int]]) -> Pos:
+    """Where the parser ran out of stack: the first statement that does so on its own, else the most indented
+    line (blocks nested past Python's recursion limit)."""
+    for first, last in spans:
+        alone = textwrap.dedent("\n".join(lines[first: last + 1])) + "\n"
+        try:
+            ToSyntax("").transform(_parser().parse(alone, start="start"))
+        except Exception as error:  # other mistakes of the statement alone say nothing about its depth
+            if _out_of_stack(error):
+                return Pos(first + 1, len(lines[first]) - len(lines[first].lstrip()) + 1)
+    deepest = max(range(len(lines)), key=lambda i: len(lines[i]) - len(lines[i].lstrip()) if lines[i].strip() else -1)
+    return Pos(deepest + 1, len(lines[deepest]) - len(lines[deepest].lstrip()) + 1)
+
+
 def parse(text: str, filename: str = "<string>") -> s.Program:
     """Parse a model description. Raises DslError listing every syntax error it finds."""
     lines = text.split("\n")
@@ -517,10 +554,14 @@ def parse(text: str, filename: str = "<string>") -> s.Program:
                 above = [i for i in range(diagnostic.pos.line - 1) if lines[i].strip()]
                 if above:
                     _blank_statement(lines, spans, above[-1])
-        except VisitError as error:
-            if not isinstance(error.orig_exc, _TemplateError):
+        except (VisitError, RecursionError) as error:
+            if _out_of_stack(error):
+                diagnostic = Diagnostic(filename, _too_deep(lines, spans), "this statement nests brackets, operators "
+                                                                           "or blocks too deeply to read")
+            elif isinstance(error, VisitError) and isinstance(error.orig_exc, _TemplateError):
+                diagnostic = _syntax_diagnostic(filename, error.orig_exc, lines)
+            else:
                 raise
-            diagnostic = _syntax_diagnostic(filename, error.orig_exc, lines)
         diagnostics.append(diagnostic)
         if not _blank_statement(lines, spans, min(diagnostic.pos.line, len(lines)) - 1):
             break

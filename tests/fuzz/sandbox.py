@@ -36,6 +36,7 @@ class Outcome:
     status: str  # ok, error, timeout, crash
     value: Any = None
     error_type: str = ""
+    error_bases: tuple[str, ...] = ()  # the exception's class and its bases, by name
     message: str = ""
     traceback: str = ""
 
@@ -132,7 +133,7 @@ def _serve() -> None:
             outcome = {"status": "ok", "value": value}
         except BaseException as exc:  # the point: report whatever the code under test raises
             outcome = {"status": "error", "error_type": type(exc).__name__, "message": str(exc),
-                       "traceback": traceback.format_exc()}
+                       "error_bases": [cls.__name__ for cls in type(exc).__mro__], "traceback": traceback.format_exc()}
         results.write(json.dumps(outcome) + "\n")
         results.flush()
 
