@@ -75,7 +75,8 @@ def compare(actual: np.ndarray, expected: np.ndarray) -> str | None:
         wrong = np.flatnonzero(actual != expected)
         if wrong.size:
             i = np.unravel_index(wrong[0], expected.shape)
-            return f"{wrong.size} of {expected.size} values differ; first at {list(i)}: {actual[i]} != {expected[i]}"
+            return (f"{wrong.size} of {expected.size} values differ; first at {[int(v) for v in i]}: "
+                    f"{int(actual[i])} != {int(expected[i])}")
         return None
     finite = np.isfinite(expected)
     scale = 1.0 + (float(np.abs(expected[finite]).max()) if finite.any() else 0.0)
@@ -87,8 +88,8 @@ def compare(actual: np.ndarray, expected: np.ndarray) -> str | None:
         return None
     wrong = np.flatnonzero(~ok)
     i = np.unravel_index(wrong[np.argmax(np.where(finite.flat[wrong], error.flat[wrong], np.inf))], expected.shape)
-    return (f"{wrong.size} of {expected.size} values off; worst at {list(i)}: {actual[i]!r} vs {expected[i]!r} "
-            f"(tolerance {ATOL:g} * {scale:.3g} + {RTOL:g} * |expected|)")
+    return (f"{wrong.size} of {expected.size} values off; worst at {[int(v) for v in i]}: {float(actual[i]):.7g} "
+            f"vs {float(expected[i]):.7g} (tolerance {ATOL:g} * {scale:.3g} + {RTOL:g} * |expected|)")
 
 
 def expected_outputs(graph: Graph, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

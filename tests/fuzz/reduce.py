@@ -68,6 +68,11 @@ def candidates(spec: Spec, graph: Graph) -> Iterator[Spec]:
     if len(spec.outputs) > 1:
         for output in spec.outputs:
             yield replace(spec, outputs=(output,)).live()
+    for output in spec.outputs:  # an output's operand becomes the output instead
+        for operand in dict.fromkeys(graph.node(output).inputs):
+            if graph.node(operand).op != "input":
+                yield replace(spec, outputs=tuple(dict.fromkeys(operand if o == output else o
+                                                                for o in spec.outputs))).live()
     for name, op, inputs, _ in reversed(spec.nodes):
         if op == "input":
             continue
