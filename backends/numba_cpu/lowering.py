@@ -332,10 +332,12 @@ def lower_lrn(node: Node, ctx: LoweringContext) -> list[KernelCall]:
 def lower_softmax(node: Node, ctx: LoweringContext) -> list[KernelCall]:
     axis = node.attrs["axis"]
     shape = node.shape
-    outer, inner = int(np.prod(shape[:axis])), int(np.prod(shape[axis + 1:]))
+    outer, inner = int(np.prod(shape[1:axis])), int(np.prod(shape[axis + 1:]))
     view = (outer, shape[axis], inner)
-    args = (view_as(ctx.value(node.inputs[0]), view), view_as(ctx.value(node.name), view))
-    return [KernelCall(layers.softmax(), args, node.name)]
+    # One call per sample: a sample's values are contiguous, but not the batch of a tensor inside a concat.
+    x, out = ctx.value(node.inputs[0]), ctx.value(node.name)
+    return [KernelCall(layers.softmax(), (view_as(x[n], view), view_as(out[n], view)), node.name)
+            for n in range(shape[0])]
 
 
 def lower_upsample(node: Node, ctx: LoweringContext) -> list[KernelCall]:
