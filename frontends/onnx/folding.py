@@ -9,10 +9,12 @@ wherever that opset keeps them).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from cnncomp.limits import over_limit
 from frontends.onnx.graph import OnnxNode, Unsupported, onnx_dtype
 
 Folder = Callable[[OnnxNode, Sequence[np.ndarray | None], int], list[np.ndarray]]
@@ -37,6 +39,22 @@ def _raw_axes(node: OnnxNode, inputs: Sequence[np.ndarray | None], opset: int, s
 def _axes(node: OnnxNode, inputs: Sequence[np.ndarray | None], opset: int, since: int, rank: int) -> list[int]:
     """The axes made non-negative for a tensor of `rank`."""
     return [a + rank if a < 0 else a for a in _raw_axes(node, inputs, opset, since)]
+
+
+def _result_shape(shape: Sequence[int], dtype: np.dtype) -> tuple[int, ...]:
+    """The shape of a folder's result if it is valid and within the memory limit: the folders that can make a
+    tensor larger than their inputs (ConstantOfShape, Expand, Range, broadcasting) check it before allocating."""
+    shape = tuple(int(d) for d in shape)
+    if any(d < 0 for d in shape):
+        raise Unsupported(f"a negative dimension in the shape {list(shape)}")
+    reason = over_limit(f"the constant {list(shape)} it folds to", math.prod(shape) * np.dtype(dtype).itemsize)
+    if reason is not None:
+        raise Unsupported(reason)
+    return shape
+
+
+def _broadcast(*arrays: np.ndarray) -> None:
+    _result_shape(np.broadcast_shapes(*(a.shape for a in arrays)), np.result_type(*arrays))
 
 
 @folder("Constant")
@@ -169,12 +187,15 @@ def _transpose(node: OnnxNode, inputs: Sequence[np.ndarray | None], opset: int) 
 @folder("ConstantOfShape")
 def _constant_of_shape(node: OnnxNode, inputs: Sequence[np.ndarray | None], opset: int) -> list[np.ndarray]:
     value = node.attrs.get("value", np.zeros(1, np.float32))
-    return [np.full(tuple(int(d) for d in inputs[0]), value.reshape(-1)[0], dtype=value.dtype)]
+    return [np.full(_result_shape(np.ravel(inputs[0]), value.dtype), value.reshape(-1)[0], dtype=value.dtype)]
 
 
 @folder("Range")
 def _range(node: OnnxNode, inputs: Sequence[np.ndarray | None], opset: int) -> list[np.ndarray]:
     start, limit, delta = (x.reshape(()) for x in inputs[:3])
+    if delta == 0:
+        raise Unsupported("Range with a zero step")
+    _result_shape((max(0, math.ceil((float(limit) - float(start)) / float(delta))),), start.dtype)
     return [np.arange(start, limit, delta, dtype=start.dtype)]
 
 
@@ -182,12 +203,14 @@ def _range(node: OnnxNode, inputs: Sequence[np.ndarray | None], opset: int) -> l
 def _expand(node: OnnxNode, inputs: Sequence[np.ndarray | None], opset: int) -> list[np.ndarray]:
     data, shape = inputs[0], tuple(int(d) for d in inputs[1])
     # ONNX's Expand broadcasts both ways: a 1 in `shape` keeps the input's dimension.
+    _result_shape(np.broadcast_shapes(data.shape, _result_shape(shape, data.dtype)), data.dtype)
     return [data * np.ones(shape, dtype=data.dtype)]
 
 
 def _arithmetic(function: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> Folder:
     def fold(node: OnnxNode, inputs: Sequence[np.ndarray | None], opset: int) -> list[np.ndarray]:
         a, b = inputs[0], inputs[1]
+        _broadcast(a, b)
         return [np.asarray(function(a, b)).astype(np.result_type(a, b), copy=False)]
 
     return fold
@@ -213,11 +236,13 @@ for _name, _function in (("Add", np.add), ("Sub", np.subtract), ("Mul", np.multi
 @folder("Equal", "Less", "Greater")
 def _compare(node: OnnxNode, inputs: Sequence[np.ndarray | None], opset: int) -> list[np.ndarray]:
     function = {"Equal": np.equal, "Less": np.less, "Greater": np.greater}[node.op_type]
+    _broadcast(inputs[0], inputs[1])
     return [function(inputs[0], inputs[1])]
 
 
 @folder("Where")
 def _where(node: OnnxNode, inputs: Sequence[np.ndarray | None], opset: int) -> list[np.ndarray]:
+    _broadcast(*inputs[:3])
     return [np.where(inputs[0], inputs[1], inputs[2])]
 
 

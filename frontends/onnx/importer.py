@@ -91,8 +91,10 @@ class Importer:
         for name, shape in self.input_shapes.items():
             self.values[name] = self.graph.add_node(name, "input", attrs={"shape": shape}).name
         for tensor in self.model.graph.initializer:
-            self.values[tensor.name] = self.onnx.numpy_helper.to_array(tensor)
-        nodes = [OnnxNode.from_proto(proto, self.onnx) for proto in self.model.graph.node]
+            self.values[tensor.name] = self._malformed_is_one_line(f"initializer {tensor.name!r}",
+                                                                   self.onnx.numpy_helper.to_array, tensor)
+        nodes = [self._malformed_is_one_line(f"node {proto.name or proto.op_type!r}", OnnxNode.from_proto, proto,
+                                             self.onnx) for proto in self.model.graph.node]
         for node in nodes:
             self._convert(node)
         if not self.problems:
@@ -103,6 +105,15 @@ class Importer:
         self._remove_dead()
         self.graph.validate()
         return self.graph
+
+    def _malformed_is_one_line(self, what: str, read: Any, *args: Any) -> Any:
+        """`read(*args)`, a malformed tensor (dimensions that disagree with its data, an unknown element type) a
+        one-line ModelLoadError naming `what`."""
+        try:
+            return read(*args)
+        except (ValueError, TypeError, KeyError) as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelLoadError(f"{self.source}: {what} is malformed: {reason}") from None
 
     def _input_shapes(self, given: dict[str, Sequence[int]]) -> dict[str, tuple[int, ...]]:
         """Every graph input's shape: from `given`, else the model's, a symbolic batch axis read as 1."""
