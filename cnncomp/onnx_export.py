@@ -230,15 +230,16 @@ class _IndexedPools:
         flat = w.step(indices.name, "flat")
         self.flat[indices.name] = flat
         x = self.graph.node(indices.inputs[0])
+        attrs = window_attrs(indices.attrs)
+        ceil_mode = int(indices.attrs["ceil_mode"])
         if extra_ceil_window(indices, x):
-            pooled, pooled_flat = w.step(values, "ceil"), w.step(flat, "ceil")
-            w.nodes.append(w.helper.make_node("MaxPool", [x.name], [pooled, pooled_flat], name=pooled, ceil_mode=1,
-                                              **window_attrs(indices.attrs)))
-            w.emit("Slice", [pooled, *_leading_window_bounds(w, indices)], values)
-            w.emit("Slice", [pooled_flat, *_leading_window_bounds(w, indices)], flat)
-            return
-        w.nodes.append(w.helper.make_node("MaxPool", [x.name], [values, flat], name=values,
-                                          ceil_mode=int(indices.attrs["ceil_mode"]), **window_attrs(indices.attrs)))
+            attrs["pads"], ceil_mode = ceil_mode_pads(indices, x), 0
+        if pads_reach_kernel(attrs):
+            # Padding the input first would shift the indices MaxPool counts.
+            raise GraphError(f"{indices.describe()}: no ONNX form for op {indices.op!r} with padding {attrs['pads']} "
+                             f"not below the kernel {attrs['kernel_shape']} (ONNX Runtime refuses such a MaxPool)")
+        w.nodes.append(w.helper.make_node("MaxPool", [x.name], [values, flat], name=values, ceil_mode=ceil_mode,
+                                          **attrs))
 
 
 def _max_pool(w: _Writer, node: Node) -> None:
@@ -250,14 +251,43 @@ def _max_pool(w: _Writer, node: Node) -> None:
 
 def _pool(w: _Writer, node: Node, op_type: str, attrs: dict[str, Any]) -> None:
     """A MaxPool or AveragePool. In ceil mode PyTorch (and we) drop a last window that would start in the
-    bottom/right padding; ONNX keeps it, so that window is sliced off."""
+    bottom/right padding; ONNX keeps it (and ONNX Runtime's kernels drop it while its shape inference keeps it),
+    so such a pool is written in floor mode with end pads that hold exactly our windows (`ceil_mode_pads`); an
+    average that counts the padding pads with real zeros first, so its divisor never counts the overhang."""
     x = w.graph.node(node.inputs[0])
     ceil_mode = int(node.attrs["ceil_mode"])
     if not extra_ceil_window(node, x):
-        w.emit(op_type, [x.name], node.name, ceil_mode=ceil_mode, **attrs)
+        _pool_within_kernel_pads(w, node, op_type, x.name, {**attrs, "ceil_mode": ceil_mode})
         return
-    pooled = w.emit(op_type, [x.name], w.step(node.name, "ceil"), ceil_mode=ceil_mode, **attrs)
-    w.emit("Slice", [pooled, *_leading_window_bounds(w, node)], node.name)
+    pads = ceil_mode_pads(node, x)
+    if op_type == "AveragePool" and attrs["count_include_pad"]:
+        top, bottom, left, right = node.attrs["padding"]
+        padded = w.emit("Pad", [x.name, w.ints(f"{node.name}/pads", [0, 0, top, left, 0, 0, bottom, right])],
+                        w.step(node.name, "padded"))
+        w.emit(op_type, [padded], node.name, **{**attrs, "count_include_pad": 0,
+                                                "pads": [0, 0, pads[2] - bottom, pads[3] - right]})
+        return
+    _pool_within_kernel_pads(w, node, op_type, x.name, {**attrs, "pads": pads})
+
+
+def pads_reach_kernel(attrs: dict[str, Any]) -> bool:
+    kernel = attrs["kernel_shape"]
+    return any(pad >= kernel[axis % 2] for axis, pad in enumerate(attrs["pads"]))
+
+
+def _pool_within_kernel_pads(w: _Writer, node: Node, op_type: str, x: str, attrs: dict[str, Any]) -> None:
+    """The pool, with padding that ONNX Runtime refuses (a pad not below the kernel, which dilation allows) done
+    by a Pad of -inf first: every max-pool window reads at least one input pixel (`WindowPool.infer`)."""
+    if not pads_reach_kernel(attrs):
+        w.emit(op_type, [x], node.name, **attrs)
+        return
+    if op_type != "MaxPool":
+        raise GraphError(f"{node.describe()}: no ONNX form for op {node.op!r} with padding {attrs['pads']} not below "
+                         f"the kernel {attrs['kernel_shape']}")
+    top, left, bottom, right = attrs["pads"]
+    padded = w.emit("Pad", [x, w.ints(f"{node.name}/pads", [0, 0, top, left, 0, 0, bottom, right]),
+                            w.scalar(f"{node.name}/minus_infinity", -np.inf)], w.step(node.name, "padded"))
+    w.emit(op_type, [padded], node.name, **{**attrs, "pads": [0, 0, 0, 0]})
 
 
 def extra_ceil_window(node: Node, x: Node) -> bool:
@@ -271,10 +301,15 @@ def extra_ceil_window(node: Node, x: Node) -> bool:
     return any(-(-(n + p - d * (k - 1) - 1) // s) + 1 > out for n, p, k, s, d, out in sizes)
 
 
-def _leading_window_bounds(w: _Writer, node: Node) -> list[str]:
-    """Slice inputs keeping the node's output windows (the first OH x OW)."""
-    return [w.ints(f"{node.name}/starts", [0, 0]), w.ints(f"{node.name}/ends", list(node.type.spatial)),
-            w.ints(f"{node.name}/axes", [2, 3])]
+def ceil_mode_pads(node: Node, x: Node) -> list[int]:
+    """ONNX pads [top, left, bottom, right] with which a floor-mode pool has exactly the node's ceil-mode windows:
+    the end pads grow until the last window fits."""
+    top, bottom, left, right = node.attrs["padding"]
+    dilation = node.attrs.get("dilation", (1, 1))
+    sizes = zip(x.type.spatial, (top, left), (bottom, right), node.attrs["kernel"], node.attrs["stride"], dilation,
+                node.type.spatial, strict=True)
+    return [top, left, *(max(end, (out - 1) * s + d * (k - 1) + 1 - n - begin)
+                         for n, begin, end, k, s, d, out in sizes)]
 
 
 def _max_pool_indices(w: _Writer, node: Node) -> None:

@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402
 from hypothesis import seed as hypothesis_seed  # noqa: E402
 
+from cnncomp.errors import CnnCompError  # noqa: E402
 from tests.fuzz.differential import (  # noqa: E402
     CUDA,
     IN_PROCESS,
@@ -182,7 +183,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _replay(path: Path, shrink: bool, out: Path) -> int:
-    case, backend, level = load_reproducer(path)
+    try:
+        case, backend, level = load_reproducer(path)
+    except (OSError, CnnCompError) as error:
+        print(f"fuzz: error: {error}", file=sys.stderr)
+        return 2
     report = replay(path)
     for mismatch in report.mismatches:
         print(mismatch.describe())

@@ -62,7 +62,17 @@ class WindowPool(Op):
         require_rank(inputs, 4)
         require_float(inputs)
         x = inputs[0]
-        return TensorType((x.batch, x.channels, *self.output_hw(attrs, x, strict)))
+        hw = self.output_hw(attrs, x, strict)
+        top, _, left, _ = attrs["padding"]
+        for axis, size, begin, kernel, stride, dilation in zip(("height", "width"), x.spatial, (top, left),
+                                                              attrs["kernel"], attrs["stride"],
+                                                              attrs.get("dilation", (1, 1)), strict=True):
+            # Only a window starting in the leading padding can miss the input, and only by dilation.
+            for start in range(-begin, 0, stride):
+                if not any(0 <= start + dilation * tap < size for tap in range(kernel)):
+                    raise OpError(f"{axis}: the window at {start} (F={kernel}, D={dilation}) reads padding only, "
+                                  f"none of the {size} input pixels")
+        return TensorType((x.batch, x.channels, *hw))
 
     def window(self, attrs: Mapping[str, Any], inputs: Sequence[TensorType]) -> tuple[Window, Window]:
         dilation = attrs.get("dilation", (1, 1))

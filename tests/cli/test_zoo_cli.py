@@ -71,7 +71,7 @@ def test_a_cnn_file_and_its_mistakes(tmp_path):
     lines = result.stderr.splitlines()
     assert lines[0] == (f"cnncomp: error: {broken}:3:25: conv has no argument 'strides'; did you mean stride? "
                         "(arguments: x, out_channels, kernel, stride, padding, dilation, groups, bias, residual, act, "
-                        "weight)")
+                        "affine, alpha, weight)")
     assert lines[1:3] == ["    y = image -> conv(8, 3, strides=2)", "                            ^^^^^^^"]
     assert lines[3].startswith(f"{broken}:4:25: unknown op or block 'convv'")
     assert lines[-1] == f"{broken}: 2 errors"

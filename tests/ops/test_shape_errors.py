@@ -180,3 +180,14 @@ def test_indices_are_not_an_image():
     graph.add_node("indices", "max_pool2d_indices", ["x"], dict(kernel=2))
     message = refused(lambda: graph.add_node("y", "relu", ["indices"]), ShapeError)
     assert "dtype int64, expected float32" in message
+
+
+def test_a_dilated_pool_window_that_reads_padding_only():
+    # Width 3, kernel 2 dilated by 2, padding 1: the window at -1 reads columns -1 and 1 ... and fits; at height 1
+    # the window at row -1 reads rows -1 and 1, neither of which exists.
+    build = lambda: one_op_graph("max_pool2d", [(1, 1, 1, 3)],  # noqa: E731
+                                 {"kernel": 2, "stride": 1, "padding": 1, "dilation": 2})
+    message = refused(build, ShapeError)
+    assert "node 'y' (max_pool2d)" in message and "height: the window at -1" in message
+    assert "reads padding only" in message
+    assert one_op_graph("max_pool2d", [(1, 1, 3, 3)], {"kernel": 2, "stride": 1, "padding": 1, "dilation": 2})
