@@ -16,6 +16,7 @@ import cnncomp
 from cnncomp import artifact
 from cnncomp.artifact import ArtifactError
 from cnncomp.errors import CnnCompError
+from frontends.builder import Builder
 
 ROOT = Path(__file__).parents[1]
 WEIGHTS = ROOT / "frontends" / "zoo" / "weights" / "lenet5_digits.npz"
@@ -128,8 +129,31 @@ def bad_artifacts(saved, tmp_path):
     tampered["graph.json"] = content["graph.json"].replace(b'"tanh"', b'"relu"', 1)
     bomb = {**content, "weights.npz": b"\0" * (64 << 20)}
     newer = {**manifest, "format": artifact.FORMAT_VERSION + 1, "cnncomp_version": "9.0"}
+    flipped = {}
+    with zipfile.ZipFile(saved) as archive:
+        for member in ("graph.json", "weights.npz"):
+            info = archive.getinfo(member)
+            data = bytearray(saved.read_bytes())
+            data[info.header_offset + 60 + info.compress_size // 2] ^= 0x10  # a bit inside the compressed member
+            flipped[member] = tmp_path / f"flipped_{member}.cnnx"
+            flipped[member].write_bytes(bytes(data))
+    swapped = {**content, "graph.json": content["weights.npz"], "weights.npz": content["graph.json"]}
+    other = Builder("other")
+    other_manifest = members(cnncomp.compile(other.build(other.input("x", (1, 4, 4)).relu()), backend="reference")
+                             .save(tmp_path / "other.cnnx"))["manifest.json"]
+    untrained = cnncomp.compile("lenet5", opt_level=3, options={"progress": False})  # random weights
+    untrained_manifest = members(untrained.save(tmp_path / "untrained.cnnx"))["manifest.json"]
     return {
         "missing": (tmp_path / "nothing.cnnx", "no such file"),
+        "bit flipped in the graph": (flipped["graph.json"], "member graph.json is corrupt"),
+        "bit flipped in the weights": (flipped["weights.npz"], "member weights.npz is corrupt"),
+        "members swapped": (rewrite(saved, tmp_path / "swapped.cnnx", swapped),
+                            "member graph.json does not match its sha256 in the manifest"),
+        "manifest of another model": (rewrite(saved, tmp_path / "foreign.cnnx", content,
+                                              manifest=json.loads(other_manifest)), "not listed in the manifest"),
+        "manifest of other weights": (rewrite(saved, tmp_path / "reweighted.cnnx", content,
+                                              manifest=json.loads(untrained_manifest)),
+                                      "member weights.npz does not match its sha256 in the manifest"),
         "not a zip": (not_zip, "not a cnncomp artifact, or truncated or corrupt"),
         "truncated": (truncated, "not a cnncomp artifact, or truncated or corrupt"),
         "tampered": (rewrite(saved, tmp_path / "tampered.cnnx", tampered),
@@ -165,7 +189,9 @@ def _raw_zip(path, content):
     return path
 
 
-CASES = ["missing", "not a zip", "truncated", "tampered", "newer format", "missing member", "extra member",
+CASES = ["missing", "bit flipped in the graph", "bit flipped in the weights", "members swapped",
+         "manifest of another model", "manifest of other weights", "not a zip", "truncated", "tampered",
+         "newer format", "missing member", "extra member",
          "path escape", "absolute path", "zip bomb", "no manifest", "manifest not json", "manifest without members"]
 
 
