@@ -24,8 +24,14 @@ from cnncomp.ops.resize import interpolation_taps
 # Target size of the per-thread working set of a tiled kernel (im2col columns, Winograd tiles): about half of a
 # core's L2 cache on the machines we measured.
 TILE_BYTES = 1 << 19
+# Fewest output pixels (im2col) or tiles (Winograd) a GEMM call computes, whatever its operands take (measured
+# on AlexNet's conv2 and VGG-16's first convs).
+MIN_IM2COL_PIXELS = 256
+MIN_WINOGRAD_TILES = 128
 # Winograd over all tiles at once while its transformed input and output fit in this (above: bands of tiles).
 WINOGRAD_WHOLE_BYTES = 16 << 20
+WINOGRAD_WIDE_CHANNELS = 160
+WINOGRAD_WIDE_WHOLE_BYTES = 128 << 20
 EMPTY3 = np.zeros((0, 0, 0), np.float32)
 EMPTY4 = np.zeros((0, 0, 0, 0), np.float32)
 
@@ -117,12 +123,19 @@ def lower_conv2d(node: Node, ctx: LoweringContext) -> list[KernelCall]:
         u = conv.winograd_weights(weight, m)
         common = (x, u, *epilogue, _residual(ctx, node, False), out)
         whole_bytes = points * 4 * (c + o) * n * tiles_high * tiles_wide
-        if whole_bytes <= WINOGRAD_WHOLE_BYTES:
+        # Wide layers do more arithmetic per byte of transformed tiles (o*c/(o+c)), so their whole transform is
+        # worth its memory traffic, and their bands would make GEMMs too narrow for the weights they read.
+        wide = o * c // (o + c) >= WINOGRAD_WIDE_CHANNELS
+        if whole_bytes <= WINOGRAD_WHOLE_BYTES or (wide and whole_bytes <= WINOGRAD_WIDE_WHOLE_BYTES):
             padded = Scratch((n, c, m * tiles_high + 2, m * tiles_wide + 2))
             tiles = n * tiles_high * tiles_wide
             args = (*common, padded, Scratch((points, c, tiles)), Scratch((points, o, tiles)))
             return [KernelCall(conv.winograd(attrs, m, whole=True), args, node.name)]
-        tile_rows = max(1, min(tiles_high, TILE_BYTES // (points * 4 * (c + o) * tiles_wide)))
+        # Bands of tile rows that fit TILE_BYTES, but with tiles enough per GEMM to pay for reading u, and
+        # bands enough to keep every thread busy (a thread takes whole bands of one image).
+        tile_rows = max(1, min(-(-tiles_high // ctx.threads),
+                               max(TILE_BYTES // (points * 4 * (c + o) * tiles_wide),
+                                   -(-MIN_WINOGRAD_TILES // tiles_wide))))
         per_thread = tile_rows * tiles_wide
         padded = Scratch((1, c, m * tiles_high + 2, m * tiles_wide + 2))
         args = (*common, padded, Scratch((ctx.threads, points, c, per_thread)),
@@ -130,7 +143,9 @@ def lower_conv2d(node: Node, ctx: LoweringContext) -> list[KernelCall]:
         return [KernelCall(conv.winograd(attrs, m, whole=False), args, node.name)]
     groups = attrs["groups"]
     k = weight.shape[1] * weight.shape[2] * weight.shape[3]
-    rows_per_tile = max(1, min(oh, TILE_BYTES // (4 * k * ow)))
+    # Each GEMM reads (and BLAS packs) the whole weight, so a tile needs enough pixels to pay for that even where
+    # its columns outgrow TILE_BYTES (FCN's fc6: K = 25088 on a 7x7 map took 7 pixels a call, 6x slower).
+    rows_per_tile = min(oh, max(1, TILE_BYTES // (4 * k * ow), -(-MIN_IM2COL_PIXELS // ow)))
     args = (x, np.ascontiguousarray(weight.reshape(groups, o // groups, k)), *epilogue,
             _residual(ctx, node, True), ctx.rows(node.name), Scratch((ctx.threads, k, rows_per_tile * ow)),
             rows_per_tile, oh, ow)

@@ -73,6 +73,19 @@ def epilogue_code(attrs: Mapping[str, Any], value: str, channel: str, residual: 
     return textwrap.indent("\n".join(lines) or "pass", " " * indent)
 
 
+def epilogue_loop(attrs: Mapping[str, Any], out_row: str, res_row: str, length: str, channel: str,
+                  indent: int) -> str:
+    """A loop applying the epilogue along one output row of output channel `channel`, through 1-D slices of
+    the (N, C, pixels) arrays (`out_row`, `res_row`): LLVM vectorizes a loop over a contiguous slice, but not one
+    indexing a 2-D tile or a 3-D array (sigmoid and silu ran 6x slower)."""
+    lines = [f"row = {out_row}"]
+    if attrs.get("residual"):
+        lines.append(f"res_row = {res_row}")
+    lines += [f"for p in range({length}):", "    v = row[p]",
+              epilogue_code(attrs, "v", channel, "res_row[p]", 4), "    row[p] = v"]
+    return textwrap.indent("\n".join(lines), " " * indent)
+
+
 def epilogue_constants(attrs: Mapping[str, Any]) -> dict[str, Any]:
     return {"ALPHA": float(attrs["alpha"])} if attrs.get("act") == "leaky_relu" else {}
 

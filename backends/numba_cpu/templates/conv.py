@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from backends.numba_cpu.templates.common import epilogue_code, epilogue_constants, render
+from backends.numba_cpu.templates.common import epilogue_code, epilogue_constants, epilogue_loop, render
 
 
 def _window_constants(attrs: Mapping[str, Any]) -> dict[str, int]:
@@ -124,15 +124,13 @@ def kernel(x, weight, bias, scale, shift, res, out, cols_per_thread, rows_per_ti
             gemm(weight[g], cols[:, :pixels], tile, False, ints, floats, no_trans)
             for oc_local in range(og):
                 oc = g * og + oc_local
-                for p in range(pixels):
-                    v = tile[oc_local, p]
 {epilogue}
-                    tile[oc_local, p] = v
 '''
 
 
 def im2col(attrs: Mapping[str, Any]):
-    body = IM2COL.format(epilogue=epilogue_code(attrs, "v", "oc", "res[img, oc, p0 + p]", 20))
+    body = IM2COL.format(epilogue=epilogue_loop(attrs, "out[img, oc, p0: p0 + pixels]", "res[img, oc, p0: p0 + pixels]",
+                                                "pixels", "oc", 16))
     return render("conv2d_im2col", body, **_window_constants(attrs), **epilogue_constants(attrs))
 
 
@@ -157,17 +155,14 @@ def kernel(x, weight, bias, scale, shift, res, out, pixels_per_tile, channels_pe
             p1 = min(pixels, p0 + pixels_per_tile)
             tile = out[img, o0:o1, p0:p1]
             gemm(weight[o0:o1], x[img, :, p0:p1], tile, False, ints, floats, no_trans)
-            for oc_local in range(o1 - o0):
-                oc = o0 + oc_local
-                for p in range(p1 - p0):
-                    v = tile[oc_local, p]
+            for oc in range(o0, o1):
 {epilogue}
-                    tile[oc_local, p] = v
 '''
 
 
 def pointwise(attrs: Mapping[str, Any]):
-    body = POINTWISE.format(epilogue=epilogue_code(attrs, "v", "oc", "res[img, oc, p0 + p]", 20))
+    body = POINTWISE.format(epilogue=epilogue_loop(attrs, "out[img, oc, p0:p1]", "res[img, oc, p0:p1]", "p1 - p0",
+                                                   "oc", 16))
     return render("conv2d_pointwise", body, **epilogue_constants(attrs))
 
 
@@ -374,15 +369,13 @@ def kernel(x, gate, weight, bias, scale, shift, res, out, gated_weight, pixels_p
                 tile = out[img, :, p0:p1]
                 gemm(gated_weight, x[img, :, p0:p1], tile, False, ints, floats, no_trans)
                 for oc in range(o):
-                    for p in range(p1 - p0):
-                        v = tile[oc, p]
 {epilogue}
-                        tile[oc, p] = v
 '''
 
 
 def gated_pointwise(attrs: Mapping[str, Any]):
-    body = GATED_POINTWISE.format(epilogue=epilogue_code(attrs, "v", "oc", "res[img, oc, p0 + p]", 24))
+    body = GATED_POINTWISE.format(epilogue=epilogue_loop(attrs, "out[img, oc, p0:p1]", "res[img, oc, p0:p1]",
+                                                         "p1 - p0", "oc", 20))
     return render("pointwise_conv2d_gated", body, **epilogue_constants(attrs))
 
 
@@ -435,12 +428,8 @@ def kernel(x, depthwise_weight, mid_bias, pointwise_weight, bias, scale, shift, 
                         row[rr * ow + q] = v
             tile = out[img, o0:o1, r0 * ow: r1 * ow]
             gemm(pointwise_weight[o0:o1], mid[:, :pixels], tile, False, ints, floats, no_trans)
-            for oc_local in range(o1 - o0):
-                oc = o0 + oc_local
-                for p in range(pixels):
-                    v = tile[oc_local, p]
+            for oc in range(o0, o1):
 {epilogue}
-                    tile[oc_local, p] = v
 '''
 
 
@@ -448,7 +437,8 @@ def separable(attrs: Mapping[str, Any]):
     mid = {"bias": attrs["mid_bias"], "act": attrs["mid_act"]}
     mid_code = epilogue_code(mid, "v", "m", "", 24, bias="mid_bias", alpha="MID_ALPHA")
     body = SEPARABLE.format(mid_statements=mid_code,
-                            epilogue=epilogue_code(attrs, "v", "oc", "res[img, oc, r0 * ow + p]", 20))
+                            epilogue=epilogue_loop(attrs, "out[img, oc, r0 * ow: r1 * ow]",
+                                                   "res[img, oc, r0 * ow: r1 * ow]", "pixels", "oc", 16))
     constants = {**_window_constants(attrs), **epilogue_constants(attrs)}
     if attrs["mid_act"] == "leaky_relu":
         constants["MID_ALPHA"] = float(attrs["mid_alpha"])
