@@ -321,12 +321,13 @@ def _max_pool_indices(w: _Writer, node: Node) -> None:
 
 
 def below_max_unpool_size(graph: Graph, unpool: Node) -> bool:
-    """Whether the unpooling's output is smaller than ONNX's MaxUnpool output, (H-1)*S - P + K, in an axis: ONNX
-    Runtime refuses such an output_shape, which the op allows (a pool in ceil mode or with stride above kernel)."""
+    """Whether the unpooling's output is smaller than ONNX's MaxUnpool output, (H-1)*S - P + K, in an axis, or that
+    size is not positive (padding beyond the kernel on a 1-pixel input): ONNX Runtime refuses such an
+    output_shape, which the op allows (a pool in ceil mode or with stride above kernel)."""
     top, bottom, left, right = unpool.attrs["padding"]
     sizes = zip(graph.node(unpool.inputs[0]).type.spatial, unpool.attrs["stride"], unpool.attrs["kernel"],
                 (top + bottom, left + right), unpool.type.spatial, strict=True)
-    return any(out < (n - 1) * s - p + k for n, s, k, p, out in sizes)
+    return any(out < (n - 1) * s - p + k or (n - 1) * s - p + k <= 0 for n, s, k, p, out in sizes)
 
 
 def _max_unpool(w: _Writer, node: Node) -> None:
