@@ -239,6 +239,19 @@ def test_a_near_tie_in_a_max_pool_window_is_fragile_and_an_exact_or_clear_one_is
     assert not fragile(graph, {"x0": clear}, 0)
 
 
+def test_inputs_whose_maxima_fall_outside_a_smaller_unpooling_plane_are_discarded():
+    graph = Graph("fuzz")
+    graph.add_node("x0", "input", attrs={"shape": (1, 1, 2, 2)})
+    graph.add_node("n1", "max_pool2d", ["x0"], {"kernel": 2})
+    graph.add_node("n2", "max_pool2d_indices", ["x0"], {"kernel": 2})
+    graph.add_node("n3", "max_unpool2d", ["n1", "n2"], {"kernel": 2, "output_size": (1, 2)})
+    graph.set_outputs(["n3"])
+    inside = np.array([1.0, 0.0, -1.0, -2.0], np.float32).reshape(1, 1, 2, 2)  # the maximum at flat index 0
+    outside = np.array([0.0, 0.0, 1.0, -2.0], np.float32).reshape(1, 1, 2, 2)  # at 2, past the 1x2 plane
+    assert not fragile(graph, {"x0": inside}, 0)
+    assert fragile(graph, {"x0": outside}, 0)
+
+
 def test_the_ci_backends_are_the_in_process_ones():
     assert IN_PROCESS == ("reference", "numba-cpu", "torch", "onnxruntime") and CUDA == "numba-cuda"
     assert LEVELS == (0, 1, 2, 3)
