@@ -1,5 +1,7 @@
-"""A kernel-compiling process: reads a JSON list of {module, path, signatures} on stdin, compiles each kernel
-(Numba caches the machine code beside its module) and prints one line per kernel done, for the progress bar."""
+"""A kernel-compiling process: reads JSON lists of {module, path, signatures} from stdin, one list per line,
+compiles each kernel (Numba caches the machine code beside its module) and prints one JSON line per kernel, for
+the progress bar ({"done": module} or {"error": message}), then an empty line when the list is done. It runs
+until stdin closes, so one process serves every compile of its parent."""
 
 import json
 import sys
@@ -9,9 +11,14 @@ from backends.numba_cpu.kernels import compile_kernel
 
 
 def main() -> None:
-    for job in json.load(sys.stdin):
-        compile_kernel(job["module"], job["path"], job["signatures"])
-        print(job["module"], flush=True)
+    for line in sys.stdin:
+        for job in json.loads(line):
+            try:
+                compile_kernel(job["module"], job["path"], job["signatures"])
+                print(json.dumps({"done": job["module"]}))
+            except Exception as error:  # reported to the parent, which raises it; the worker serves on
+                print(json.dumps({"error": f"{job['module']}: {type(error).__name__}: {error}"}))
+        print(flush=True)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from there so that Numba caches the machine code beside it (Numba caches only fu
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import hashlib
 import importlib.util
@@ -101,32 +102,84 @@ class KernelCache:
 
         Two reasons: the cores compile kernels in parallel, and every process runs machine code loaded from the
         cache, never code it compiled itself (Numba's in-process compile and its cached object code can differ in
-        the last bits of a result, so a model compiled now and the same model loaded later would)."""
+        the last bits of a result, so a model compiled now and the same model loaded later would). The workers
+        live as long as this process, so only the first compile pays for starting them."""
         from cnncomp.progress import progress
 
         descriptions = [{"module": kernel.module_name, "path": str(self.write(kernel)),
                          "signatures": [[encode_type(t) for t in sig] for sig in signatures]}
                         for kernel, signatures in jobs]
-        shares = [descriptions[i::workers] for i in range(workers)]
-        failures = []
-        with contextlib.ExitStack() as stack:
-            # Worker errors go to files, not pipes: a long warning can never block a worker.
-            errors = [stack.enter_context(tempfile.TemporaryFile("w+")) for _ in shares]
-            processes = [subprocess.Popen([sys.executable, "-m", "backends.numba_cpu.compile_worker"],
-                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=error, text=True)
-                         for error in errors]
-            for process, share in zip(processes, shares, strict=True):
-                process.stdin.write(json.dumps(share))
-                process.stdin.close()
-            lines = (line for process in processes for line in process.stdout)
-            for _ in progress(lines, len(descriptions), "compiling kernels", progress_enabled):
-                pass
-            for process, error in zip(processes, errors, strict=True):
-                if process.wait() != 0:
-                    error.seek(0)
-                    failures.append((error.read().strip().splitlines() or ["(no message)"])[-1])
+        pool = _worker_pool(workers)
+        shares = [descriptions[i::len(pool)] for i in range(len(pool))]
+        busy = [(worker, share) for worker, share in zip(pool, shares, strict=True) if share]
+        for worker, share in busy:
+            worker.send(share)
+        failures: list[str] = []
+        replies = (reply for worker, _ in busy for reply in worker.replies(failures))
+        for _ in progress(replies, len(descriptions), "compiling kernels", progress_enabled):
+            pass
         if failures:
             raise RuntimeError(f"a kernel failed to compile: {failures[0]}")
+
+
+class _Worker:
+    """One compiling process: takes a JSON list of jobs per line, answers one line per kernel and an empty line
+    when the list is done."""
+
+    def __init__(self) -> None:
+        # Errors go to a file, not a pipe: a long warning can never block the worker.
+        self.errors = tempfile.TemporaryFile("w+")  # noqa: SIM115  (lives as long as the worker)
+        self.process = subprocess.Popen([sys.executable, "-m", "backends.numba_cpu.compile_worker"],
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.errors, text=True)
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def send(self, jobs: list[dict[str, Any]]) -> None:
+        self.process.stdin.write(json.dumps(jobs) + "\n")
+        self.process.stdin.flush()
+
+    def replies(self, failures: list[str]):
+        """One item per kernel of the list sent, up to its end; failures (a kernel's error, or the worker's
+        death with the last line it wrote to stderr) are appended to `failures`."""
+        for line in self.process.stdout:
+            if line == "\n":
+                return
+            reply = json.loads(line)
+            if "error" in reply:
+                failures.append(reply["error"])
+            yield reply
+        self.process.wait()
+        self.errors.seek(0)
+        failures.append((self.errors.read().strip().splitlines() or ["(no message)"])[-1])
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.process.stdin.close()
+        try:
+            self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+        self.errors.close()
+
+
+_WORKERS: list[_Worker] = []
+
+
+def _worker_pool(size: int) -> list[_Worker]:
+    """`size` live workers (at least), started on first use and stopped when this process exits."""
+    if not _WORKERS:
+        atexit.register(_stop_workers)
+    _WORKERS[:] = [worker for worker in _WORKERS if worker.alive()]
+    while len(_WORKERS) < size:
+        _WORKERS.append(_Worker())
+    return _WORKERS[:size]
+
+
+def _stop_workers() -> None:
+    for worker in _WORKERS:
+        worker.close()
+    _WORKERS.clear()
 
 
 def encode_type(numba_type: Any) -> list[Any] | str:
@@ -154,7 +207,11 @@ def _import(module_name: str, path: Path) -> Any:
 
 
 def compile_kernel(module_name: str, path: str, signatures: list[list[Any]]) -> None:
-    """Compile a kernel module's `kernel` for each encoded signature; Numba writes the machine code to its cache."""
+    """Compile a kernel module's `kernel` for each encoded signature; Numba writes the machine code to its cache
+    (beside `path`: a module imported earlier from another cache directory is imported again from this one)."""
+    loaded = sys.modules.get(module_name)
+    if loaded is not None and Path(loaded.__file__) != Path(path):
+        del sys.modules[module_name]
     dispatcher = _import(module_name, Path(path)).kernel
     for signature in signatures:
         dispatcher.compile(tuple(decode_type(t) for t in signature))

@@ -438,3 +438,19 @@ def test_max_pool_lets_nan_win_like_the_reference():
     np.testing.assert_array_equal(np.isnan(out), np.isnan(expected))
     assert np.isnan(out).any() and np.isinf(out).any()
     np.testing.assert_array_equal(out[~np.isnan(out)], expected[~np.isnan(expected)])
+
+
+def test_a_kernel_that_fails_to_compile_is_one_error_and_the_workers_serve_on(tmp_path):
+    from numba.core import types
+
+    from backends.numba_cpu.kernels import KernelCache, KernelSource
+
+    header = "import numpy as np\nfrom numba import njit\n\n\n@njit(cache=True)\n"
+    broken = KernelSource("test_broken", header + "def kernel(x):\n    return x.no_such_attribute\n")
+    working = KernelSource("test_working", header + "def kernel(x):\n    return x + 1.0\n")
+    cache = KernelCache(tmp_path)
+    signature = [(types.float32,)]
+    with pytest.raises(RuntimeError, match="a kernel failed to compile: cnncomp_kernel_test_broken_.*TypingError"):
+        cache.compile_in_workers([(broken, signature)], False, 1)
+    cache.compile_in_workers([(working, signature)], False, 1)
+    assert cache.missing(working, signature) == []
