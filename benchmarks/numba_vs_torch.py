@@ -116,6 +116,18 @@ def table(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def markdown(records: list[dict]) -> str:
+    """The records as the Markdown table benchmarks/README.md publishes."""
+    lines = ["| model | batch | backend | median ms | min ms | GFLOP/s | % peak | x torch | compile cold s | warm s |",
+             "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in records:
+        cold = f"{r['compile_cold_s']:.1f}" if r["compile_cold_s"] is not None else ""
+        warm = f"{r['compile_warm_s']:.1f}" if r["compile_warm_s"] is not None else ""
+        lines.append(f"| {r['model']} | {r['batch']} | {r['backend']} | {r['median_ms']:.1f} | {r['min_ms']:.1f} | "
+                     f"{r['gflops']:.1f} | {100 * r['peak_fraction']:.0f}% | {r['vs_torch']:.2f} | {cold} | {warm} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=MODELS)
@@ -123,6 +135,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=10)
     parser.add_argument("--no-compile-times", action="store_true", help="skip the cold/warm compile subprocesses")
     parser.add_argument("--json", type=Path, help="also write the records here")
+    parser.add_argument("--markdown", action="store_true", help="also print the table in Markdown")
     args = parser.parse_args()
     peak = matmul_peak_gflops()
     cpu = platform.processor() or platform.machine()
@@ -136,6 +149,9 @@ def main() -> None:
                   flush=True)
     print()
     print(table(records))
+    if args.markdown:
+        print()
+        print(markdown(records))
     if args.json:
         args.json.write_text(json.dumps({"peak_gflops": peak, "records": records}, indent=1))
 
