@@ -171,7 +171,7 @@ def case_graph(op: str, case: Case) -> tuple[Graph, dict]:
     return op_graph(op, shapes, attrs), (EXACT if exact else {})
 
 
-@pytest.mark.parametrize("op,case", _cases())
+@pytest.mark.parametrize("op,case", list(_cases()))
 def test_op_matches_the_reference(op, case):
     graph, tolerance = case_graph(op, case)
     assert op in {node.op for node in graph.nodes}
