@@ -14,12 +14,13 @@ def fold_constants(graph: Graph) -> Graph:
 
     Applied in dataflow order, so whole subgraphs whose inputs are all parameters collapse to one constant.
     Constants left unread by the folding are removed. Preconditions: every operand is a constant (graph inputs
-    are not); the op has at least one operand.
+    are not); the op has at least one operand; its result is float32, the only type a constant holds (max-pool
+    indices of a constant stay computed).
     """
     graph = graph.copy()
     sources: set[str] = set()
     for node in graph.nodes:
-        if node.op in ("input", "constant") or not node.inputs:
+        if node.op in ("input", "constant") or not node.inputs or node.type.dtype != "float32":
             continue
         if not all(graph.node(name).op == "constant" for name in node.inputs):
             continue

@@ -101,6 +101,22 @@ def test_nodes_reading_an_input_are_not_folded():
     assert op_counts(fold_constants(graph)) == op_counts(graph)
 
 
+def test_max_pool_indices_of_a_constant_are_not_folded():
+    # A constant holds float32; the int64 indices stay computed, while the pooled values fold (found by the
+    # fuzzer: tests/regressions/fold-constants-of-int64-max-pool-indices.cnn).
+    from cnncomp.ir import Graph
+
+    graph = Graph("indices")
+    graph.add_node("c", "constant", attrs={"shape": (1, 3, 2, 2)}, params={"value": np.arange(12, dtype=np.float32)
+                                                                            .reshape(1, 3, 2, 2)})
+    graph.add_node("values", "max_pool2d", ["c"], {"kernel": 2})
+    graph.add_node("indices", "max_pool2d_indices", ["c"], {"kernel": 2})
+    graph.set_outputs(["values", "indices"])
+    folded = fold_constants(graph)
+    assert op_counts(folded) == {"constant": 2, "max_pool2d_indices": 1}
+    assert_same_outputs(graph, folded)
+
+
 def test_inception_net_is_unchanged_by_constant_folding():
     graph = inception_net()
     assert fold_constants(graph).to_json() == graph.to_json()
