@@ -78,6 +78,8 @@ def epilogue_loop(attrs: Mapping[str, Any], out_row: str, res_row: str, length: 
     """A loop applying the epilogue along one output row of output channel `channel`, through 1-D slices of
     the (N, C, pixels) arrays (`out_row`, `res_row`): LLVM vectorizes a loop over a contiguous slice, but not one
     indexing a 2-D tile or a 3-D array (sigmoid and silu ran 6x slower)."""
+    if not any(attrs.get(key) for key in ("bias", "affine", "residual", "act")):
+        return " " * indent + "pass"
     lines = [f"row = {out_row}"]
     if attrs.get("residual"):
         lines.append(f"res_row = {res_row}")

@@ -61,13 +61,14 @@ def kernel(x, weight, bias, scale, shift, res, out, planes):
                             for i in range(KH):
                                 for j in range(KW):
                                     v += taps[ci, i, j] * plane[ci, r * SH + i * DH, q * SW + j * DW]
-{epilogue}
                         row[q] = v
+{epilogue}
 '''
 
 
 def direct(attrs: Mapping[str, Any], channels_per_group: int):
-    body = DIRECT.format(epilogue=epilogue_code(attrs, "v", "oc", "res[img, oc, r, q]", 24))
+    # The epilogue runs along each finished row: in the tap loop it kept that loop from vectorizing.
+    body = DIRECT.format(epilogue=epilogue_loop(attrs, "out[img, oc, r]", "res[img, oc, r]", "ow", "oc", 20))
     return render("conv2d_direct", body, **_window_constants(attrs), CG=channels_per_group,
                   **epilogue_constants(attrs))
 
