@@ -92,9 +92,31 @@ def test_winograd_in_bands(monkeypatch, algorithm):
     """Large maps go through Winograd in bands of tile rows; force that path on a small one."""
     monkeypatch.setattr(lowering, "WINOGRAD_WHOLE_BYTES", 0)
     monkeypatch.setattr(lowering, "TILE_BYTES", 1 << 14)  # several bands per image
+    monkeypatch.setattr(lowering, "MIN_WINOGRAD_TILES", 1)
     graph = op_graph("conv2d", [(2, 16, 23, 18), (2, 8, 23, 18)],
                      dict(out_channels=8, kernel=3, padding=1, residual=True, act="relu"))
     assert_same_as_reference(graph, options={"conv2d_algorithms": {"y": algorithm}})
+
+
+@pytest.mark.parametrize("wide_channels,kernel", [(4, "whole"), (64, "bands")])
+def test_winograd_whole_or_in_bands_by_the_layers_width(monkeypatch, wide_channels, kernel):
+    """Past WINOGRAD_WHOLE_BYTES a layer is still transformed whole when it is wide (o*c/(o+c) at least
+    WINOGRAD_WIDE_CHANNELS) and its transform fits WINOGRAD_WIDE_WHOLE_BYTES; else in bands."""
+    monkeypatch.setattr(lowering, "WINOGRAD_WHOLE_BYTES", 0)
+    monkeypatch.setattr(lowering, "WINOGRAD_WIDE_CHANNELS", wide_channels)
+    graph = op_graph("conv2d", [(2, 16, 13, 11), (2, 8, 13, 11)],
+                     dict(out_channels=8, kernel=3, padding=1, residual=True, act="relu"))
+    executable = assert_same_as_reference(graph, options={"conv2d_algorithms": {"y": "winograd4"}})
+    assert [step.kernel.family for step in executable.steps] == [f"conv2d_winograd_f4x4_3x3_{kernel}"]
+
+
+def test_im2col_tiles_hold_enough_pixels_for_their_weight():
+    """A 7x7 map under a large kernel: each GEMM takes whole images' rows (not one 7-pixel row) however large
+    its columns grow."""
+    graph = op_graph("conv2d", [(2, 64, 7, 7)], dict(out_channels=24, kernel=7, padding="same", act="relu"))
+    executable = assert_same_as_reference(graph, options={"conv2d_algorithms": {"y": "im2col"}})
+    (step,) = executable.steps
+    assert step.args[-3] == 7  # rows per tile: the whole 7-row map
 
 
 def test_an_algorithm_that_cannot_compute_a_conv_is_refused():
