@@ -146,6 +146,12 @@ def lower_conv2d(node: Node, ctx: LoweringContext) -> list[KernelCall]:
     # Each GEMM reads (and BLAS packs) the whole weight, so a tile needs enough pixels to pay for that even where
     # its columns outgrow TILE_BYTES (FCN's fc6: K = 25088 on a 7x7 map took 7 pixels a call, 6x slower).
     rows_per_tile = min(oh, max(1, TILE_BYTES // (4 * k * ow), -(-MIN_IM2COL_PIXELS // ow)))
+    # But with an image's tiles a multiple of the threads it takes to keep every thread busy (ResNet's stride-2
+    # convs at batch 1 made one job and left a core idle).
+    share = -(-ctx.threads // (n * groups))
+    tiles = -(-oh // rows_per_tile)
+    tiles = -(-tiles // share) * share
+    rows_per_tile = -(-oh // min(tiles, oh))
     args = (x, np.ascontiguousarray(weight.reshape(groups, o // groups, k)), *epilogue,
             _residual(ctx, node, True), ctx.rows(node.name), Scratch((ctx.threads, k, rows_per_tile * ow)),
             rows_per_tile, oh, ow)
