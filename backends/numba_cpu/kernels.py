@@ -127,6 +127,7 @@ class _Worker:
     when the list is done."""
 
     def __init__(self) -> None:
+        self.kernels = 0  # compiled so far: each stays loaded in the worker
         # Errors go to a file, not a pipe: a long warning can never block the worker.
         self.errors = tempfile.TemporaryFile("w+")  # noqa: SIM115  (lives as long as the worker)
         self.process = subprocess.Popen([sys.executable, "-m", "backends.numba_cpu.compile_worker"],
@@ -136,6 +137,7 @@ class _Worker:
         return self.process.poll() is None
 
     def send(self, jobs: list[dict[str, Any]]) -> None:
+        self.kernels += len(jobs)
         self.process.stdin.write(json.dumps(jobs) + "\n")
         self.process.stdin.flush()
 
@@ -164,12 +166,18 @@ class _Worker:
 
 
 _WORKERS: list[_Worker] = []
+# A worker keeps every kernel it compiled loaded; past this many it is replaced, so a long-lived process (a fuzz
+# run compiles thousands) does not grow without bound (2 GiB per worker after 1,500 graphs).
+WORKER_KERNELS = 300
 
 
 def _worker_pool(size: int) -> list[_Worker]:
     """`size` live workers (at least), started on first use and stopped when this process exits."""
     if not _WORKERS:
         atexit.register(_stop_workers)
+    for worker in _WORKERS:
+        if worker.kernels >= WORKER_KERNELS:
+            worker.close()
     _WORKERS[:] = [worker for worker in _WORKERS if worker.alive()]
     while len(_WORKERS) < size:
         _WORKERS.append(_Worker())

@@ -476,3 +476,21 @@ def test_a_kernel_that_fails_to_compile_is_one_error_and_the_workers_serve_on(tm
         cache.compile_in_workers([(broken, signature)], False, 1)
     cache.compile_in_workers([(working, signature)], False, 1)
     assert cache.missing(working, signature) == []
+
+
+def test_a_worker_that_compiled_its_share_is_replaced(tmp_path, monkeypatch):
+    from numba.core import types
+
+    from backends.numba_cpu import kernels
+
+    monkeypatch.setattr(kernels, "WORKER_KERNELS", 1)
+    header = "import numpy as np\nfrom numba import njit\n\n\n@njit(cache=True)\n"
+    cache = kernels.KernelCache(tmp_path)
+    signature = [(types.float32,)]
+    pids = []
+    for step in range(2):
+        kernel = kernels.KernelSource("test_recycled", header + f"def kernel(x):\n    return x + {step}.5\n")
+        cache.compile_in_workers([(kernel, signature)], False, 1)
+        assert cache.missing(kernel, signature) == []
+        pids.append(kernels._WORKERS[0].process.pid)
+    assert pids[0] != pids[1]
