@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import time
 from collections import Counter
@@ -162,24 +163,34 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or failures_folder()
     campaign = Campaign(backends, levels, out, args.reduce_per_kind, args.reduce_seconds)
     started = time.monotonic()
-    if args.examples:
-        run(campaign, args.examples, args.profile, args.seed, None, [b for b in backends if b != CUDA], levels)
     cuda_levels: list[int] = []
-    if args.cuda_examples:
-        cuda_levels = levels
-        runner = CudaRunner()
-        try:
-            run(campaign, args.cuda_examples, TINY.name, args.seed, runner, [CUDA], levels, progress_every=5)
-        finally:
-            runner.close()
+    # Interrupted (Ctrl-C, or SIGTERM from a time limit), a run still reports what it tried.
+    signal.signal(signal.SIGTERM, _interrupt)
+    interrupted = False
+    try:
+        if args.examples:
+            run(campaign, args.examples, args.profile, args.seed, None, [b for b in backends if b != CUDA], levels)
+        if args.cuda_examples:
+            cuda_levels = levels
+            runner = CudaRunner()
+            try:
+                run(campaign, args.cuda_examples, TINY.name, args.seed, runner, [CUDA], levels, progress_every=5)
+            finally:
+                runner.close()
+    except KeyboardInterrupt:
+        interrupted = True
     seconds = time.monotonic() - started
     if args.json:
-        print(json.dumps({**campaign.figures(), "seconds": round(seconds)}, indent=1))
+        print(json.dumps({**campaign.figures(), "seconds": round(seconds), "interrupted": interrupted}, indent=1))
     else:
         print(campaign.table(cuda_levels))
         print(f"{campaign.graphs} graphs in {seconds:.0f} s ({campaign.discarded} discarded as fragile near-ties); "
-              f"{len(campaign.reproducers)} reproducers in {out}")
+              f"{len(campaign.reproducers)} reproducers in {out}" + (" (interrupted)" if interrupted else ""))
     return 1 if campaign.reproducers else 0
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 def _replay(path: Path, shrink: bool, out: Path) -> int:
