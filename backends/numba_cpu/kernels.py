@@ -134,7 +134,7 @@ class _Worker:
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.errors, text=True)
 
     def alive(self) -> bool:
-        return self.process.poll() is None
+        return not self.process.stdin.closed and self.process.poll() is None
 
     def send(self, jobs: list[dict[str, Any]]) -> None:
         self.kernels += len(jobs)
@@ -162,6 +162,7 @@ class _Worker:
             self.process.wait(timeout=5)
         except subprocess.TimeoutExpired:
             self.process.kill()
+            self.process.wait()
         self.errors.close()
 
 

@@ -494,3 +494,21 @@ def test_a_worker_that_compiled_its_share_is_replaced(tmp_path, monkeypatch):
         assert cache.missing(kernel, signature) == []
         pids.append(kernels._WORKERS[0].process.pid)
     assert pids[0] != pids[1]
+
+
+def test_a_worker_slow_to_exit_is_killed_and_never_reused(monkeypatch):
+    import subprocess
+
+    from backends.numba_cpu import kernels
+
+    worker = kernels._Worker()
+    wait = worker.process.wait
+
+    def slow_wait(timeout=None):
+        if timeout is not None:
+            raise subprocess.TimeoutExpired("compile_worker", timeout)
+        return wait()
+
+    monkeypatch.setattr(worker.process, "wait", slow_wait)
+    worker.close()
+    assert not worker.alive() and worker.process.returncode is not None
