@@ -6,6 +6,7 @@ import sys
 import textwrap
 import tracemalloc
 
+import numba
 import numpy as np
 import pytest
 
@@ -117,6 +118,21 @@ def test_im2col_tiles_hold_enough_pixels_for_their_weight():
     executable = assert_same_as_reference(graph, options={"conv2d_algorithms": {"y": "im2col"}})
     (step,) = executable.steps
     assert step.args[-3] == 7  # rows per tile: the whole 7-row map
+
+
+@pytest.mark.parametrize("gate", [False, True])
+@pytest.mark.parametrize("share_rows,tiles", [(16, (143, 32)), (10**9, (80, 40))])
+def test_pointwise_tiles_split_output_channels_or_pixels(monkeypatch, gate, share_rows, tiles):
+    """A 1x1 conv's GEMM is split over output channels where each thread's share has at least
+    MIN_GEMM_SHARE_ROWS rows, else over pixel tiles; both with remainders, gated or not (tiles for 2 threads)."""
+    monkeypatch.setattr(numba, "get_num_threads", lambda: 2)
+    monkeypatch.setattr(lowering, "MIN_GEMM_SHARE_ROWS", share_rows)
+    monkeypatch.setattr(lowering, "TILE_BYTES", 1 << 14)
+    shapes = [(2, 16, 13, 11), (2, 16, 1, 1)] if gate else [(2, 16, 13, 11), (2, 40, 13, 11)]
+    attrs = dict(out_channels=40, gate=True, act="relu") if gate else dict(out_channels=40, residual=True, act="relu")
+    executable = assert_same_as_reference(op_graph("pointwise_conv2d", shapes, attrs))
+    (step,) = executable.steps
+    assert step.args[-3:-1] == tiles
 
 
 def test_an_algorithm_that_cannot_compute_a_conv_is_refused():

@@ -351,25 +351,31 @@ def winograd_weights(weight: np.ndarray, m: int) -> np.ndarray:
 
 GATED_POINTWISE = '''
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
-def kernel(x, gate, weight, bias, scale, shift, res, out, gated_weight, pixels_per_tile, threads):
+def kernel(x, gate, weight, bias, scale, shift, res, out, gated_weight, pixels_per_tile, channels_per_tile,
+           threads):
     """out[n] = weight @ (gate[n] * x[n]): squeeze-and-excitation's channel gate applied as a prologue, by
-    scaling the weight's columns once per image (O x C work instead of C x pixels)."""
+    scaling the weight's columns once per image (O x C work instead of C x pixels); then the tiles of
+    `conv2d_pointwise`."""
     n, c, pixels = x.shape
     o = weight.shape[0]
     ptiles = (pixels + pixels_per_tile - 1) // pixels_per_tile
-    workers = min(ptiles, threads)
+    otiles = (o + channels_per_tile - 1) // channels_per_tile
+    jobs = ptiles * otiles
+    workers = min(jobs, threads)
     for img in range(n):
         for oc in prange(o):
             for ci in range(c):
                 gated_weight[oc, ci] = weight[oc, ci] * gate[img, ci, 0]
         for t in prange(workers):
             ints, floats, no_trans = gemm_scratch()
-            for job in range(t, ptiles, workers):
-                p0 = job * pixels_per_tile
+            for job in range(t, jobs, workers):
+                o0 = (job // ptiles) * channels_per_tile
+                o1 = min(o, o0 + channels_per_tile)
+                p0 = (job % ptiles) * pixels_per_tile
                 p1 = min(pixels, p0 + pixels_per_tile)
-                tile = out[img, :, p0:p1]
-                gemm(gated_weight, x[img, :, p0:p1], tile, False, ints, floats, no_trans)
-                for oc in range(o):
+                tile = out[img, o0:o1, p0:p1]
+                gemm(gated_weight[o0:o1], x[img, :, p0:p1], tile, False, ints, floats, no_trans)
+                for oc in range(o0, o1):
 {epilogue}
 '''
 
