@@ -31,6 +31,8 @@ MIN_IM2COL_PIXELS = 256
 # (ResNet-50 at batch 1, both tilings in one process: 66.6 -> 62.1 ms; ResNet-152 169.7 -> 151.5 ms; pixel
 # tiles stay better for 64 filters over 56x56 maps).
 MIN_GEMM_SHARE_ROWS = 64
+# An image's whole im2col matrix, gathered once and shared by the threads, while it takes at most this.
+IM2COL_WHOLE_BYTES = 8 << 20
 MIN_WINOGRAD_TILES = 128
 # Winograd over all tiles at once while its transformed input and output fit in this (above: bands of tiles).
 WINOGRAD_WHOLE_BYTES = 16 << 20
@@ -150,6 +152,16 @@ def lower_conv2d(node: Node, ctx: LoweringContext) -> list[KernelCall]:
         return [KernelCall(conv.winograd(attrs, m, whole=False), args, node.name)]
     groups = attrs["groups"]
     k = weight.shape[1] * weight.shape[2] * weight.shape[3]
+    weight_rows = np.ascontiguousarray(weight.reshape(groups, o // groups, k))
+    # A batch that leaves threads idle on a map too small to give each thread a tile of MIN_IM2COL_PIXELS, with
+    # output channels enough to split between them instead (as 1x1 convs do): one matrix per image, gathered by
+    # all threads (ResNet-50's layer4.0.conv2 at batch 1: 2.13 -> 1.72 ms).
+    channels_per_tile = max(16, -(-(o // groups) // (16 * ctx.threads)) * 16)
+    if (n * groups < ctx.threads and oh * ow < ctx.threads * MIN_IM2COL_PIXELS
+            and channels_per_tile >= MIN_GEMM_SHARE_ROWS and 4 * k * oh * ow <= IM2COL_WHOLE_BYTES):
+        args = (x, weight_rows, *epilogue, _residual(ctx, node, True), ctx.rows(node.name), Scratch((k, oh * ow)),
+                channels_per_tile, ctx.threads, oh, ow)
+        return [KernelCall(conv.im2col(attrs, whole=True), args, node.name)]
     # Each GEMM reads (and BLAS packs) the whole weight, so a tile needs enough pixels to pay for that even where
     # its columns outgrow TILE_BYTES (FCN's fc6: K = 25088 on a 7x7 map took 7 pixels a call, 6x slower).
     rows_per_tile = min(oh, max(1, TILE_BYTES // (4 * k * ow), -(-MIN_IM2COL_PIXELS // ow)))
@@ -159,9 +171,8 @@ def lower_conv2d(node: Node, ctx: LoweringContext) -> list[KernelCall]:
     tiles = -(-oh // rows_per_tile)
     tiles = -(-tiles // share) * share
     rows_per_tile = -(-oh // min(tiles, oh))
-    args = (x, np.ascontiguousarray(weight.reshape(groups, o // groups, k)), *epilogue,
-            _residual(ctx, node, True), ctx.rows(node.name), Scratch((ctx.threads, k, rows_per_tile * ow)),
-            rows_per_tile, oh, ow)
+    args = (x, weight_rows, *epilogue, _residual(ctx, node, True), ctx.rows(node.name),
+            Scratch((ctx.threads, k, rows_per_tile * ow)), rows_per_tile, oh, ow)
     return [KernelCall(conv.im2col(attrs), args, node.name)]
 
 

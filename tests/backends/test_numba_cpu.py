@@ -135,6 +135,25 @@ def test_pointwise_tiles_split_output_channels_or_pixels(monkeypatch, gate, shar
     assert step.args[-3:-1] == tiles
 
 
+@pytest.mark.parametrize("attrs", [
+    dict(out_channels=40, kernel=3, stride=2, padding=1, residual=True, act="relu"),
+    dict(out_channels=24, kernel=(3, 5), stride=(2, 1), padding=(0, 2, 1, 2), dilation=(2, 1), affine=True,
+         act="silu", groups=3),
+    dict(out_channels=33, kernel=7, stride=2, padding=3, bias=False),
+])
+def test_im2col_whole_image_split_over_output_channels(monkeypatch, attrs):
+    """An image that leaves threads idle on a small map: its whole im2col matrix, gathered by every thread (more
+    threads than input channels here), multiplied in tiles of output channels with a remainder."""
+    monkeypatch.setattr(numba, "get_num_threads", lambda: 4)
+    monkeypatch.setattr(lowering, "MIN_GEMM_SHARE_ROWS", 1)
+    shapes = [(1, 6, 13, 11)]
+    if attrs.get("residual"):
+        shapes.append((1, 40, 7, 6))
+    executable = assert_same_as_reference(op_graph("conv2d", shapes, attrs),
+                                          options={"conv2d_algorithms": {"y": "im2col"}})
+    assert [step.kernel.family for step in executable.steps] == ["conv2d_im2col_whole"]
+
+
 def test_an_algorithm_that_cannot_compute_a_conv_is_refused():
     graph = op_graph("conv2d", [(1, 4, 8, 8)], dict(out_channels=4, kernel=3, stride=2))
     with pytest.raises(GraphError, match="algorithm 'winograd4' cannot compute this convolution; possible: direct"):

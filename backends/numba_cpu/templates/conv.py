@@ -3,7 +3,8 @@
 - `direct`: each output summed over its taps in a register, from zero-padded copies of the input planes; for
   few channels per group (depthwise convs).
 - `im2col`: a band of output rows at a time, the receptive fields copied into a K x pixels matrix and multiplied
-  by the weights with BLAS, the epilogue applied while the band is in cache.
+  by the weights with BLAS, the epilogue applied while the band is in cache; or, for batches that leave threads
+  idle, the image's whole matrix gathered by all threads and multiplied in tiles of output channels.
 - `pointwise`: a 1x1 convolution with stride 1 and no padding is a matrix product W (O x C) @ X (C x pixels).
 - `winograd`: 3x3, stride 1: Winograd's F(m x m, 3x3) computes each m x m output tile with (m+2)^2 instead of
   9 m^2 multiplications per channel pair (F(2x2): 16 for 36, F(4x4): 36 for 144), as (m+2)^2 matrix products over
@@ -73,7 +74,7 @@ def direct(attrs: Mapping[str, Any], channels_per_group: int):
                   **epilogue_constants(attrs))
 
 
-IM2COL = '''
+IM2COL_GATHER = '''
 @njit(nogil=True, cache=True)
 def im2col(x, img, c0, cg, cols, r0, r1, ow):
     """cols[k, p]: the input under tap k = (channel, i, j) for output pixel p of rows r0..r1 (zero padding)."""
@@ -99,8 +100,9 @@ def im2col(x, img, c0, cg, cols, r0, r1, ow):
                         for q in range(q_lo, q_hi):
                             row[q] = src[q * SW - PL + j * DW]
                     row[q_hi:] = 0.0
+'''
 
-
+IM2COL_TILES = '''
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
 def kernel(x, weight, bias, scale, shift, res, out, cols_per_thread, rows_per_tile, oh, ow):
     """weight (groups, O/groups, K) with K = C/groups * KH * KW; out and res viewed as (N, O, OH*OW)."""
@@ -128,11 +130,45 @@ def kernel(x, weight, bias, scale, shift, res, out, cols_per_thread, rows_per_ti
 {epilogue}
 '''
 
+IM2COL_WHOLE = '''
+@njit(parallel=True, fastmath=FASTMATH, cache=True)
+def kernel(x, weight, bias, scale, shift, res, out, cols, channels_per_tile, threads, oh, ow):
+    """For batches that leave threads idle: per image and group, every thread gathers its share of the input
+    channels into one K x pixels matrix, then multiplies it by tiles of output channels (each thread streams
+    its share of the weights once). weight (groups, O/groups, K); out and res viewed as (N, O, OH*OW)."""
+    n = x.shape[0]
+    groups, og, k = weight.shape
+    cg = k // (KH * KW)
+    pixels = oh * ow
+    otiles = (og + channels_per_tile - 1) // channels_per_tile
+    workers = min(otiles, threads)
+    for img in range(n):
+        for g in range(groups):
+            for t in prange(threads):
+                ci0 = t * cg // threads
+                ci1 = (t + 1) * cg // threads
+                im2col(x, img, g * cg + ci0, ci1 - ci0, cols[ci0 * KH * KW: ci1 * KH * KW], 0, oh, ow)
+            for t in prange(workers):
+                ints, floats, no_trans = gemm_scratch()
+                for job in range(t, otiles, workers):
+                    o0 = g * og + job * channels_per_tile
+                    o1 = min((g + 1) * og, o0 + channels_per_tile)
+                    tile = out[img, o0:o1]
+                    gemm(weight[g, o0 - g * og: o1 - g * og], cols, tile, False, ints, floats, no_trans)
+                    for oc in range(o0, o1):
+{epilogue}
+'''
 
-def im2col(attrs: Mapping[str, Any]):
-    body = IM2COL.format(epilogue=epilogue_loop(attrs, "out[img, oc, p0: p0 + pixels]", "res[img, oc, p0: p0 + pixels]",
-                                                "pixels", "oc", 16))
-    return render("conv2d_im2col", body, **_window_constants(attrs), **epilogue_constants(attrs))
+
+def im2col(attrs: Mapping[str, Any], whole: bool = False):
+    if whole:
+        body = IM2COL_GATHER + "\n" + IM2COL_WHOLE.format(
+            epilogue=epilogue_loop(attrs, "out[img, oc]", "res[img, oc]", "pixels", "oc", 24))
+    else:
+        body = IM2COL_GATHER + "\n" + IM2COL_TILES.format(epilogue=epilogue_loop(
+            attrs, "out[img, oc, p0: p0 + pixels]", "res[img, oc, p0: p0 + pixels]", "pixels", "oc", 16))
+    family = "conv2d_im2col_whole" if whole else "conv2d_im2col"
+    return render(family, body, **_window_constants(attrs), **epilogue_constants(attrs))
 
 
 POINTWISE = '''
