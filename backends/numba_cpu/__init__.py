@@ -8,7 +8,8 @@ kernel sources) and `kernels` (the on-disk kernel cache).
 
 Threads: every kernel splits its work over Numba's threads (one job list per thread, static round robin) and
 calls BLAS from inside them, so SciPy's BLAS is set to one thread (`blas.configure_single_threaded`); the
-two pools never compete for the cores.
+two pools never compete for the cores. Other libraries' pools can: OpenBLAS's threads (numpy's matmul) spin for
+about 0.1 s after their work, and a model called within that time runs up to 2x slower.
 
 fastmath: kernels that sum (convolutions, dense, pools, LRN, softmax, upsample, the elementwise kernels) are
 compiled with the fastmath flags reassoc, contract, nsz and arcp, so loops vectorize and use FMA; not nnan,
