@@ -91,13 +91,18 @@ def band_rows(rows: int, target: int, threads: int) -> int:
     return -(-rows // bands)
 
 
+def channel_share(m: int, threads: int) -> int:
+    """Output channels per thread when the threads split m of them: a multiple of 16, at least 16."""
+    return max(16, -(-m // (16 * threads)) * 16)
+
+
 def gemm_tiles(k: int, m: int, pixels: int, threads: int) -> tuple[int, int]:
     """(pixels, output channels) per job of the (m x k) @ (k x pixels) product of each image. Where each
     thread's share of the output channels has at least MIN_GEMM_SHARE_ROWS rows, or the map is under 128 pixels,
     the threads split the output channels (each streams its share of the weights once, over every pixel);
     otherwise pixel tiles whose operand and result take about half a core's L2 cache, as many per image as a
     multiple of the thread count (equal shares), starts aligned to 16 floats."""
-    share = max(16, -(-m // (16 * threads)) * 16)
+    share = channel_share(m, threads)
     if pixels < 128 or share >= MIN_GEMM_SHARE_ROWS:
         return pixels, share
     tiles = -(-pixels // max(64, TILE_BYTES // (4 * (k + m))))
@@ -156,7 +161,7 @@ def lower_conv2d(node: Node, ctx: LoweringContext) -> list[KernelCall]:
     # A batch that leaves threads idle on a map too small to give each thread a tile of MIN_IM2COL_PIXELS, with
     # output channels enough to split between them instead (as 1x1 convs do): one matrix per image, gathered by
     # all threads (ResNet-50's layer4.0.conv2 at batch 1: 2.13 -> 1.72 ms).
-    channels_per_tile = max(16, -(-(o // groups) // (16 * ctx.threads)) * 16)
+    channels_per_tile = channel_share(o // groups, ctx.threads)
     if (n * groups < ctx.threads and oh * ow < ctx.threads * MIN_IM2COL_PIXELS
             and channels_per_tile >= MIN_GEMM_SHARE_ROWS and 4 * k * oh * ow <= IM2COL_WHOLE_BYTES):
         args = (x, weight_rows, *epilogue, _residual(ctx, node, True), ctx.rows(node.name), Scratch((k, oh * ow)),
