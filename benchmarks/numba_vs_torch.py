@@ -35,6 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cnncomp.bench import matmul_peak_gflops
+
 MODELS = ["lenet5", "alexnet", "vgg16", "resnet18", "resnet50", "resnet152", "googlenet", "xception",
           "efficientnet_b0", "unet", "fcn8s"]
 SETTLE_SECONDS = 0.25
@@ -51,18 +53,6 @@ start = time.perf_counter()
 numba_cpu.compile(graph, {"cache_dir": sys.argv[3], "progress": False})
 print(time.perf_counter() - start)
 """
-
-
-def matmul_gflops(size: int = 2048, repeat: int = 5) -> float:
-    """numpy's float32 matmul rate on a size x size product (the best of `repeat`)."""
-    a = np.random.default_rng(0).standard_normal((size, size)).astype(np.float32)
-    a @ a
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        a @ a
-        times.append(time.perf_counter() - start)
-    return 2 * size**3 / min(times) / 1e9
 
 
 def compile_seconds(model: str, batch: int) -> tuple[float, float]:
@@ -101,7 +91,7 @@ def measure(model: str, batch: int, repeat: int, with_compile: bool) -> list[dic
             run(inputs)
             times[name].append(time.perf_counter() - start)
         time.sleep(SETTLE_SECONDS)
-        matmul_rates.append(matmul_gflops(1024, 1))
+        matmul_rates.append(matmul_peak_gflops(1024, 1))
     matmul_rate = statistics.median(matmul_rates)
     cold, warm = compile_seconds(model, batch) if with_compile else (None, None)
     torch_median = statistics.median(times["torch"])
@@ -157,7 +147,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the records here")
     parser.add_argument("--markdown", action="store_true", help="also print the table in Markdown")
     args = parser.parse_args()
-    peak = matmul_gflops()
+    peak = matmul_peak_gflops()
     cpu = platform.processor() or platform.machine()
     print(f"machine: {cpu}, {os.cpu_count()} cores, numpy matmul peak {peak:.0f} GFLOP/s")
     records = []

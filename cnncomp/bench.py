@@ -52,16 +52,16 @@ class Job:
     weights: str | None = None
 
 
-def matmul_peak_gflops() -> float:
-    """The best of five float32 2048 x 2048 matrix products with numpy, in GFLOP/s."""
-    a = np.random.default_rng(0).standard_normal((MATMUL_SIZE, MATMUL_SIZE)).astype(np.float32)
+def matmul_peak_gflops(size: int = MATMUL_SIZE, repeat: int = 5) -> float:
+    """The best of `repeat` float32 size x size matrix products with numpy, in GFLOP/s."""
+    a = np.random.default_rng(0).standard_normal((size, size)).astype(np.float32)
     a @ a
     best = float("inf")
-    for _ in range(5):
+    for _ in range(repeat):
         start = time.perf_counter()
         a @ a
         best = min(best, time.perf_counter() - start)
-    return 2 * MATMUL_SIZE**3 / best / 1e9
+    return 2 * size**3 / best / 1e9
 
 
 def peers_available() -> tuple[list[str], list[str]]:
