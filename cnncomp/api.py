@@ -13,9 +13,9 @@ compiled `fully_convolutional` also takes other image sizes. Backends are found 
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from cnncomp import plugins
 from cnncomp.data import default_preprocessing
 from cnncomp.errors import CnnCompError, GraphError, InputError
 from cnncomp.ir import Graph
+from cnncomp.runtime import Executable
 
 DEFAULT_BACKEND = "numba-cpu"
 
@@ -48,13 +49,15 @@ def load_model(model: str | Path, *, weights: str | Path | None = None, batch: i
 
 def compile(model: Graph | str | Path, backend: str = DEFAULT_BACKEND, opt_level: int = 2,  # noqa: A001
             batch: int | None = 1, fully_convolutional: bool = False, *, disable: Sequence[str] = (),
-            preprocessing: Mapping[str, Any] | None = None, options: Mapping[str, Any] | None = None,
-            ) -> CompiledModel:
+            threads: int | None = None, preprocessing: Mapping[str, Any] | None = None,
+            options: Mapping[str, Any] | None = None) -> CompiledModel:
     """Optimize `model` at `opt_level` (0-3, without the `disable`d passes) and compile it for `backend` at
-    `batch` (None: the model's own). `preprocessing` says how images become its input (default: see
-    `cnncomp.data`); `options` go to the backend (numba-cpu: `progress`, `cache_dir`)."""
+    `batch` (None: the model's own). `threads` is how many cores one call uses (default: all; the backend's
+    `threads` option). `preprocessing` says how images become its input (default: see `cnncomp.data`);
+    `options` go to the backend (numba-cpu: `progress`, `cache_dir`, `concurrent_calls`)."""
     from cnncomp.pipeline import optimize
 
+    options = _with_threads(options, threads)
     graph = model if isinstance(model, Graph) else load_model(model)
     if batch is not None:
         graph = graph.with_batch(batch)
@@ -66,9 +69,10 @@ def compile(model: Graph | str | Path, backend: str = DEFAULT_BACKEND, opt_level
     return compiled
 
 
-def load(path: str | Path, backend: str | None = None, options: Mapping[str, Any] | None = None) -> CompiledModel:
+def load(path: str | Path, backend: str | None = None, options: Mapping[str, Any] | None = None, *,
+         threads: int | None = None) -> CompiledModel:
     """A model saved with `CompiledModel.save`, verified (see `cnncomp.artifact`), compiled for the backend it
-    was saved for (or `backend`)."""
+    was saved for (or `backend`), using `threads` cores per call (default: all)."""
     from cnncomp import artifact
 
     started = time.perf_counter()
@@ -76,9 +80,18 @@ def load(path: str | Path, backend: str | None = None, options: Mapping[str, Any
     model = CompiledModel(graph, backend or manifest["backend"], manifest["opt_level"],
                           fully_convolutional=manifest["fully_convolutional"],
                           disabled_passes=tuple(manifest["disabled_passes"]),
-                          preprocessing=manifest.get("preprocessing"), options=options)
+                          preprocessing=manifest.get("preprocessing"), options=_with_threads(options, threads))
     model.compile_seconds = time.perf_counter() - started
     return model
+
+
+def _with_threads(options: Mapping[str, Any] | None, threads: int | None) -> dict[str, Any]:
+    """The backend options with `threads` set (if given, and a positive int)."""
+    if threads is None:
+        return dict(options or {})
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise CnnCompError(f"threads={threads!r}: expected a positive number of threads")
+    return {**(options or {}), "threads": threads}
 
 
 class Profile(list):
@@ -116,7 +129,9 @@ class CompiledModel:
         self.compile_seconds = 0.0
         self._backend = plugins.backend(backend)
         self._memory_plan: dict[str, Any] | None = None
-        self._variants: dict[Shapes, Any] = {self._key(self.input_shapes): self._backend.compile(graph, self.options)}
+        self._variants: dict[Shapes, Executable] = {self._key(self.input_shapes): self._compile(graph, self.options)}
+        # Held while a batch-size variant compiles, so that concurrent callers compile each variant once.
+        self._variants_lock = threading.Lock()
 
     # ----- what was compiled ---------------------------------------------------------------------------------
     @property
@@ -137,24 +152,31 @@ class CompiledModel:
         return [dict(key) for key in self._variants]
 
     @property
-    def executable(self) -> Any:
+    def executable(self) -> Executable:
         """The backend's executable at the compiled shapes."""
         return self._variants[self._key(self.input_shapes)]
 
     @property
+    def threads(self) -> int | None:
+        """The cores one call uses, as compiled (None: the backend's default, all of them)."""
+        return self.options.get("threads")
+
+    @property
     def stats(self) -> dict[str, Any]:
-        stats = getattr(self.executable, "stats", None)
-        return asdict(stats) if is_dataclass(stats) else dict(stats or {})
+        return dict(self.executable.stats)
 
     @property
     def source(self) -> dict[str, str]:
         """The generated kernel modules by name ({} for a backend that generates none, such as the reference)."""
-        return dict(getattr(self.executable, "source", {}))
+        return dict(self.executable.source)
 
     @property
     def memory_plan(self) -> dict[str, Any]:
-        """Where each tensor lives in the one arena: the graph's own plan (-O3), else planned now as numba-cpu
-        plans a graph that has none."""
+        """Where each tensor lives in the arena: the executable's plan, or, for a backend that allocates per
+        operation, the graph's own plan (-O3) or the one `plan_memory` makes for it."""
+        plan = self.executable.memory_plan
+        if plan is not None:
+            return plan
         if self._memory_plan is None:
             from cnncomp.passes.plan_memory import PLAN_KEY, plan_memory
 
@@ -183,10 +205,7 @@ class CompiledModel:
     def profile(self, x: np.ndarray | Mapping[str, np.ndarray], repeat: int = 10) -> Profile:
         """Each kernel's median time over `repeat` runs, in execution order (backends that can time kernels)."""
         inputs = self._inputs(x)
-        executable = self._variant(inputs)
-        if not hasattr(executable, "profile"):
-            raise CnnCompError(f"the {self.backend} backend cannot time its kernels; numba-cpu can")
-        rows = executable.profile(inputs, repeat)
+        rows = self._variant(inputs).profile(inputs, repeat)
         total = sum(row["seconds"] for row in rows) or 1.0
         return Profile({"node": row["node"], "kernel": row["kernel"], "ms": row["seconds"] * 1e3,
                         "percent": 100 * row["seconds"] / total} for row in rows)
@@ -220,22 +239,34 @@ class CompiledModel:
                 raise InputError(f"input {name!r}: shape {got}, expected {wanted} (compiled for {type_})")
         return inputs
 
-    def _variant(self, inputs: Mapping[str, np.ndarray]) -> Any:
-        """The executable for these input shapes, compiled on first use."""
+    def _variant(self, inputs: Mapping[str, np.ndarray]) -> Executable:
+        """The executable for these input shapes, compiled on first use (once, however many threads ask)."""
         shapes = {name: value.shape for name, value in inputs.items()}
         key = self._key(shapes)
-        if key not in self._variants:
-            from cnncomp.passes.plan_memory import PLAN_KEY, plan_memory
+        executable = self._variants.get(key)
+        if executable is not None:
+            return executable
+        with self._variants_lock:
+            if key not in self._variants:
+                self._variants[key] = self._compile(self._graph_at(shapes), {**self.options, "progress": False})
+            return self._variants[key]
 
-            try:
-                graph = self.graph.with_input_shapes(shapes)
-            except GraphError as exc:
-                raise InputError(f"model {self.name!r} cannot run on inputs of shape "
-                                 f"{', '.join('x'.join(map(str, s)) for s in shapes.values())}: {exc}") from None
-            if PLAN_KEY in self.graph.meta:
-                graph = plan_memory(graph)
-            self._variants[key] = self._backend.compile(graph, {**self.options, "progress": False})
-        return self._variants[key]
+    def _graph_at(self, shapes: Mapping[str, tuple[int, ...]]) -> Graph:
+        from cnncomp.passes.plan_memory import PLAN_KEY, plan_memory
+
+        try:
+            graph = self.graph.with_input_shapes(shapes)
+        except GraphError as exc:
+            raise InputError(f"model {self.name!r} cannot run on inputs of shape "
+                             f"{', '.join('x'.join(map(str, s)) for s in shapes.values())}: {exc}") from None
+        return plan_memory(graph) if PLAN_KEY in self.graph.meta else graph
+
+    def _compile(self, graph: Graph, options: Mapping[str, Any]) -> Executable:
+        executable = self._backend.compile(graph, options)
+        if not isinstance(executable, Executable):
+            raise CnnCompError(f"backend {self.backend!r} returned a {type(executable).__name__}, which does not "
+                               f"provide the executable contract (cnncomp.runtime.Executable)")
+        return executable
 
     @staticmethod
     def _key(shapes: Mapping[str, tuple[int, ...]]) -> Shapes:

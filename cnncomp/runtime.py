@@ -1,13 +1,85 @@
-"""What every backend's executable checks before it runs: the inputs match the graph."""
+"""The executable contract: what every backend's `compile(graph, options)` returns, and the input check all of them
+run first.
+
+Thread safety is part of the contract: an executable may be called from any number of threads at once, and each
+call returns exactly what it would return alone. Calls overlap as far as the backend allows (`concurrent_calls`);
+beyond that they wait for each other, they never share working memory.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from cnncomp.errors import InputError
 from cnncomp.ir import Graph
+
+# A profile row: {"node": name, "kernel": what ran it, "seconds": median time over the repeats}.
+ProfileRow = dict[str, Any]
+
+
+@runtime_checkable
+class Executable(Protocol):
+    """A graph compiled for one backend at fixed input shapes. `api.CompiledModel` relies on this and nothing else.
+
+    - `executable({input: array})` returns `{output: array}`: fresh arrays the caller owns, in the graph's output
+      order. Inputs are checked first (`check_inputs`); a bad one is an InputError naming it.
+    - Safe to call from many threads at once (see the module docstring); `concurrent_calls` says how many calls
+      run at the same time at most (None: no limit of the backend's own); more callers wait for a free slot.
+    - `input_shapes`, `output_shapes`: the compiled shapes by name.
+    - `memory_plan`: where each value lives in the backend's arena (`plan_memory`'s format), or None for a
+      backend that allocates per operation.
+    - `source`: the generated kernel modules by name ({} where nothing is generated).
+    - `stats`: the backend's compile figures (plain data).
+    - `profile(inputs, repeat)`: each kernel's (or operation's) median time over `repeat` runs, in order.
+    """
+
+    graph: Graph
+
+    def __call__(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+    @property
+    def input_shapes(self) -> dict[str, tuple[int, ...]]: ...
+
+    @property
+    def output_shapes(self) -> dict[str, tuple[int, ...]]: ...
+
+    @property
+    def concurrent_calls(self) -> int | None: ...
+
+    @property
+    def memory_plan(self) -> dict[str, Any] | None: ...
+
+    @property
+    def source(self) -> dict[str, str]: ...
+
+    @property
+    def stats(self) -> dict[str, Any]: ...
+
+    def profile(self, inputs: Mapping[str, np.ndarray], repeat: int = 1) -> list[ProfileRow]: ...
+
+
+class GraphShapes:
+    """The shapes part of the contract, read off the compiled graph (a base for backends' executables)."""
+
+    graph: Graph
+
+    @property
+    def input_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {node.name: node.shape for node in self.graph.inputs}
+
+    @property
+    def output_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {name: self.graph.node(name).shape for name in self.graph.outputs}
+
+
+def offset_in(view: np.ndarray, buffer: np.ndarray) -> int | None:
+    """The byte offset at which `view`'s data starts inside `buffer`'s memory, or None if it starts outside."""
+    address = view.__array_interface__["data"][0]
+    start = buffer.__array_interface__["data"][0]
+    return address - start if start <= address < start + buffer.nbytes else None
 
 
 def check_inputs(graph: Graph, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -29,6 +29,7 @@ import numpy as np
 from cnncomp import __version__, plugins
 from cnncomp.data import write_atomically
 from cnncomp.errors import CnnCompError
+from cnncomp.runtime import offset_in
 
 if TYPE_CHECKING:
     from cnncomp.api import CompiledModel
@@ -79,13 +80,14 @@ def program(model: CompiledModel) -> tuple[str, dict[str, np.ndarray]]:
                         + _comment(module.docstring) + module.renamed(suffix))
         kernel_names[module_name] = f"kernel{suffix}"
 
-    layout = _Layout(executable.arena, executable.scratch)
+    workspace = executable.workspace
+    layout = _Layout(workspace.arena, workspace.scratch)
     steps = []
-    for step in executable.steps:
-        args = "".join(f"        {layout.spec(arg, step.node)},\n" for arg in step.args)
+    for step, step_args in zip(executable.steps, workspace.args, strict=True):
+        args = "".join(f"        {layout.spec(arg, step.node)},\n" for arg in step_args)
         steps.append(f"    ({step.node!r}, {kernel_names[step.kernel.module_name]}, (\n{args}    )),")
-    inputs = {node.name: layout.spec(executable.views[node.name], node.name) for node in model.graph.inputs}
-    outputs = {name: layout.spec(executable.views[name], name) for name in model.graph.outputs}
+    inputs = {node.name: layout.spec(workspace.views[node.name], node.name) for node in model.graph.inputs}
+    outputs = {name: layout.spec(workspace.views[name], name) for name in model.graph.outputs}
 
     header = HEADER.format(
         name=model.name, version=__version__, opt_level=model.opt_level,
@@ -130,12 +132,9 @@ class _Layout:
 
     def spec(self, value: Any, node: str) -> str:
         if isinstance(value, np.ndarray):
-            root = value
-            while isinstance(root.base, np.ndarray):
-                root = root.base
             for kind, buffer in (("arena", self.arena), ("scratch", self.scratch)):
-                if root is buffer:
-                    offset = value.__array_interface__["data"][0] - buffer.__array_interface__["data"][0]
+                offset = offset_in(value, buffer) if value.size else None
+                if offset is not None:
                     shape, strides, dtype = tuple(value.shape), tuple(value.strides), str(value.dtype)
                     return f"({kind!r}, {offset}, {shape!r}, {strides!r}, {dtype!r})"
             identity = (value.__array_interface__["data"][0], value.shape, value.strides, value.dtype.str)

@@ -21,10 +21,12 @@ per op and 1e-3 relative per zoo model; Winograd's F(4x4) transforms add about 1
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,12 +37,16 @@ from backends.numba_cpu import blas
 from backends.numba_cpu.kernels import KernelCache, KernelSource
 from backends.numba_cpu.lowering import LoweringContext, lower
 from backends.numba_cpu.templates.common import KernelCall, Scratch
-from cnncomp.errors import GraphError
+from cnncomp.errors import CnnCompError, GraphError
 from cnncomp.ir import Graph
 from cnncomp.passes.plan_memory import plan_memory, plan_of
-from cnncomp.runtime import check_inputs
+from cnncomp.runtime import GraphShapes, check_inputs, offset_in
 
 ALIGNMENT = 64  # bytes: one cache line, and AVX-512 vectors
+# Calls of one executable that run at once by default, each in a workspace (arena and scratch) of its own; more
+# callers wait. Enough for a web server's or Dask worker's thread pool on a small machine without holding an
+# arena per thread of a large pool.
+CONCURRENT_CALLS = max(4, os.cpu_count() or 1)
 
 
 def _aligned(size: int) -> int:
@@ -53,8 +59,10 @@ class CompileStats:
     compiled: int = 0
     from_cache: int = 0
     seconds: float = 0.0
-    arena_bytes: int = 0
-    scratch_bytes: int = 0
+    arena_bytes: int = 0  # per workspace
+    scratch_bytes: int = 0  # per workspace
+    threads: int = 1
+    threading_layer: str = ""
 
 
 @dataclass
@@ -62,32 +70,147 @@ class Step:
     node: str
     kernel: KernelSource
     function: Any
-    args: tuple[Any, ...]
 
 
 @dataclass
-class NumbaExecutable:
-    """Callable: `executable({input_name: array}) -> {output_name: array}` (outputs are fresh arrays)."""
+class Workspace:
+    """One call's working memory: the arena (every value), the scratch region (the kernels' temporaries), each
+    value's view into them and each step's arguments bound to those views."""
+
+    arena: np.ndarray = field(repr=False)
+    scratch: np.ndarray = field(repr=False)
+    views: dict[str, np.ndarray] = field(repr=False)
+    args: list[tuple[Any, ...]] = field(repr=False)
+
+    def rebased(self) -> Workspace:
+        """The same layout over a fresh arena and scratch region: every argument or view that points into this
+        workspace's memory points at the same offset of the new one; weights and constants stay shared."""
+        arena, scratch = aligned_buffer(self.arena.nbytes), aligned_buffer(self.scratch.nbytes)
+        regions = [(self.arena, arena), (self.scratch, scratch)]
+
+        def moved(value: Any) -> Any:
+            if not isinstance(value, np.ndarray) or value.size == 0:
+                return value
+            for old, new in regions:
+                offset = offset_in(value, old)
+                if offset is not None:
+                    return np.ndarray(value.shape, value.dtype, new, offset, value.strides)
+            return value
+
+        return Workspace(arena, scratch, {name: moved(view) for name, view in self.views.items()},
+                         [tuple(moved(arg) for arg in args) for args in self.args])
+
+
+def aligned_buffer(nbytes: int) -> np.ndarray:
+    """Zeroed bytes starting on a cache line (AVX-512 vectors), so every workspace has the same alignment."""
+    raw = np.zeros(nbytes + ALIGNMENT, np.uint8)
+    start = -raw.__array_interface__["data"][0] % ALIGNMENT
+    return raw[start: start + nbytes]
+
+
+class WorkspacePool:
+    """Workspaces for concurrent calls: a call takes a free one, or makes one while fewer than `limit` exist,
+    else waits until another call gives one back. Made on demand, kept for later calls."""
+
+    def __init__(self, first: Workspace, limit: int) -> None:
+        self.limit = limit
+        self._first = first
+        self._free = [first]
+        self._count = 1
+        self._available = threading.Condition()
+
+    @contextlib.contextmanager
+    def take(self) -> Iterator[Workspace]:
+        with self._available:
+            while not self._free and self._count >= self.limit:
+                self._available.wait()
+            workspace = self._free.pop() if self._free else None
+            if workspace is None:
+                self._count += 1
+        if workspace is None:
+            try:
+                workspace = self._first.rebased()
+            except BaseException:
+                with self._available:
+                    self._count -= 1
+                    self._available.notify()
+                raise
+        try:
+            yield workspace
+        finally:
+            with self._available:
+                self._free.append(workspace)
+                self._available.notify()
+
+    @property
+    def size(self) -> int:
+        """Workspaces made so far."""
+        return self._count
+
+
+# The workqueue threading layer aborts the process when two threads launch parallel kernels at once; with it,
+# calls run one at a time (TBB, which pip installs with cnncomp, and OpenMP are safe).
+_WORKQUEUE_LOCK = threading.Lock()
+
+
+@dataclass
+class NumbaExecutable(GraphShapes):
+    """Callable: `executable({input_name: array}) -> {output_name: array}` (outputs are fresh arrays).
+
+    Safe to call from many threads at once: each call runs in a workspace of its own from `pool` (at most
+    `concurrent_calls` at once), with `threads` of Numba's threads (set for the calling thread only, and put back
+    after). `workspace` is the first one, laid out at compile time (the standalone program reads its layout)."""
 
     graph: Graph
     steps: list[Step]
-    views: dict[str, np.ndarray]
-    stats: CompileStats
-    arena: np.ndarray = field(repr=False)  # every value's view points into this (or into a constant's parameter)
-    scratch: np.ndarray = field(repr=False)  # the steps' temporaries
+    workspace: Workspace
+    compile_stats: CompileStats
+    plan: dict[str, Any] = field(repr=False)
+    threads: int = 1
+    concurrent_calls: int = 1
+    pool: WorkspacePool = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.pool = WorkspacePool(self.workspace, self.concurrent_calls)
 
     def __call__(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        for name, value in check_inputs(self.graph, inputs).items():
-            np.copyto(self.views[name], value)
-        for step in self.steps:
-            self._run(step)
-        return {name: self.views[name].copy() for name in self.graph.outputs}
+        checked = check_inputs(self.graph, inputs)
+        with self.pool.take() as workspace, self._threads():
+            for name, value in checked.items():
+                np.copyto(workspace.views[name], value)
+            for step, args in zip(self.steps, workspace.args, strict=True):
+                self._run(step, args)
+            return {name: workspace.views[name].copy() for name in self.graph.outputs}
 
-    def _run(self, step: Step) -> None:
+    @contextlib.contextmanager
+    def _threads(self) -> Iterator[None]:
+        """Numba's thread count for this thread's calls (a thread-local setting), and the one-at-a-time lock
+        where the threading layer needs it."""
+        previous = numba.get_num_threads()
+        numba.set_num_threads(self.threads)
         try:
-            step.function(*step.args)
+            if self.compile_stats.threading_layer == "workqueue":
+                with _WORKQUEUE_LOCK:
+                    yield
+            else:
+                yield
+        finally:
+            numba.set_num_threads(previous)
+
+    @staticmethod
+    def _run(step: Step, args: tuple[Any, ...]) -> None:
+        try:
+            step.function(*args)
         except ValueError as exc:  # raised by a kernel on bad data, e.g. an unpooling index out of range
             raise GraphError(f"node {step.node!r}: {exc}") from None
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        return {**asdict(self.compile_stats), "workspaces": self.pool.size}
+
+    @property
+    def memory_plan(self) -> dict[str, Any]:
+        return self.plan
 
     @property
     def source(self) -> dict[str, str]:
@@ -96,14 +219,16 @@ class NumbaExecutable:
 
     def profile(self, inputs: Mapping[str, np.ndarray], repeat: int = 1) -> list[dict[str, Any]]:
         """Per-step median time in seconds over `repeat` runs, in execution order."""
-        for name, value in check_inputs(self.graph, inputs).items():
-            np.copyto(self.views[name], value)
+        checked = check_inputs(self.graph, inputs)
         times = np.zeros((repeat, len(self.steps)))
-        for run in range(repeat):
-            for index, step in enumerate(self.steps):
-                start = time.perf_counter()
-                self._run(step)
-                times[run, index] = time.perf_counter() - start
+        with self.pool.take() as workspace, self._threads():
+            for name, value in checked.items():
+                np.copyto(workspace.views[name], value)
+            for run in range(repeat):
+                for index, (step, args) in enumerate(zip(self.steps, workspace.args, strict=True)):
+                    start = time.perf_counter()
+                    self._run(step, args)
+                    times[run, index] = time.perf_counter() - start
         medians = np.median(times, axis=0)
         return [{"node": step.node, "kernel": step.kernel.family, "seconds": float(seconds)}
                 for step, seconds in zip(self.steps, medians, strict=True)]
@@ -116,7 +241,7 @@ def _memory(graph: Graph) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, 
         plan = plan_of(graph)
     except GraphError:
         plan = plan_of(plan_memory(graph))
-    arena = np.zeros(plan["arena_bytes"], np.uint8)
+    arena = aligned_buffer(plan["arena_bytes"])
     views = {}
     for node in graph.nodes:
         if node.op == "constant":
@@ -131,7 +256,7 @@ def _memory(graph: Graph) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, 
 
 
 def _resolve_scratch(calls: list[KernelCall]) -> tuple[np.ndarray, list[tuple[Any, ...]]]:
-    """One scratch buffer for all steps (they run one after another), each step's scratch laid out from 0."""
+    """One scratch region for all steps (they run one after another), each step's scratch laid out from 0."""
     layouts, largest = [], 0
     for call in calls:
         offset, placed = 0, []
@@ -141,7 +266,7 @@ def _resolve_scratch(calls: list[KernelCall]) -> tuple[np.ndarray, list[tuple[An
                 offset += _aligned(int(np.prod(arg.shape)) * np.dtype(arg.dtype).itemsize)
         layouts.append(placed)
         largest = max(largest, offset)
-    buffer = np.zeros(largest, np.uint8)
+    buffer = aligned_buffer(largest)
     resolved = []
     for call, placed in zip(calls, layouts, strict=True):
         offsets = iter(placed)
@@ -156,22 +281,50 @@ def _resolve_scratch(calls: list[KernelCall]) -> tuple[np.ndarray, list[tuple[An
     return buffer, resolved
 
 
+def threads_option(options: Mapping[str, Any]) -> int:
+    """The threads a call uses: the `threads` option, at most the threads Numba started (NUMBA_NUM_THREADS,
+    all cores by default)."""
+    available = numba.config.NUMBA_NUM_THREADS
+    requested = options.get("threads")
+    if requested is None:
+        return available
+    if isinstance(requested, bool) or not isinstance(requested, int) or requested < 1:
+        raise CnnCompError(f"threads={requested!r}: expected a positive number of threads")
+    return min(requested, available)
+
+
+def threading_layer() -> str:
+    """The Numba threading layer this process runs parallel kernels on, starting Numba's threads if needed:
+    with the default configuration Numba picks TBB (installed with cnncomp), else OpenMP, else workqueue."""
+    from numba.np.ufunc import parallel
+
+    parallel._launch_threads()
+    return numba.threading_layer()
+
+
 def compile(graph: Graph, options: Mapping[str, Any] | None = None) -> NumbaExecutable:  # noqa: A001
     """Lower every node to kernel calls, compile (or load from the kernel cache) each kernel, lay out memory.
 
     options: `cache_dir` (default: `$CNNCOMP_CACHE_DIR` or `~/.cache/cnncomp`), `progress` (bool; default: on
-    a terminal), `conv2d_algorithms` ({node name: algorithm} overriding `resolve`, for tests and measurements)."""
+    a terminal), `threads` (cores a call uses; default all), `concurrent_calls` (calls that run at once, each in
+    a workspace of its own; default CONCURRENT_CALLS), `conv2d_algorithms` ({node name: algorithm} overriding
+    `resolve`, for tests and measurements)."""
     options = dict(options or {})
     start = time.perf_counter()
     graph.validate()
+    threads = threads_option(options)
+    concurrent_calls = options.get("concurrent_calls", CONCURRENT_CALLS)
+    if isinstance(concurrent_calls, bool) or not isinstance(concurrent_calls, int) or concurrent_calls < 1:
+        raise CnnCompError(f"concurrent_calls={concurrent_calls!r}: expected a positive number of calls")
     blas.configure_single_threaded()
     arena, views, plan = _memory(graph)
-    context = LoweringContext(graph, views, numba.get_num_threads(), plan, options.get("conv2d_algorithms", {}))
+    context = LoweringContext(graph, views, threads, plan, options.get("conv2d_algorithms", {}))
     calls = [call for node in graph.nodes if node.op not in ("input", "constant") for call in lower(node, context)]
     scratch, resolved_args = _resolve_scratch(calls)
 
     cache = KernelCache(Path(options["cache_dir"]) if options.get("cache_dir") else None)
-    stats = CompileStats(arena_bytes=arena.nbytes, scratch_bytes=scratch.nbytes)
+    stats = CompileStats(arena_bytes=arena.nbytes, scratch_bytes=scratch.nbytes, threads=threads,
+                         threading_layer=threading_layer())
     signatures: dict[str, list[tuple[Any, ...]]] = {}
     kernels: dict[str, KernelSource] = {}
     for call, args in zip(calls, resolved_args, strict=True):
@@ -189,7 +342,7 @@ def compile(graph: Graph, options: Mapping[str, Any] | None = None) -> NumbaExec
     for key, sigs in signatures.items():
         for signature in sigs:
             functions[key].compile(signature)
-    steps = [Step(call.node, call.kernel, functions[call.kernel.key], args)
-             for call, args in zip(calls, resolved_args, strict=True)]
+    steps = [Step(call.node, call.kernel, functions[call.kernel.key]) for call in calls]
     stats.seconds = time.perf_counter() - start
-    return NumbaExecutable(graph, steps, views, stats, arena, scratch)
+    return NumbaExecutable(graph, steps, Workspace(arena, scratch, views, resolved_args), stats, plan, threads,
+                           concurrent_calls)

@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -103,12 +104,18 @@ class KernelCache:
         Two reasons: the cores compile kernels in parallel, and every process runs machine code loaded from the
         cache, never code it compiled itself (Numba's in-process compile and its cached object code can differ in
         the last bits of a result, so a model compiled now and the same model loaded later would). The workers
-        live as long as this process, so only the first compile pays for starting them."""
-        from cnncomp.progress import progress
-
+        live as long as this process, so only the first compile pays for starting them. Compiles from several
+        threads take turns: each worker speaks to one at a time."""
         descriptions = [{"module": kernel.module_name, "path": str(self.write(kernel)),
                          "signatures": [[encode_type(t) for t in sig] for sig in signatures]}
                         for kernel, signatures in jobs]
+        with _WORKERS_LOCK:
+            self._compile(descriptions, progress_enabled, workers)
+
+    @staticmethod
+    def _compile(descriptions: list[dict[str, Any]], progress_enabled: bool | None, workers: int) -> None:
+        from cnncomp.progress import progress
+
         pool = _worker_pool(workers)
         shares = [descriptions[i::len(pool)] for i in range(len(pool))]
         busy = [(worker, share) for worker, share in zip(pool, shares, strict=True) if share]
@@ -167,6 +174,8 @@ class _Worker:
 
 
 _WORKERS: list[_Worker] = []
+_WORKERS_LOCK = threading.Lock()
+_IMPORT_LOCK = threading.Lock()  # one import of a kernel module, however many threads compile models at once
 # A worker keeps every kernel it compiled loaded; past this many it is replaced, so a long-lived process (a fuzz
 # run compiles thousands) does not grow without bound (2 GiB per worker after 1,500 graphs).
 WORKER_KERNELS = 300
@@ -206,13 +215,14 @@ def decode_type(encoded: list[Any] | str) -> Any:
 
 
 def _import(module_name: str, path: Path) -> Any:
-    module = sys.modules.get(module_name)
-    if module is None:
-        spec = importlib.util.spec_from_file_location(module_name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[module_name] = module
-        spec.loader.exec_module(module)
-    return module
+    with _IMPORT_LOCK:
+        module = sys.modules.get(module_name)
+        if module is None:
+            spec = importlib.util.spec_from_file_location(module_name, path)
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            sys.modules[module_name] = module
+        return module
 
 
 def compile_kernel(module_name: str, path: str, signatures: list[list[Any]]) -> None:

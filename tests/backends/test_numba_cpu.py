@@ -116,8 +116,8 @@ def test_im2col_tiles_hold_enough_pixels_for_their_weight():
     its columns grow."""
     graph = op_graph("conv2d", [(2, 64, 7, 7)], dict(out_channels=24, kernel=7, padding="same", act="relu"))
     executable = assert_same_as_reference(graph, options={"conv2d_algorithms": {"y": "im2col"}})
-    (step,) = executable.steps
-    assert step.args[-3] == 7  # rows per tile: the whole 7-row map
+    (args,) = executable.workspace.args
+    assert args[-3] == 7  # rows per tile: the whole 7-row map
 
 
 @pytest.mark.parametrize("gate", [False, True])
@@ -131,8 +131,8 @@ def test_pointwise_tiles_split_output_channels_or_pixels(monkeypatch, gate, shar
     shapes = [(2, 16, 13, 11), (2, 16, 1, 1)] if gate else [(2, 16, 13, 11), (2, 40, 13, 11)]
     attrs = dict(out_channels=40, gate=True, act="relu") if gate else dict(out_channels=40, residual=True, act="relu")
     executable = assert_same_as_reference(op_graph("pointwise_conv2d", shapes, attrs))
-    (step,) = executable.steps
-    assert step.args[-3:-1] == tiles
+    (args,) = executable.workspace.args
+    assert args[-3:-1] == tiles
 
 
 @pytest.mark.parametrize("attrs", [
@@ -453,7 +453,8 @@ def test_second_compile_in_a_fresh_process_loads_every_kernel_from_the_cache(tmp
         executable = numba_cpu.compile(graph, {{"cache_dir": {str(tmp_path)!r}}})
         x = np.random.default_rng(0).standard_normal(graph.inputs[0].shape).astype(np.float32)
         np.save(sys.argv[1], executable({{"x": x}})["out"])
-        print(executable.stats.kernels, executable.stats.compiled, executable.stats.from_cache)
+        stats = executable.stats
+        print(stats["kernels"], stats["compiled"], stats["from_cache"])
     """)
 
     def run(output):

@@ -31,7 +31,7 @@ def _window_constants(attrs: Mapping[str, Any]) -> dict[str, int]:
 
 
 DIRECT = '''
-@njit(parallel=True, fastmath=FASTMATH, cache=True)
+@njit(parallel=True, nogil=True, fastmath=FASTMATH, cache=True)
 def kernel(x, weight, bias, scale, shift, res, out, planes):
     """Grouped convolution, one (image, group) per job: the group's input channels are copied into zero-padded
     planes (so no tap needs a bounds check), then each output value sums its KH x KW taps over the group's
@@ -103,7 +103,7 @@ def im2col(x, img, c0, cg, cols, r0, r1, ow):
 '''
 
 IM2COL_TILES = '''
-@njit(parallel=True, fastmath=FASTMATH, cache=True)
+@njit(parallel=True, nogil=True, fastmath=FASTMATH, cache=True)
 def kernel(x, weight, bias, scale, shift, res, out, cols_per_thread, rows_per_tile, oh, ow):
     """weight (groups, O/groups, K) with K = C/groups * KH * KW; out and res viewed as (N, O, OH*OW)."""
     n = x.shape[0]
@@ -131,7 +131,7 @@ def kernel(x, weight, bias, scale, shift, res, out, cols_per_thread, rows_per_ti
 '''
 
 IM2COL_WHOLE = '''
-@njit(parallel=True, fastmath=FASTMATH, cache=True)
+@njit(parallel=True, nogil=True, fastmath=FASTMATH, cache=True)
 def kernel(x, weight, bias, scale, shift, res, out, cols, channels_per_tile, threads, oh, ow):
     """For batches that leave threads idle: per image and group, every thread gathers its share of the input
     channels into one K x pixels matrix, then multiplies it by tiles of output channels (each thread streams
@@ -172,7 +172,7 @@ def im2col(attrs: Mapping[str, Any], whole: bool = False):
 
 
 POINTWISE = '''
-@njit(parallel=True, fastmath=FASTMATH, cache=True)
+@njit(parallel=True, nogil=True, fastmath=FASTMATH, cache=True)
 def kernel(x, weight, bias, scale, shift, res, out, pixels_per_tile, channels_per_tile, threads):
     """out[n] (O x P) = weight (O x C) @ x[n] (C x P), in tiles of output channels x pixels; x, out and res
     viewed as (N, channels, pixels)."""
@@ -221,7 +221,7 @@ WINOGRAD_MATRICES = {
 }
 
 WINOGRAD_BANDS = '''
-@njit(parallel=True, fastmath=FASTMATH, cache=True)
+@njit(parallel=True, nogil=True, fastmath=FASTMATH, cache=True)
 def kernel(x, u, bias, scale, shift, res, out, padded, v_per_thread, m_per_thread, tile_rows):
     """Winograd F({m}x{m}, 3x3) in bands of tile rows, for large maps. u ({points}, O, C) = G g G^T, the transformed
     weights. Per band each thread transforms the input tiles (V = B^T d B: {points} x C x tiles), multiplies
@@ -268,7 +268,7 @@ def kernel(x, u, bias, scale, shift, res, out, padded, v_per_thread, m_per_threa
 '''
 
 WINOGRAD_WHOLE = '''
-@njit(parallel=True, fastmath=FASTMATH, cache=True)
+@njit(parallel=True, nogil=True, fastmath=FASTMATH, cache=True)
 def kernel(x, u, bias, scale, shift, res, out, padded, vt, mt):
     """Winograd F({m}x{m}, 3x3) over every tile of every image at once, for small maps with many channels (where
     bands would make the matrix products thin): transform all tiles (parallel over image x channel), one product
@@ -386,7 +386,7 @@ def winograd_weights(weight: np.ndarray, m: int) -> np.ndarray:
 
 
 GATED_POINTWISE = '''
-@njit(parallel=True, fastmath=FASTMATH, cache=True)
+@njit(parallel=True, nogil=True, fastmath=FASTMATH, cache=True)
 def kernel(x, gate, weight, bias, scale, shift, res, out, gated_weight, pixels_per_tile, channels_per_tile,
            threads):
     """out[n] = weight @ (gate[n] * x[n]): squeeze-and-excitation's channel gate applied as a prologue, by
@@ -423,7 +423,7 @@ def gated_pointwise(attrs: Mapping[str, Any]):
 
 
 SEPARABLE = '''
-@njit(parallel=True, fastmath=FASTMATH, cache=True)
+@njit(parallel=True, nogil=True, fastmath=FASTMATH, cache=True)
 def kernel(x, depthwise_weight, mid_bias, pointwise_weight, bias, scale, shift, res, out, mid_per_thread,
            band_per_thread, rows_per_tile, channels_per_job, oh, ow):
     """Depthwise then pointwise, one band of output rows at a time: each thread computes the band's depthwise

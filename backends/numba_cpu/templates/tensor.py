@@ -8,7 +8,7 @@ from typing import Any
 from backends.numba_cpu.templates.common import activation_code, render
 
 UNARY = '''
-@njit(parallel=True, fastmath=FASTMATH, cache=True)
+@njit(parallel=True, nogil=True, fastmath=FASTMATH, cache=True)
 def kernel(x, scale, shift, out):
     """out = {what}, per (image, channel) row of pixels."""
     n, c, pixels = x.shape
@@ -38,7 +38,7 @@ def unary(kind: str, attrs: dict[str, Any]):
 
 
 BINARY = '''
-@njit(parallel=True, fastmath=FASTMATH, cache=True)
+@njit(parallel=True, nogil=True, fastmath=FASTMATH, cache=True)
 def kernel(a, b, out):
     """out = a {symbol} b on (N, C, pixels) views; an operand with one pixel is broadcast over the channel."""
     n, c, pixels = out.shape
@@ -60,7 +60,7 @@ def binary(op: str, broadcast_a: bool, broadcast_b: bool):
 
 
 PAD = '''
-@njit(parallel=True, cache=True)
+@njit(parallel=True, nogil=True, cache=True)
 def kernel(x, out):
     """Spatial padding: out[.., r, q] = x at the {mode} source of (r - PT, q - PL)."""
     n, c, h, w = x.shape
@@ -96,7 +96,7 @@ def pad(attrs: dict[str, Any]):
 
 
 WINDOW_COPY = '''
-@njit(parallel=True, cache=True)
+@njit(parallel=True, nogil=True, cache=True)
 def kernel(x, out, top, left):
     """out = x[:, :, top: top + OH, left: left + OW] (U-Net's crop), per (image, channel)."""
     n, c = out.shape[0], out.shape[1]
@@ -114,7 +114,7 @@ def window_copy():
 
 
 STRIDED_SLICE = '''
-@njit(parallel=True, cache=True)
+@njit(parallel=True, nogil=True, cache=True)
 def kernel(x, out):
     """out = x[:, :, ::SH, ::SW]."""
     n, c = out.shape[0], out.shape[1]
