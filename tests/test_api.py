@@ -104,12 +104,12 @@ def test_what_a_compiled_model_exposes(lenet, digits):
     assert lenet.preprocessing == {"channels": 1, "size": [32, 32], "mean": [0.0], "std": [1.0]}
 
 
-def test_the_reference_backend_generates_no_source_and_has_no_profiler(digits):
+def test_the_reference_backend_generates_no_source_and_profiles_each_operation(digits):
     model = cnncomp.compile("lenet5", backend="reference")
     assert model.source == {}
     assert model.memory_plan["arena_bytes"] > 0  # the plan is the graph's, whichever backend runs it
-    with pytest.raises(CnnCompError, match="the reference backend cannot time its kernels"):
-        model.profile(digits[0][:1])
+    profile = model.profile(digits[0][:1], repeat=2)
+    assert [row["node"] for row in profile] == [node.name for node in model.graph.nodes if node.op != "input"]
 
 
 def test_fully_convolutional_models_slide_over_larger_images(digits):

@@ -2,11 +2,13 @@
 
 It is the benchmark peer (`cnncomp bench --peers`) and a second, independent oracle for tests. PyTorch is a
 development dependency (`pip install cnncomp[dev]`), never a runtime one: this module imports torch only when
-a graph is compiled for it.
+a graph is compiled for it. A call keeps its tensors to itself and changes no PyTorch setting, so any number of
+threads may call one executable at once.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -14,9 +16,7 @@ import numpy as np
 
 from cnncomp.errors import CnnCompError, GraphError
 from cnncomp.ir import Graph, Node
-from cnncomp.runtime import check_inputs
-
-THREADS = 2
+from cnncomp.runtime import GraphShapes, ProfileRow, check_inputs
 
 
 def _torch() -> Any:
@@ -38,34 +38,65 @@ def _symmetric(attrs: Mapping[str, Any]) -> tuple[int, int] | None:
     return (top, left) if (top, left) == (bottom, right) else None
 
 
-class TorchExecutable:
-    """Callable: `executable({input_name: array}) -> {output_name: array}`."""
+class TorchExecutable(GraphShapes):
+    """The executable contract (`cnncomp.runtime.Executable`) for PyTorch eager."""
 
     def __init__(self, graph: Graph) -> None:
         graph.validate()
         self.torch = _torch()
         self.F = self.torch.nn.functional
         self.graph = graph
+        self.order = [node for node in graph.nodes if node.op != "input"]
         self.params = {name: {k: self.torch.from_numpy(v) for k, v in graph.node_params(name).items()}
                        for name in (node.name for node in graph.nodes)}
 
+    @property
+    def concurrent_calls(self) -> int | None:
+        """No limit of its own: PyTorch shares its intra-op thread pool among concurrent calls."""
+        return None
+
+    @property
+    def memory_plan(self) -> dict[str, Any] | None:
+        """None: each op allocates its result."""
+        return None
+
+    @property
+    def source(self) -> dict[str, str]:
+        return {}
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        """`threads`: PyTorch's intra-op threads, which every call uses (a process-wide setting)."""
+        return {"threads": self.torch.get_num_threads()}
+
     def __call__(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        torch = self.torch
-        previous = torch.get_num_threads()
-        torch.set_num_threads(THREADS)
-        try:
-            with torch.inference_mode():
-                values = {name: torch.from_numpy(array) for name, array in check_inputs(self.graph, inputs).items()}
-                for node in self.graph.nodes:
-                    if node.op != "input":
-                        values[node.name] = self._run(node, [values[i] for i in node.inputs])
-                return {name: values[name].numpy().copy() for name in self.graph.outputs}
-        finally:
-            torch.set_num_threads(previous)
+        values = self._values(inputs, None)
+        return {name: values[name].numpy().copy() for name in self.graph.outputs}
+
+    def profile(self, inputs: Mapping[str, np.ndarray], repeat: int = 1) -> list[ProfileRow]:
+        """Each node's median time over `repeat` runs, in execution order; the kernel is the torch function that
+        does the node's work."""
+        times = np.zeros((repeat, len(self.order)))
+        for run in range(repeat):
+            self._values(inputs, times[run])
+        medians = np.median(times, axis=0)
+        return [{"node": node.name, "kernel": RULES[node.op][0], "seconds": float(seconds)}
+                for node, seconds in zip(self.order, medians, strict=True)]
+
+    def _values(self, inputs: Mapping[str, np.ndarray], times: np.ndarray | None) -> dict[str, Any]:
+        """Every node's tensor, computed in order; each step's time goes into `times` if given."""
+        with self.torch.inference_mode():
+            values = {name: self.torch.from_numpy(array) for name, array in check_inputs(self.graph, inputs).items()}
+            for step, node in enumerate(self.order):
+                start = time.perf_counter()
+                values[node.name] = self._run(node, [values[i] for i in node.inputs])
+                if times is not None:
+                    times[step] = time.perf_counter() - start
+            return values
 
     def _run(self, node: Node, operands: list[Any]) -> Any:
         try:
-            rule = RULES[node.op]
+            _, rule = RULES[node.op]
         except KeyError:
             raise GraphError(f"{node.describe()}: the torch backend has no rule for op {node.op!r}") from None
         return rule(self, node, operands, self.params[node.name])
@@ -177,6 +208,11 @@ def _batch_norm(e: TorchExecutable, node: Node, ops: list[Any], p: Mapping[str, 
                           eps=node.attrs["eps"])
 
 
+def _lrn(e: TorchExecutable, node: Node, ops: list[Any], p: Mapping[str, Any]) -> Any:
+    a = node.attrs
+    return e.F.local_response_norm(ops[0], a["size"], a["alpha"], a["beta"], a["k"])
+
+
 def _upsample(e: TorchExecutable, node: Node, ops: list[Any], p: Mapping[str, Any]) -> Any:
     a = node.attrs
     align = a["align_corners"] if a["mode"] != "nearest" else None
@@ -196,42 +232,54 @@ def _pad(e: TorchExecutable, node: Node, ops: list[Any], p: Mapping[str, Any]) -
     return e.F.pad(ops[0], _pads(node.attrs), mode=mode)
 
 
-def _activation_rule(name: str) -> Callable[[TorchExecutable, Node, list[Any], Mapping[str, Any]], Any]:
+Rule = Callable[[TorchExecutable, Node, list[Any], Mapping[str, Any]], Any]
+
+
+def _activation_rule(name: str) -> Rule:
     return lambda e, node, ops, p: ACTIVATIONS[name](e, ops[0])
 
 
-RULES: dict[str, Callable[[TorchExecutable, Node, list[Any], Mapping[str, Any]], Any]] = {
-    "conv2d": _conv2d,
-    "depthwise_conv2d": _depthwise,
-    "pointwise_conv2d": _pointwise,
-    "separable_conv2d": _separable,
-    "conv_transpose2d": _conv_transpose,
-    "dense": _dense,
-    "max_pool2d": _max_pool,
-    "max_pool2d_indices": lambda e, n, ops, p: _max_pool(e, n, ops, p, indices=True),
-    "avg_pool2d": _avg_pool,
-    "max_unpool2d": _unpool,
-    "global_avg_pool": lambda e, n, ops, p: e.F.adaptive_avg_pool2d(ops[0], 1),
-    "adaptive_avg_pool2d": lambda e, n, ops, p: e.F.adaptive_avg_pool2d(ops[0], n.attrs["output_size"]),
-    "batch_norm": _batch_norm,
-    "lrn": lambda e, n, ops, p: e.F.local_response_norm(ops[0], n.attrs["size"], n.attrs["alpha"], n.attrs["beta"],
-                                                         n.attrs["k"]),
-    "softmax": lambda e, n, ops, p: e.F.softmax(ops[0], n.attrs["axis"]),
-    "add": lambda e, n, ops, p: ops[0] + ops[1],
-    "mul": lambda e, n, ops, p: ops[0] * ops[1],
-    "concat": lambda e, n, ops, p: e.torch.cat(ops, n.attrs["axis"]),
-    "flatten": lambda e, n, ops, p: e.torch.flatten(ops[0], 1),
-    "identity": lambda e, n, ops, p: ops[0],
-    "dropout": lambda e, n, ops, p: ops[0],
-    "upsample": _upsample,
-    "pad": _pad,
-    "crop": _crop,
-    "strided_slice": lambda e, n, ops, p: ops[0][:, :, :: n.attrs["stride"][0], :: n.attrs["stride"][1]],
-    "constant": lambda e, n, ops, p: p["value"],
-    "leaky_relu": lambda e, n, ops, p: e.F.leaky_relu(ops[0], n.attrs["alpha"]),
-    **{name: _activation_rule(name) for name in ACTIVATIONS},
+# Each op's rule, with the torch function that does its work (the kernel a profile names; "none" for an op that
+# passes a tensor through).
+RULES: dict[str, tuple[str, Rule]] = {
+    "conv2d": ("conv2d", _conv2d),
+    "depthwise_conv2d": ("conv2d", _depthwise),
+    "pointwise_conv2d": ("conv2d", _pointwise),
+    "separable_conv2d": ("conv2d", _separable),
+    "conv_transpose2d": ("conv_transpose2d", _conv_transpose),
+    "dense": ("linear", _dense),
+    "max_pool2d": ("max_pool2d", _max_pool),
+    "max_pool2d_indices": ("max_pool2d", lambda e, n, ops, p: _max_pool(e, n, ops, p, indices=True)),
+    "avg_pool2d": ("avg_pool2d", _avg_pool),
+    "max_unpool2d": ("scatter_", _unpool),
+    "global_avg_pool": ("adaptive_avg_pool2d", lambda e, n, ops, p: e.F.adaptive_avg_pool2d(ops[0], 1)),
+    "adaptive_avg_pool2d": ("adaptive_avg_pool2d",
+                            lambda e, n, ops, p: e.F.adaptive_avg_pool2d(ops[0], n.attrs["output_size"])),
+    "batch_norm": ("batch_norm", _batch_norm),
+    "lrn": ("local_response_norm", _lrn),
+    "softmax": ("softmax", lambda e, n, ops, p: e.F.softmax(ops[0], n.attrs["axis"])),
+    "add": ("add", lambda e, n, ops, p: ops[0] + ops[1]),
+    "mul": ("mul", lambda e, n, ops, p: ops[0] * ops[1]),
+    "concat": ("cat", lambda e, n, ops, p: e.torch.cat(ops, n.attrs["axis"])),
+    "flatten": ("flatten", lambda e, n, ops, p: e.torch.flatten(ops[0], 1)),
+    "identity": ("none", lambda e, n, ops, p: ops[0]),
+    "dropout": ("none", lambda e, n, ops, p: ops[0]),
+    "upsample": ("interpolate", _upsample),
+    "pad": ("pad", _pad),
+    "crop": ("slice", _crop),
+    "strided_slice": ("slice", lambda e, n, ops, p: ops[0][:, :, :: n.attrs["stride"][0], :: n.attrs["stride"][1]]),
+    "constant": ("none", lambda e, n, ops, p: p["value"]),
+    "leaky_relu": ("leaky_relu", lambda e, n, ops, p: e.F.leaky_relu(ops[0], n.attrs["alpha"])),
+    **{name: (name, _activation_rule(name)) for name in ACTIVATIONS},
 }
 
 
 def compile(graph: Graph, options: Mapping[str, Any] | None = None) -> TorchExecutable:  # noqa: A001
-    return TorchExecutable(graph)
+    """options: `threads`, PyTorch's intra-op threads (default None: PyTorch's own setting, left alone). Given, it
+    is set here, once, with `torch.set_num_threads`: a process-wide PyTorch setting, which every PyTorch user in
+    the process (other executables included) then runs with; calls never change it."""
+    executable = TorchExecutable(graph)
+    threads = (options or {}).get("threads")
+    if threads is not None:
+        executable.torch.set_num_threads(threads)
+    return executable

@@ -12,7 +12,7 @@ from torch import nn
 from backends import reference
 from cnncomp.errors import InputError
 from frontends.builder import Builder
-from tests.helpers import assert_close, random
+from tests.helpers import assert_close, one_op_graph, random
 
 EXAMPLES = Path(__file__).parents[2] / "examples"
 T = torch.from_numpy
@@ -143,3 +143,10 @@ def test_nan_and_inf_propagate():
     graph.params["c.weight"][:] = 1.0
     out = reference.run(graph, {"x": data})["relu_1"]
     assert np.isnan(out[0, 0, 0, 0]) and out[0, 0, 1, 0] == np.inf and out[0, 0, 1, 1] == 0.0
+
+
+def test_outputs_are_fresh_where_an_op_passes_its_operand_through():
+    data = random((1, 2, 3, 3))
+    out = reference.run(one_op_graph("identity", [data.shape]), {"x0": data})["y"]
+    np.testing.assert_array_equal(out, data)
+    assert not np.may_share_memory(out, data)

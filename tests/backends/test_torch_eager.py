@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 
 import backends.torch_eager as torch_eager
 from backends import reference
@@ -40,3 +41,19 @@ def test_blocks(build):
 ])
 def test_ops(op, shapes, attrs):
     assert_agrees(op_graph(op, shapes, attrs))
+
+
+def test_threads_are_set_once_at_compile_time_and_calls_leave_them_alone():
+    graph = models.basic_block()
+    inputs = random_inputs(graph)
+    previous = torch.get_num_threads()
+    try:
+        torch_eager.compile(graph)
+        assert torch.get_num_threads() == previous  # no `threads`: PyTorch's own setting stays
+        executable = torch_eager.compile(graph, {"threads": 1})
+        assert torch.get_num_threads() == 1 and executable.stats == {"threads": 1}
+        torch.set_num_threads(previous)
+        executable(inputs)
+        assert torch.get_num_threads() == previous
+    finally:
+        torch.set_num_threads(previous)
