@@ -3,11 +3,12 @@ Runtime on the same graph and weights.
 
 Each (model, backend, batch) is measured in two fresh processes that share a new, empty kernel cache: the first
 compiles with the cache empty (compile_cold_s), the second compiles again with it filled (compile_warm_s), then
-runs the model once to warm up and `repeat` times timed, and reports its peak resident memory (peak_rss_mb: the
-whole process, Python and the libraries included). Our backends run the graph after `-O` (default 3); the peers
-(backends named `torch` and `onnxruntime`) run it as written (-O0), as their frameworks would. GFLOP/s count 2
-FLOPs per MAC of the model; peak_fraction divides them by this machine's numpy float32 matmul rate (2048 x 2048,
-all cores), measured at start.
+runs the model once to warm up and `repeat` times timed, and reports the fastest, median and slowest run (a wide
+spread shows an unstable measurement) and its peak resident memory (peak_rss_mb: the whole process, Python and the
+libraries included). `threads` is how many cores one run uses (None: all of them). Our backends run the graph
+after `-O` (default 3); the peers (backends named `torch` and `onnxruntime`) run it as written (-O0), as their
+frameworks would. GFLOP/s count 2 FLOPs per MAC of the model; peak_fraction divides them by this machine's numpy
+float32 matmul rate (2048 x 2048, all cores), measured at start.
 
     python -m cnncomp.bench SPEC_JSON      # the worker process; prints one JSON record
 """
@@ -30,8 +31,8 @@ from cnncomp import plugins
 from cnncomp.errors import CnnCompError
 
 PEERS = ("torch", "onnxruntime")
-RECORD_KEYS = ("model", "backend", "batch", "median_ms", "min_ms", "images_per_s", "gflops", "peak_fraction",
-               "compile_cold_s", "compile_warm_s", "peak_rss_mb")
+RECORD_KEYS = ("model", "backend", "batch", "threads", "median_ms", "min_ms", "max_ms", "images_per_s", "gflops",
+               "peak_fraction", "compile_cold_s", "compile_warm_s", "peak_rss_mb")
 MATMUL_SIZE = 2048
 
 
@@ -41,7 +42,8 @@ class BenchError(CnnCompError):
 
 @dataclass(frozen=True)
 class Job:
-    """One measurement: a model (file or zoo name) on a backend at a batch size."""
+    """One measurement: a model (file or zoo name) on a backend at a batch size, each run on `threads` cores
+    (None: all)."""
 
     model: str
     backend: str
@@ -50,6 +52,7 @@ class Job:
     repeat: int
     params: dict[str, Any] = field(default_factory=dict)
     weights: str | None = None
+    threads: int | None = None
 
 
 def matmul_peak_gflops(size: int = MATMUL_SIZE, repeat: int = 5) -> float:
@@ -77,11 +80,13 @@ def measure(job: Job, macs: int, peak_gflops: float) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="cnncomp-bench-") as cache_dir:
         cold = _run_worker(job, cache_dir, timed=False)
         warm = _run_worker(job, cache_dir, timed=True)
-    median, best = statistics.median(warm["seconds"]), min(warm["seconds"])
+    seconds = warm["seconds"]
+    median = statistics.median(seconds)
     gflops = 2 * macs / median / 1e9
     return {
-        "model": job.model, "backend": job.backend, "batch": job.batch,
-        "median_ms": median * 1e3, "min_ms": best * 1e3, "images_per_s": job.batch / median,
+        "model": job.model, "backend": job.backend, "batch": job.batch, "threads": job.threads,
+        "median_ms": median * 1e3, "min_ms": min(seconds) * 1e3, "max_ms": max(seconds) * 1e3,
+        "images_per_s": job.batch / median,
         "gflops": gflops, "peak_fraction": gflops / peak_gflops,
         "compile_cold_s": cold["compile_s"], "compile_warm_s": warm["compile_s"], "peak_rss_mb": warm["peak_rss_mb"],
     }
@@ -110,7 +115,7 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     graph = api.load_model(spec["model"], weights=spec["weights"], batch=spec["batch"], **spec["params"])
     opt_level = 0 if spec["backend"] in PEERS else spec["opt_level"]
     start = time.perf_counter()
-    model = api.compile(graph, spec["backend"], opt_level, batch=None,
+    model = api.compile(graph, spec["backend"], opt_level, batch=None, threads=spec["threads"],
                         options={"cache_dir": spec["cache_dir"], "progress": False})
     result: dict[str, Any] = {"compile_s": time.perf_counter() - start}
     if spec["timed"]:
@@ -131,15 +136,16 @@ def table(model: str, macs_per_image: int, records: Sequence[dict[str, Any]], pe
     """The records of one model as a table; `x PEER` is the peer's median latency over the row's (above 1: the
     row is faster)."""
     peer_median = {(r["backend"], r["batch"]): r["median_ms"] for r in records if r["backend"] in peers}
-    header = ["backend", "batch", "median ms", "min ms", "img/s", "GFLOP/s", "% peak", *(f"x {p}" for p in peers),
-              "cold s", "warm s", "peak MB"]
+    header = ["backend", "batch", "min ms", "median ms", "max ms", "img/s", "GFLOP/s", "% peak",
+              *(f"x {p}" for p in peers), "cold s", "warm s", "peak MB"]
     rows = []
     for r in records:
         ratios = [f"{peer_median[(p, r['batch'])] / r['median_ms']:.3g}" if (p, r["batch"]) in peer_median else "-"
                   for p in peers]
-        rows.append([r["backend"], str(r["batch"]), f"{r['median_ms']:.2f}", f"{r['min_ms']:.2f}",
-                     f"{r['images_per_s']:.1f}", f"{r['gflops']:.1f}", f"{100 * r['peak_fraction']:.1f}%", *ratios,
-                     f"{r['compile_cold_s']:.2f}", f"{r['compile_warm_s']:.2f}", f"{r['peak_rss_mb']:.0f}"])
+        rows.append([r["backend"], str(r["batch"]), f"{r['min_ms']:.2f}", f"{r['median_ms']:.2f}",
+                     f"{r['max_ms']:.2f}", f"{r['images_per_s']:.1f}", f"{r['gflops']:.1f}",
+                     f"{100 * r['peak_fraction']:.1f}%", *ratios, f"{r['compile_cold_s']:.2f}",
+                     f"{r['compile_warm_s']:.2f}", f"{r['peak_rss_mb']:.0f}"])
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     lines = [f"{model}: {macs_per_image / 1e6:,.1f}M MACs per image"]
     for row in [header, *rows]:

@@ -218,9 +218,10 @@ def _format_bytes(size: int) -> str:
     return f"{size:.1f} GiB"
 
 
-def _compiled(args: argparse.Namespace, batch: int | None, graph: Any = None) -> Any:
+def _compiled(args: argparse.Namespace, batch: int | None, graph: Any = None, threads: int | None = None) -> Any:
     """The model the command line names, compiled: an artifact (.cnnx) loaded, or a model description or zoo name
-    (or its `graph`, loaded already) compiled after the pipeline the command line asks for."""
+    (or its `graph`, loaded already) compiled after the pipeline the command line asks for; each call on `threads`
+    cores (None: all), the `threads` option of `cnncomp.compile`."""
     from cnncomp import api
     from cnncomp.artifact import SUFFIX
     from cnncomp.data import default_preprocessing, with_normalization
@@ -228,7 +229,7 @@ def _compiled(args: argparse.Namespace, batch: int | None, graph: Any = None) ->
     if str(args.model).endswith(SUFFIX):
         if args.param or args.weights:
             raise UsageError(f"{args.model}: an artifact is compiled already; --param and --weights do not apply")
-        model = api.load(args.model, backend=args.backend)
+        model = api.load(args.model, backend=args.backend, threads=threads)
         model.preprocessing = with_normalization(model.preprocessing, args.mean, args.std)
         return model
     if graph is None:
@@ -240,7 +241,8 @@ def _compiled(args: argparse.Namespace, batch: int | None, graph: Any = None) ->
     preprocessing = with_normalization(default_preprocessing(graph), args.mean, args.std)
     model = api.CompiledModel(optimized, args.backend or api.DEFAULT_BACKEND, args.opt_level,
                               fully_convolutional=args.fully_convolutional, disabled_passes=tuple(args.disable_pass),
-                              preprocessing=preprocessing)
+                              preprocessing=preprocessing,
+                              options={"threads": threads} if threads is not None else None)
     model.compile_seconds = time.perf_counter() - started
     return model
 
@@ -308,7 +310,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         check_writable(output)
     labels = read_labels(args.labels) if args.labels else None
     if str(args.model).endswith(SUFFIX):
-        model = _compiled(args, None)
+        model = _compiled(args, None, threads=args.threads)
         inputs = read_inputs(args.input, list(model.input_shapes), model.preprocessing, model.name)
     else:
         # The inputs decide the batch size, and images are read as the model's input says: read them first.
@@ -316,7 +318,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         preprocessing = with_normalization(default_preprocessing(graph), args.mean, args.std)
         inputs = read_inputs(args.input, [node.name for node in graph.inputs], preprocessing, graph.name)
         batches = {value.shape[0] for value in inputs.values() if getattr(value, "ndim", 0)}
-        model = _compiled(args, batches.pop() if len(batches) == 1 else None, graph)
+        model = _compiled(args, batches.pop() if len(batches) == 1 else None, graph, threads=args.threads)
     outputs = model.run(inputs)
     shapes = ", ".join(f"{name} {'x'.join(map(str, value.shape))}" for name, value in outputs.items())
     print(f"{model.name} ({model.backend}, -O{model.opt_level}) on {args.input}: {shapes}")
@@ -403,7 +405,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     for note in notes:
         print(f"cnncomp: note: {note}", file=sys.stderr)
     peak = bench.matmul_peak_gflops()
-    jobs = [bench.Job(model, backend, batch, args.opt_level, args.repeat, dict(args.param), args.weights)
+    jobs = [bench.Job(model, backend, batch, args.opt_level, args.repeat, dict(args.param), args.weights, args.threads)
             for model in args.models for backend in [*backends, *(p for p in peers if p not in backends)]
             for batch in args.batch]
     records = []
@@ -417,7 +419,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(records, indent=1))
         return 0
-    print(f"numpy float32 matmul peak: {peak:.1f} GFLOP/s; {args.repeat} timed runs after one warm-up")
+    print(f"numpy float32 matmul peak: {peak:.1f} GFLOP/s; {args.repeat} timed runs after one warm-up; "
+          f"threads: {args.threads or 'all cores'}")
     for model in args.models:
         print()
         print(bench.table(model, macs[model], [r for r in records if r["model"] == model], peers))
@@ -523,6 +526,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--labels", metavar="FILE", help="class names, one per line (line k names class k)")
     run.add_argument("-b", "--backend", default=None, metavar="NAME",
                      help="backend (default numba-cpu, or the artifact's)")
+    run.add_argument("--threads", type=_positive_int, default=None, metavar="N",
+                     help="cores the model uses (default: all); numba-cpu, torch and onnxruntime honour it")
     _add_model_options(run)
     _add_image_options(run)
     _add_pipeline_options(run, default_level=2)
@@ -550,10 +555,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser(
         "bench", help="latency, GFLOP/s, compile time and memory on backends, against PyTorch and ONNX Runtime",
         description="Benchmark models on backends: a warm-up, then repeated timed runs, each model, backend and batch "
-                    "in fresh processes over an empty kernel cache (compile time cold, then warm). Prints median "
-                    "and min latency, images/s, GFLOP/s (2 FLOPs per MAC), the share of this machine's numpy "
-                    "matmul rate, compile times and peak memory; --peers adds PyTorch eager and ONNX Runtime on the "
-                    "same graph and weights, with the ratio to each.",
+                    "in fresh processes over an empty kernel cache (compile time cold, then warm). Prints min, "
+                    "median and max latency (a wide spread shows an unstable run), images/s, GFLOP/s (2 FLOPs per "
+                    "MAC), the share of this machine's numpy matmul rate, compile times and peak memory; --peers "
+                    "adds PyTorch eager and ONNX Runtime on the same graph and weights, with the ratio to each.",
     )
     bench.add_argument("models", nargs="+", metavar="MODEL", help="model descriptions or zoo names")
     bench.add_argument("-b", "--backend", type=_csv(str, "backend names"), default=["numba-cpu"], metavar="NAME,...",
@@ -563,11 +568,15 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--repeat", type=_positive_int, default=10, help="timed runs after the warm-up (default 10)")
     bench.add_argument("--peers", action="store_true",
                        help="also run PyTorch eager (backend torch) and ONNX Runtime (backend onnxruntime)")
+    bench.add_argument("--threads", type=_positive_int, default=None, metavar="N",
+                       help="cores each run uses, ours and the peers' (default: all); numba-cpu, torch and "
+                            "onnxruntime honour it")
     bench.add_argument("-O", dest="opt_level", type=int, choices=range(4), default=3, metavar="N",
                        help="optimization level of our backends (default 3); peers run the graph as written")
     bench.add_argument("--json", action="store_true",
-                       help="print a list of records {model, backend, batch, median_ms, min_ms, images_per_s, "
-                            "gflops, peak_fraction, compile_cold_s, compile_warm_s, peak_rss_mb}")
+                       help="print a list of records {model, backend, batch, threads (null: all cores), median_ms, "
+                            "min_ms, max_ms, images_per_s, gflops, peak_fraction, compile_cold_s, compile_warm_s, "
+                            "peak_rss_mb}")
     _add_model_options(bench)
     bench.set_defaults(run=cmd_bench)
     return parser

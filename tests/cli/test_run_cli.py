@@ -1,6 +1,6 @@
 """`cnncomp run` through the real entry point: the trained LeNet names the digit of a test image, outputs equal the
-in-process model's, arrays and images in, class maps out, and every bad input refused in one line with no file
-written."""
+in-process model's, arrays and images in, class maps out, `--threads` handed to the compiled model, and every bad
+input refused in one line with no file written."""
 
 import json
 import subprocess
@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 import cnncomp
+from cnncomp import api, cli
 from cnncomp.data import load_image, softmax
 
 ROOT = Path(__file__).parents[2]
@@ -100,6 +101,42 @@ def test_a_model_name_compiles_then_runs(digits, tmp_path):
     assert result.returncode == 0, result.stderr
     expected = cnncomp.compile(cnncomp.load_model("lenet5", weights=WEIGHTS), backend="reference")(digits[0][:2])
     np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), expected)
+
+
+def test_threads_give_the_same_outputs(artifact, digits, tmp_path):
+    x = digits[0][:2]
+    np.save(tmp_path / "x.npy", x)
+    result = cnncomp_cli("run", artifact, "-i", tmp_path / "x.npy", "--threads", "1", "-o", tmp_path / "y.npy")
+    assert result.returncode == 0, result.stderr
+    np.testing.assert_allclose(np.load(tmp_path / "y.npy"), cnncomp.load(artifact)(x), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("source", ["artifact", "zoo name"])
+@pytest.mark.parametrize("threads", [None, 2])
+def test_threads_reach_the_compiled_model(monkeypatch, artifact, digits, tmp_path, capsys, source, threads):
+    """`--threads N` is the `threads` option of the compiled model (`cnncomp.compile(..., threads=N)`); without
+    it the backend uses all cores."""
+    compiled = []
+
+    class Recording(api.CompiledModel):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            compiled.append(self)
+
+    monkeypatch.setattr(api, "CompiledModel", Recording)
+    np.save(tmp_path / "x.npy", digits[0][:1])
+    model = artifact if source == "artifact" else "lenet5"
+    flags = [] if threads is None else ["--threads", str(threads)]
+    assert cli.main(["run", str(model), "-b", "reference", "-i", str(tmp_path / "x.npy"), *flags]) == 0
+    assert [m.options.get("threads") for m in compiled] == [threads]
+    assert "logits 1x10" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("threads", ["0", "-1", "all"])
+def test_threads_must_be_a_positive_integer(threads):
+    result = cnncomp_cli("run", "lenet5", "-i", DIGIT_IMAGE, "--threads", threads)
+    assert result.returncode == 2 and "--threads: expected a positive integer" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 SEGMENTER = """\
