@@ -1,11 +1,17 @@
 """The Numba CUDA backend: generated `cuda.jit` kernels, run on an NVIDIA GPU (or numba-cuda's simulator).
 
-    executable = compile(graph, {"cache_dir": ..., "progress": True})
+    executable = compile(graph, {"cache_dir": ..., "progress": True, "concurrent_calls": 4})
     outputs = executable({"image": x})
 
-The weights are copied to the device once, at compile time; every activation lives in one device arena laid out
-by the memory plan (`plan_memory`), so a call is one copy in per input, the kernel launches (no host round trip
-between them), and one copy out per output.
+The weights are copied to the device once, at compile time, and shared by every call. A call runs in a working set
+of its own: a device arena laid out by the memory plan (`plan_memory`) that holds every activation (and a copy of
+the graph's constants, after the planned part), a status buffer, and a CUDA stream on which it copies each input
+in, launches every kernel (no host round trip between them) and copies each output out, then waits for that stream.
+
+The executable is safe to call from many threads at once. Working sets come from a pool: a call takes a free one,
+or makes a new one while fewer than `concurrent_calls` exist (the first is made at compile time), or else waits for
+one to be returned. On a GPU, concurrent calls run on their own streams and overlap as far as the device allows;
+in the simulator their kernel launches take turns (it runs one launch at a time), their copies do not.
 
 Needs the `numba-cuda` package (`pip install 'cnncomp[cuda]'`) and a GPU; without a GPU, `NUMBA_ENABLE_CUDASIM=1`
 (set before numba is first imported) runs the same kernels in numba-cuda's simulator, plain Python threads, about
@@ -17,10 +23,12 @@ sources) and `kernels` (the on-disk kernel cache). This module imports `numba.cu
 from __future__ import annotations
 
 import contextlib
+import functools
+import threading
 import time
 import warnings
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +41,11 @@ from cnncomp.errors import CnnCompError, GraphError
 from cnncomp.ir import Graph
 from cnncomp.passes.plan_memory import ALIGNMENT, plan_memory, plan_of
 from cnncomp.progress import progress
-from cnncomp.runtime import check_inputs
+from cnncomp.runtime import GraphShapes, ProfileRow, check_inputs
 
 NO_GPU = "no CUDA GPU found (set NUMBA_ENABLE_CUDASIM=1 to simulate)"
 NOT_INSTALLED = "the numba-cuda backend needs the numba-cuda package: pip install 'cnncomp[cuda]'"
+DEFAULT_CONCURRENT_CALLS = 4
 
 
 class CudaUnavailableError(CnnCompError):
@@ -131,14 +140,17 @@ class CompileStats:
     from_cache: int = 0  # loaded from the disk cache (a GPU only)
     launches: int = 0  # per call
     seconds: float = 0.0
-    arena_bytes: int = 0
-    scratch_bytes: int = 0  # the status words kernels report bad data in
+    arena_bytes: int = 0  # per working set
+    scratch_bytes: int = 0  # the status words kernels report bad data in, per working set
     weight_bytes: int = 0
     simulator: bool = False
 
 
 @dataclass
 class Step:
+    """One kernel launch. `args` holds the weights as device arrays (shared by every call) and the Arena and Status
+    placeholders, which each working set binds to its own arena and status buffer."""
+
     node: str
     kernel: KernelSource
     function: Any
@@ -148,121 +160,244 @@ class Step:
 
 
 @dataclass
-class CudaExecutable:
-    """Callable: `executable({input_name: array}) -> {output_name: array}` (outputs are fresh host arrays)."""
+class WorkingSet:
+    """What one call uses alone: its device memory, its stream, and every step's launch bound to them (and to the
+    shared weights), in order."""
 
-    graph: Graph
-    steps: list[Step]
-    slots: dict[str, Slot]
-    stats: CompileStats
-    arena_views: dict[Arena, Any] = field(repr=False)  # the arena as float32 and as int64
-    status: Any = field(repr=False)
-    status_nodes: list[str] = field(default_factory=list)
-    weights: list[Any] = field(repr=False, default_factory=list)  # keeps the device copies alive
+    arena: dict[Arena, Any]  # the arena as float32 and as int64 (same memory)
+    status: Any  # the status buffer; None when no kernel reports bad data
+    stream: Any
+    launches: list[Callable[[], None]]
+
+
+class WorkingSetPool:
+    """At most `size` working sets, made by `make` when a call finds none free (the first one at once, so that a
+    device out of memory shows at compile time); a call that finds all `size` lent waits for one."""
+
+    def __init__(self, make: Callable[[], WorkingSet], size: int) -> None:
+        self.size = size
+        self._make = make
+        self._free = [make()]
+        self._made = 1
+        self._returned = threading.Condition()
+
+    @contextlib.contextmanager
+    def take(self) -> Iterator[WorkingSet]:
+        """Lend a working set for the duration of the `with` block."""
+        work = self._acquire()
+        try:
+            yield work
+        finally:
+            with self._returned:
+                self._free.append(work)
+                self._returned.notify()
+
+    def _acquire(self) -> WorkingSet:
+        with self._returned:
+            while not self._free and self._made == self.size:
+                self._returned.wait()
+            if self._free:
+                return self._free.pop()
+            self._made += 1
+        try:
+            return self._make()  # outside the lock: the calls that have a working set need not wait for this one
+        except BaseException:
+            with self._returned:
+                self._made -= 1
+                self._returned.notify()
+            raise
+
+
+class CudaExecutable(GraphShapes):
+    """Callable: `executable({input_name: array}) -> {output_name: array}` (outputs are fresh host arrays). Provides
+    the executable contract (`cnncomp.runtime.Executable`); safe to call from many threads (see the module
+    docstring)."""
+
+    def __init__(self, graph: Graph, steps: list[Step], lowered: Lowered, compile_stats: CompileStats,
+                 status_nodes: list[str], weights: list[Any], concurrent_calls: int) -> None:
+        self.graph = graph
+        self.steps = steps
+        self.slots = lowered.slots
+        self.compile_stats = compile_stats
+        self.status_nodes = status_nodes
+        self.weights = weights  # keeps the device copies alive
+        # Not the whole Lowered: its launches hold host copies of the weights.
+        self._plan = lowered.plan
+        self._arena_bytes = lowered.arena_bytes
+        self._status_slots = lowered.status_slots
+        self._pool = WorkingSetPool(self._new_working_set, concurrent_calls)
 
     def __call__(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        self._copy_in(inputs)
-        with _quiet_launches():
-            for step in self.steps:
-                step.function[step.grid, step.block](*step.args)
-        self._check_status()
-        return {name: self._copy_out(name) for name in self.graph.outputs}
+        checked = check_inputs(self.graph, inputs)
+        with self._pool.take() as work:
+            self._copy_in(work, checked)
+            for launch in work.launches:
+                launch()
+            spans = {name: self._span(work, name).copy_to_host(stream=work.stream) for name in self.graph.outputs}
+            flags = self._copy_status(work)
+            work.stream.synchronize()
+        self._check_status(flags)
+        return {name: self._unpack(name, span) for name, span in spans.items()}
+
+    @property
+    def concurrent_calls(self) -> int:
+        """How many calls run at once at most: the size of the pool of working sets."""
+        return self._pool.size
+
+    @property
+    def memory_plan(self) -> dict[str, Any]:
+        """The memory plan every working set's arena is laid out by (`plan_memory`'s format)."""
+        return self._plan
 
     @property
     def source(self) -> dict[str, str]:
         """The generated kernel modules, by module name (each once, however many nodes use it)."""
         return {step.kernel.module_name: step.kernel.source for step in self.steps}
 
-    def profile(self, inputs: Mapping[str, np.ndarray], repeat: int = 1) -> list[dict[str, Any]]:
+    @property
+    def stats(self) -> dict[str, Any]:
+        """The compile figures (`CompileStats`) as a plain dict."""
+        return asdict(self.compile_stats)
+
+    def profile(self, inputs: Mapping[str, np.ndarray], repeat: int = 1) -> list[ProfileRow]:
         """Per-step median time in seconds over `repeat` runs, in execution order (each launch waited for)."""
-        cuda = cuda_module()
-        self._copy_in(inputs)
+        checked = check_inputs(self.graph, inputs)
         times = np.zeros((repeat, len(self.steps)))
-        with _quiet_launches():
+        with self._pool.take() as work:
+            self._copy_in(work, checked)
+            work.stream.synchronize()
             for run in range(repeat):
-                for index, step in enumerate(self.steps):
+                for index, launch in enumerate(work.launches):
                     start = time.perf_counter()
-                    step.function[step.grid, step.block](*step.args)
-                    cuda.synchronize()
+                    launch()
+                    work.stream.synchronize()
                     times[run, index] = time.perf_counter() - start
-        self._check_status()
+            flags = self._copy_status(work)
+            work.stream.synchronize()
+        self._check_status(flags)
         medians = np.median(times, axis=0)
         return [{"node": step.node, "kernel": step.kernel.family, "seconds": float(seconds)}
                 for step, seconds in zip(self.steps, medians, strict=True)]
 
-    def _view(self, slot: Slot) -> Any:
-        return self.arena_views[slot.arena]
+    def _new_working_set(self) -> WorkingSet:
+        """A zeroed arena holding the constants, a zeroed status buffer, a stream, and the launches bound to them."""
+        cuda = cuda_module()
+        arena = cuda.to_device(self._arena_image())
+        views = {Arena.FLOAT: arena, Arena.INT: arena.view(np.int64)}
+        status = cuda.to_device(np.zeros(self._status_slots, np.int32)) if self._status_slots else None
+        stream = cuda.stream()
 
-    def _copy_in(self, inputs: Mapping[str, np.ndarray]) -> None:
-        for name, value in check_inputs(self.graph, inputs).items():
+        def bound(arg: Any) -> Any:
+            if isinstance(arg, Arena):
+                return views[arg]
+            return status if arg is Status.ARRAY else arg
+
+        with _quiet_launches():  # numba-cuda warns when it configures a launch of a small grid
+            launches = [self._bind(step, tuple(bound(arg) for arg in step.args), stream) for step in self.steps]
+        return WorkingSet(views, status, stream, launches)
+
+    def _arena_image(self) -> np.ndarray:
+        """A new arena's contents, on the host: zeros, and each constant in its slot after the planned part."""
+        image = np.zeros(self._arena_bytes // 4, np.float32)
+        views = {Arena.FLOAT: image, Arena.INT: image.view(np.int64)}
+        for node in self.graph.nodes:
+            if node.op == "constant":
+                slot = self.slots[node.name]
+                views[slot.arena][slot.at: slot.at + node.type.size] = self.graph.params[f"{node.name}.value"].ravel()
+        return image
+
+    def _bind(self, step: Step, args: tuple[Any, ...], stream: Any) -> Callable[[], None]:
+        """The step's launch on `stream` with `args`, ready to run."""
+        if self.compile_stats.simulator:
+            return functools.partial(_simulated_launch, step, args)
+        return functools.partial(step.function[step.grid, step.block, stream], *args)
+
+    def _copy_in(self, work: WorkingSet, inputs: Mapping[str, np.ndarray]) -> None:
+        for name, value in inputs.items():
             slot = self.slots[name]
-            arena = self._view(slot)
+            arena = work.arena[slot.arena]
             if slot.contiguous:
-                arena[slot.at: slot.at + value.size].copy_to_device(value.reshape(-1))
+                arena[slot.at: slot.at + value.size].copy_to_device(value.reshape(-1), stream=work.stream)
             else:  # an input the plan put inside a concat: its samples lie apart
                 for img in range(slot.shape[0]):
                     start = slot.at + img * slot.batch
-                    arena[start: start + slot.per_sample].copy_to_device(value[img].reshape(-1))
+                    arena[start: start + slot.per_sample].copy_to_device(value[img].reshape(-1), stream=work.stream)
 
-    def _copy_out(self, name: str) -> np.ndarray:
+    def _span(self, work: WorkingSet, name: str) -> Any:
+        """The part of the arena that holds the value `name`, from its first element to its last."""
         slot = self.slots[name]
-        count = slot.shape[0]
-        span = self._view(slot)[slot.at: slot.at + (count - 1) * slot.batch + slot.per_sample].copy_to_host()
+        return work.arena[slot.arena][slot.at: slot.at + (slot.shape[0] - 1) * slot.batch + slot.per_sample]
+
+    def _unpack(self, name: str, span: np.ndarray) -> np.ndarray:
+        """The value `name` from its span copied to the host."""
+        slot = self.slots[name]
         if slot.contiguous:
             return span.reshape(slot.shape)
-        return np.stack([span[img * slot.batch: img * slot.batch + slot.per_sample] for img in range(count)]
+        return np.stack([span[img * slot.batch: img * slot.batch + slot.per_sample] for img in range(slot.shape[0])]
                         ).reshape(slot.shape)
 
-    def _check_status(self) -> None:
-        if self.status is None:
+    def _copy_status(self, work: WorkingSet) -> np.ndarray | None:
+        """Start copying the status buffer to the host (valid once the stream is synchronized)."""
+        return None if work.status is None else work.status.copy_to_host(stream=work.stream)
+
+    def _check_status(self, flags: np.ndarray | None) -> None:
+        if flags is None:
             return
-        flags = self.status.copy_to_host()
         for node, flag in zip(self.status_nodes, flags, strict=True):
             if flag:
                 raise GraphError(f"node {node!r}: an unpooling index lies outside the output plane")
 
 
+# numba-cuda's simulator keeps the launch it runs in module globals (and the grid in the kernel object), so it runs
+# one launch at a time in the whole process.
+_SIMULATOR_LAUNCH = threading.Lock()
+
+
+def _simulated_launch(step: Step, args: tuple[Any, ...]) -> None:
+    with _SIMULATOR_LAUNCH:
+        step.function[step.grid, step.block](*args)
+
+
+# warnings.catch_warnings swaps process-wide state: one at a time here.
+_WARNINGS = threading.Lock()
+
+
 @contextlib.contextmanager
 def _quiet_launches() -> Iterator[None]:
-    """numba-cuda warns on every launch of a small grid; our launch shapes are decided from the layer's size, so
-    the warning says nothing the layer does not."""
-    with warnings.catch_warnings():
+    """numba-cuda warns on every launch configuration of a small grid; our launch shapes are decided from the
+    layer's size, so the warning says nothing the layer does not."""
+    with _WARNINGS, warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Grid size .* will likely result in GPU under-utilization")
         yield
 
 
 def compile(graph: Graph, options: Mapping[str, Any] | None = None) -> CudaExecutable:  # noqa: A001
     """Lower every node to kernel launches, load each kernel (compiling it on a GPU, or taking it from the kernel
-    cache), copy the weights to the device and allocate the arena.
+    cache), copy the weights to the device and make the first working set.
 
     options: `cache_dir` (default: `$CNNCOMP_CACHE_DIR` or `~/.cache/cnncomp`), `progress` (bool; default: on
-    a terminal)."""
+    a terminal), `concurrent_calls` (how many calls run at once at most, each in a working set of its own;
+    default 4)."""
     options = dict(options or {})
+    concurrent_calls = options.get("concurrent_calls")
+    if concurrent_calls is None:  # not set
+        concurrent_calls = DEFAULT_CONCURRENT_CALLS
+    if isinstance(concurrent_calls, bool) or not isinstance(concurrent_calls, int) or concurrent_calls < 1:
+        raise CnnCompError(f"concurrent_calls={concurrent_calls!r}: expected a positive number of calls")
     start = time.perf_counter()
     cuda = cuda_module()
     lowered = lower_graph(graph)
     cache = KernelCache(Path(options["cache_dir"]) if options.get("cache_dir") else None)
     stats = CompileStats(arena_bytes=lowered.arena_bytes, scratch_bytes=4 * lowered.status_slots,
                          launches=len(lowered.launches), simulator=simulating())
-
-    arena = cuda.to_device(np.zeros(lowered.arena_bytes // 4, np.float32))
-    views = {Arena.FLOAT: arena, Arena.INT: arena.view(np.int64)}
-    for node in graph.nodes:
-        if node.op == "constant":
-            slot = lowered.slots[node.name]
-            views[slot.arena][slot.at: slot.at + node.type.size].copy_to_device(
-                graph.params[f"{node.name}.value"].reshape(-1))
-    status = cuda.to_device(np.zeros(lowered.status_slots, np.int32)) if lowered.status_slots else None
     status_nodes = [launch.node for launch in lowered.launches
                     if any(arg is Status.ARRAY for arg in launch.args) and launch.kernel.family.endswith("clear")]
 
     uploaded: dict[int, tuple[np.ndarray, Any]] = {}
 
     def device_argument(arg: Any) -> Any:
-        if isinstance(arg, Arena):
-            return views[arg]
-        if arg is Status.ARRAY:
-            return status
+        if isinstance(arg, (Arena, Status)):
+            return arg  # each working set binds its own
         if isinstance(arg, np.ndarray):
             if id(arg) not in uploaded:  # the host array is kept, so its id stays its own
                 uploaded[id(arg)] = (arg, cuda.to_device(arg))
@@ -291,6 +426,7 @@ def compile(graph: Graph, options: Mapping[str, Any] | None = None) -> CudaExecu
                 compiled.add((kernel.key, signature))
         args = tuple(device_argument(arg) for arg in launch.args)
         steps.append(Step(launch.node, kernel, function, launch.grid, launch.block, args))
-    stats.seconds = time.perf_counter() - start
     weights = [device for _, device in uploaded.values()]
-    return CudaExecutable(graph, steps, lowered.slots, stats, views, status, status_nodes, weights)
+    executable = CudaExecutable(graph, steps, lowered, stats, status_nodes, weights, concurrent_calls)
+    stats.seconds = time.perf_counter() - start
+    return executable

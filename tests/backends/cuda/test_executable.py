@@ -55,12 +55,18 @@ class CopyCounter:
         monkeypatch.setattr(cuda, "to_device", to_device)
 
 
-def test_a_call_copies_each_input_in_and_each_output_out_once(monkeypatch, cuda):
-    if not numba_cuda.simulating():
-        pytest.skip("counts the simulator's copies")
+def two_branches() -> Graph:
+    """At -O3: a conv and a max pool that write their halves of the concat in place."""
     b = Builder("two_branches", batch=2)
     x = b.input("x", (2, 3, 3))
     graph, _ = optimize(models.randomize(b.build(b.concat(x.conv(2, 1).relu(), x.max_pool(3, 1, 1), name="out"))), 3)
+    return graph
+
+
+def test_a_call_copies_each_input_in_and_each_output_out_once(monkeypatch, cuda):
+    if not numba_cuda.simulating():
+        pytest.skip("counts the simulator's copies")
+    graph = two_branches()
     assert graph.meta["memory_plan"]["in_place_concats"] == ["out"]
     executable = numba_cuda.compile(graph)
     inputs = random_inputs(graph)
@@ -76,12 +82,12 @@ def test_weights_are_copied_to_the_device_once_at_compile_time(monkeypatch, cuda
     graph = small_net()
     counter = CopyCounter(monkeypatch, cuda)
     executable = numba_cuda.compile(graph)
-    # Each array the kernels read, once: the arena is one more.
+    # Each array the kernels read, once: the arena of the first working set is one more.
     assert counter.counts["to_device"] == len(executable.weights) + 1
     # conv weight and bias, batch norm folded to a scale and a shift, dense weight and bias, one placeholder for
     # the epilogue arrays a kernel does not use.
     floats = 4 * 3 * 3 * 3 + 4 + 2 * 4 + 5 * 16 + 5 + 1
-    assert executable.stats.weight_bytes == 4 * floats
+    assert executable.stats["weight_bytes"] == 4 * floats
     counter.counts.update(to_device=0)
     executable(random_inputs(graph))
     assert counter.counts["to_device"] == 0
@@ -91,7 +97,7 @@ def test_activations_live_in_one_arena_laid_out_by_the_memory_plan():
     graph, _ = optimize(inception_module(), 3)
     plan = graph.meta["memory_plan"]
     executable = assert_same_as_reference(graph)
-    assert executable.stats.arena_bytes == plan["arena_bytes"]
+    assert executable.stats["arena_bytes"] == plan["arena_bytes"]
     for name, slot in executable.slots.items():
         planned = plan["tensors"][name]
         assert slot.at * 4 == planned["offset"] and slot.batch == planned["batch_stride"]
@@ -104,30 +110,40 @@ def test_a_graph_without_a_plan_is_planned_like_plan_memory_would():
     graph, _ = optimize(unet_level(), 2)
     assert "memory_plan" not in graph.meta
     executable = assert_same_as_reference(graph)
-    assert executable.stats.arena_bytes == optimize(unet_level(), 3)[0].meta["memory_plan"]["arena_bytes"]
+    assert executable.stats["arena_bytes"] == optimize(unet_level(), 3)[0].meta["memory_plan"]["arena_bytes"]
 
 
-def test_inputs_and_outputs_inside_a_concat():
-    """The plan may put a graph input or output inside a concat: its samples then lie apart in the arena."""
+def inputs_and_outputs_inside_a_concat() -> Graph:
     graph = Graph("strided")
     graph.add_node("x", "input", attrs={"shape": (2, 2, 3, 3)})
     graph.add_node("y", "input", attrs={"shape": (2, 3, 3, 3)})
     graph.add_node("r", "relu", ["y"])
     graph.add_node("c", "concat", ["x", "r"])
     graph.set_outputs(["c", "r"])
-    executable = assert_same_as_reference(graph, atol=0, rtol=0)
-    assert not executable.slots["x"].contiguous and not executable.slots["r"].contiguous
+    return graph
 
 
-def test_bad_unpooling_index_is_a_clear_error_and_the_next_good_call_runs():
-    """Indices of a 2x4 plane unpooled into a 1x4 one: maxima in the second row point outside it. The kernel
-    reports it, the executable raises it, and the next call's first unpooling launch clears the report."""
+def unpooling() -> Graph:
+    """Max pooling with indices, then unpooling into a plane of 1x4: the kernel reports indices outside it."""
     graph = Graph("unpool")
     graph.add_node("x", "input", attrs={"shape": (1, 1, 2, 4)})
     graph.add_node("pooled", "max_pool2d", ["x"], dict(kernel=2))
     graph.add_node("indices", "max_pool2d_indices", ["x"], dict(kernel=2))
     graph.add_node("unpooled", "max_unpool2d", ["pooled", "indices"], dict(kernel=2, output_size=(1, 4)))
     graph.set_outputs(["unpooled"])
+    return graph
+
+
+def test_inputs_and_outputs_inside_a_concat():
+    """The plan may put a graph input or output inside a concat: its samples then lie apart in the arena."""
+    executable = assert_same_as_reference(inputs_and_outputs_inside_a_concat(), atol=0, rtol=0)
+    assert not executable.slots["x"].contiguous and not executable.slots["r"].contiguous
+
+
+def test_bad_unpooling_index_is_a_clear_error_and_the_next_good_call_runs():
+    """Indices of a 2x4 plane unpooled into a 1x4 one: maxima in the second row point outside it. The kernel
+    reports it, the executable raises it, and the next call's first unpooling launch clears the report."""
+    graph = unpooling()
     executable = numba_cuda.compile(graph)
     bad = np.array([[[[0, 1, 2, 3], [4, 5, 6, 7]]]], np.float32)  # maxima at 5 and 7
     with pytest.raises(GraphError, match="node 'unpooled': an unpooling index lies outside the output plane"):
@@ -179,7 +195,7 @@ def test_generated_sources_are_readable_modules_in_the_cache(tmp_path):
     graph, _ = optimize(models.mbconv(), 3)
     executable = numba_cuda.compile(graph, {"cache_dir": tmp_path})
     sources = executable.source
-    assert len(sources) == executable.stats.kernels
+    assert len(sources) == executable.stats["kernels"]
     for module, text in sources.items():
         assert text.startswith('"""cnncomp numba-cuda kernel: ')
         assert "@cuda.jit(cache=True)\ndef kernel(" in text
@@ -196,11 +212,11 @@ def test_stats_describe_the_compile():
     graph, _ = optimize(small_net(), 3)
     executable = numba_cuda.compile(graph)
     stats = executable.stats
-    assert stats.launches == len(executable.steps) > 0
-    assert stats.kernels == len({step.kernel.key for step in executable.steps})
-    assert stats.simulator == numba_cuda.simulating()
-    assert stats.arena_bytes == graph.meta["memory_plan"]["arena_bytes"]
-    assert stats.seconds > 0
+    assert stats["launches"] == len(executable.steps) > 0
+    assert stats["kernels"] == len({step.kernel.key for step in executable.steps})
+    assert stats["simulator"] == numba_cuda.simulating()
+    assert stats["arena_bytes"] == graph.meta["memory_plan"]["arena_bytes"]
+    assert stats["seconds"] > 0
 
 
 def test_profile_times_every_launch():
@@ -235,7 +251,7 @@ def test_a_second_compile_in_a_fresh_process_loads_every_kernel_from_the_cache(t
         import backends.numba_cuda as numba_cuda
         from tests.backends.cuda.test_executable import small_net
         stats = numba_cuda.compile(small_net(), {{"cache_dir": {str(tmp_path)!r}}}).stats
-        print(stats.kernels, stats.compiled, stats.from_cache)
+        print(stats["kernels"], stats["compiled"], stats["from_cache"])
     """)
 
     def run():
