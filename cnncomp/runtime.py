@@ -8,8 +8,10 @@ beyond that they wait for each other, they never share working memory.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, Protocol, runtime_checkable
+import contextlib
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 
@@ -73,6 +75,53 @@ class GraphShapes:
     @property
     def output_shapes(self) -> dict[str, tuple[int, ...]]:
         return {name: self.graph.node(name).shape for name in self.graph.outputs}
+
+
+Work = TypeVar("Work")
+
+
+class WorkspacePool(Generic[Work]):
+    """At most `size` per-call workspaces (a backend's arena, scratch, stream...), made by `make` when a call finds
+    none free; the first is made at once (or given as `first`), so that memory that cannot be had shows at compile
+    time. A call that finds all `size` lent waits until one is given back."""
+
+    def __init__(self, make: Callable[[], Work], size: int, first: Work | None = None) -> None:
+        self.size = size
+        self._make = make
+        self._free = [make() if first is None else first]
+        self._made = 1
+        self._returned = threading.Condition()
+
+    @property
+    def made(self) -> int:
+        """Workspaces made so far."""
+        return self._made
+
+    @contextlib.contextmanager
+    def take(self) -> Iterator[Work]:
+        """Lend a workspace for the duration of the `with` block."""
+        work = self._acquire()
+        try:
+            yield work
+        finally:
+            with self._returned:
+                self._free.append(work)
+                self._returned.notify()
+
+    def _acquire(self) -> Work:
+        with self._returned:
+            while not self._free and self._made >= self.size:
+                self._returned.wait()
+            if self._free:
+                return self._free.pop()
+            self._made += 1
+        try:
+            return self._make()  # outside the lock: the calls that have a workspace need not wait for this one
+        except BaseException:
+            with self._returned:
+                self._made -= 1
+                self._returned.notify()
+            raise
 
 
 def offset_in(view: np.ndarray, buffer: np.ndarray) -> int | None:

@@ -40,7 +40,7 @@ from backends.numba_cpu.templates.common import KernelCall, Scratch
 from cnncomp.errors import CnnCompError, GraphError
 from cnncomp.ir import Graph
 from cnncomp.passes.plan_memory import plan_memory, plan_of
-from cnncomp.runtime import GraphShapes, check_inputs, offset_in
+from cnncomp.runtime import GraphShapes, WorkspacePool, check_inputs, offset_in
 
 ALIGNMENT = 64  # bytes: one cache line, and AVX-512 vectors
 # Calls of one executable that run at once by default, each in a workspace (arena and scratch) of its own; more
@@ -108,46 +108,6 @@ def aligned_buffer(nbytes: int) -> np.ndarray:
     return raw[start: start + nbytes]
 
 
-class WorkspacePool:
-    """Workspaces for concurrent calls: a call takes a free one, or makes one while fewer than `limit` exist,
-    else waits until another call gives one back. Made on demand, kept for later calls."""
-
-    def __init__(self, first: Workspace, limit: int) -> None:
-        self.limit = limit
-        self._first = first
-        self._free = [first]
-        self._count = 1
-        self._available = threading.Condition()
-
-    @contextlib.contextmanager
-    def take(self) -> Iterator[Workspace]:
-        with self._available:
-            while not self._free and self._count >= self.limit:
-                self._available.wait()
-            workspace = self._free.pop() if self._free else None
-            if workspace is None:
-                self._count += 1
-        if workspace is None:
-            try:
-                workspace = self._first.rebased()
-            except BaseException:
-                with self._available:
-                    self._count -= 1
-                    self._available.notify()
-                raise
-        try:
-            yield workspace
-        finally:
-            with self._available:
-                self._free.append(workspace)
-                self._available.notify()
-
-    @property
-    def size(self) -> int:
-        """Workspaces made so far."""
-        return self._count
-
-
 # The workqueue threading layer aborts the process when two threads launch parallel kernels at once; with it,
 # calls run one at a time (TBB, which pip installs with cnncomp, and OpenMP are safe).
 _WORKQUEUE_LOCK = threading.Lock()
@@ -168,10 +128,10 @@ class NumbaExecutable(GraphShapes):
     plan: dict[str, Any] = field(repr=False)
     threads: int = 1
     concurrent_calls: int = 1
-    pool: WorkspacePool = field(init=False, repr=False)
+    pool: WorkspacePool[Workspace] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self.pool = WorkspacePool(self.workspace, self.concurrent_calls)
+        self.pool = WorkspacePool(self.workspace.rebased, self.concurrent_calls, first=self.workspace)
 
     def __call__(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         checked = check_inputs(self.graph, inputs)
@@ -206,7 +166,7 @@ class NumbaExecutable(GraphShapes):
 
     @property
     def stats(self) -> dict[str, Any]:
-        return {**asdict(self.compile_stats), "workspaces": self.pool.size}
+        return {**asdict(self.compile_stats), "workspaces": self.pool.made}
 
     @property
     def memory_plan(self) -> dict[str, Any]:

@@ -41,7 +41,7 @@ from cnncomp.errors import CnnCompError, GraphError
 from cnncomp.ir import Graph
 from cnncomp.passes.plan_memory import ALIGNMENT, plan_memory, plan_of
 from cnncomp.progress import progress
-from cnncomp.runtime import GraphShapes, ProfileRow, check_inputs
+from cnncomp.runtime import GraphShapes, ProfileRow, WorkspacePool, check_inputs
 
 NO_GPU = "no CUDA GPU found (set NUMBA_ENABLE_CUDASIM=1 to simulate)"
 NOT_INSTALLED = "the numba-cuda backend needs the numba-cuda package: pip install 'cnncomp[cuda]'"
@@ -170,44 +170,6 @@ class WorkingSet:
     launches: list[Callable[[], None]]
 
 
-class WorkingSetPool:
-    """At most `size` working sets, made by `make` when a call finds none free (the first one at once, so that a
-    device out of memory shows at compile time); a call that finds all `size` lent waits for one."""
-
-    def __init__(self, make: Callable[[], WorkingSet], size: int) -> None:
-        self.size = size
-        self._make = make
-        self._free = [make()]
-        self._made = 1
-        self._returned = threading.Condition()
-
-    @contextlib.contextmanager
-    def take(self) -> Iterator[WorkingSet]:
-        """Lend a working set for the duration of the `with` block."""
-        work = self._acquire()
-        try:
-            yield work
-        finally:
-            with self._returned:
-                self._free.append(work)
-                self._returned.notify()
-
-    def _acquire(self) -> WorkingSet:
-        with self._returned:
-            while not self._free and self._made == self.size:
-                self._returned.wait()
-            if self._free:
-                return self._free.pop()
-            self._made += 1
-        try:
-            return self._make()  # outside the lock: the calls that have a working set need not wait for this one
-        except BaseException:
-            with self._returned:
-                self._made -= 1
-                self._returned.notify()
-            raise
-
-
 class CudaExecutable(GraphShapes):
     """Callable: `executable({input_name: array}) -> {output_name: array}` (outputs are fresh host arrays). Provides
     the executable contract (`cnncomp.runtime.Executable`); safe to call from many threads (see the module
@@ -225,7 +187,7 @@ class CudaExecutable(GraphShapes):
         self._plan = lowered.plan
         self._arena_bytes = lowered.arena_bytes
         self._status_slots = lowered.status_slots
-        self._pool = WorkingSetPool(self._new_working_set, concurrent_calls)
+        self._pool = WorkspacePool(self._new_working_set, concurrent_calls)
 
     def __call__(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         checked = check_inputs(self.graph, inputs)
