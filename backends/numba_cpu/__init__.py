@@ -8,8 +8,29 @@ kernel sources) and `kernels` (the on-disk kernel cache).
 
 Threads: every kernel splits its work over Numba's threads (one job list per thread, static round robin) and
 calls BLAS from inside them, so SciPy's BLAS is set to one thread (`blas.configure_single_threaded`); the
-two pools never compete for the cores. Other libraries' pools can: OpenBLAS's threads (numpy's matmul) spin for
-about 0.1 s after their work, and a model called within that time runs up to 2x slower.
+two pools never compete for the cores. The `threads` option sets how many threads a call's kernels split their
+work for (default: all cores); a call sets Numba's thread count for its own thread only (Numba keeps it per
+thread) and puts it back after.
+
+Concurrent calls: each call takes a workspace (arena, scratch region, the kernels' arguments bound to them) from a
+pool of at most `concurrent_calls` (default CONCURRENT_CALLS), made on demand by rebasing the first workspace's
+views onto fresh memory; weights are shared. Kernels are compiled `nogil`, so calls from several Python threads
+run at the same time. Numba's threading layer is TBB, which cnncomp installs and Numba picks by default: each
+parallel kernel is a TBB parallel_for in an arena of its own, so concurrent calls share TBB's worker threads
+instead of each starting a team (OpenMP would put 2 x 2 threads on 2 cores). On the workqueue layer, which
+aborts on concurrent launches, calls take turns.
+
+Scheduling under contention (measured on the project machine, 2 cores; OpenMP was the layer before): with
+OpenMP, a parallel kernel's barrier waits for every thread of the team, so when a core is taken (another
+process, or numpy's OpenBLAS threads spinning for about 0.1 s after a matmul) every kernel of a model waits a
+scheduler time slice for its descheduled thread: right after a numpy matmul LeNet-5 took 62 ms instead of 0.2 ms
+(ten kernels, a few ms each), ResNet-18 42 ms instead of 16. With TBB, work a descheduled thread has not
+started is taken by the caller, and the same calls take 0.6 ms and 33 ms. What remains is the core the other
+pool holds: OpenBLAS's spinning thread keeps its core (a 2-thread kernel after a matmul runs at the speed of
+one thread), and no scheduling of ours gets it back; numpy's own setting does (OPENBLAS_NUM_THREADS, or
+threadpoolctl's `threadpool_limits` around numpy's BLAS calls), and so does ONNX Runtime's
+`session.intra_op.allow_spinning = 0`. cnncomp changes neither behind the user's back.
+`benchmarks/real_use.py` measures all of this against ONNX Runtime and PyTorch (benchmarks/README.md).
 
 fastmath: kernels that sum (convolutions, dense, pools, LRN, softmax, upsample, the elementwise kernels) are
 compiled with the fastmath flags reassoc, contract, nsz and arcp, so loops vectorize and use FMA; not nnan,
@@ -147,7 +168,7 @@ class NumbaExecutable(GraphShapes):
         """Numba's thread count for this thread's calls (a thread-local setting), and the one-at-a-time lock
         where the threading layer needs it."""
         previous = numba.get_num_threads()
-        numba.set_num_threads(self.threads)
+        numba.set_num_threads(min(self.threads, numba.config.NUMBA_NUM_THREADS))
         try:
             if self.compile_stats.threading_layer == "workqueue":
                 with _WORKQUEUE_LOCK:
@@ -242,15 +263,14 @@ def _resolve_scratch(calls: list[KernelCall]) -> tuple[np.ndarray, list[tuple[An
 
 
 def threads_option(options: Mapping[str, Any]) -> int:
-    """The threads a call uses: the `threads` option, at most the threads Numba started (NUMBA_NUM_THREADS,
-    all cores by default)."""
-    available = numba.config.NUMBA_NUM_THREADS
+    """The threads a call's kernels split their work for: the `threads` option, else the threads Numba started
+    (NUMBA_NUM_THREADS, all cores by default). A call runs on at most that many of Numba's threads."""
     requested = options.get("threads")
     if requested is None:
-        return available
+        return numba.config.NUMBA_NUM_THREADS
     if isinstance(requested, bool) or not isinstance(requested, int) or requested < 1:
         raise CnnCompError(f"threads={requested!r}: expected a positive number of threads")
-    return min(requested, available)
+    return requested
 
 
 def threading_layer() -> str:

@@ -6,7 +6,6 @@ import sys
 import textwrap
 import tracemalloc
 
-import numba
 import numpy as np
 import pytest
 
@@ -125,12 +124,11 @@ def test_im2col_tiles_hold_enough_pixels_for_their_weight():
 def test_pointwise_tiles_split_output_channels_or_pixels(monkeypatch, gate, share_rows, tiles):
     """A 1x1 conv's GEMM is split over output channels where each thread's share has at least
     MIN_GEMM_SHARE_ROWS rows, else over pixel tiles; both with remainders, gated or not (tiles for 2 threads)."""
-    monkeypatch.setattr(numba, "get_num_threads", lambda: 2)
     monkeypatch.setattr(lowering, "MIN_GEMM_SHARE_ROWS", share_rows)
     monkeypatch.setattr(lowering, "TILE_BYTES", 1 << 14)
     shapes = [(2, 16, 13, 11), (2, 16, 1, 1)] if gate else [(2, 16, 13, 11), (2, 40, 13, 11)]
     attrs = dict(out_channels=40, gate=True, act="relu") if gate else dict(out_channels=40, residual=True, act="relu")
-    executable = assert_same_as_reference(op_graph("pointwise_conv2d", shapes, attrs))
+    executable = assert_same_as_reference(op_graph("pointwise_conv2d", shapes, attrs), options={"threads": 2})
     (args,) = executable.workspace.args
     assert args[-3:-1] == tiles
 
@@ -144,13 +142,12 @@ def test_pointwise_tiles_split_output_channels_or_pixels(monkeypatch, gate, shar
 def test_im2col_whole_image_split_over_output_channels(monkeypatch, attrs):
     """An image that leaves threads idle on a small map: its whole im2col matrix, gathered by every thread (more
     threads than input channels here), multiplied in tiles of output channels with a remainder."""
-    monkeypatch.setattr(numba, "get_num_threads", lambda: 4)
     monkeypatch.setattr(lowering, "MIN_GEMM_SHARE_ROWS", 1)
     shapes = [(1, 6, 13, 11)]
     if attrs.get("residual"):
         shapes.append((1, 40, 7, 6))
     executable = assert_same_as_reference(op_graph("conv2d", shapes, attrs),
-                                          options={"conv2d_algorithms": {"y": "im2col"}})
+                                          options={"threads": 4, "conv2d_algorithms": {"y": "im2col"}})
     assert [step.kernel.family for step in executable.steps] == ["conv2d_im2col_whole"]
 
 
