@@ -27,9 +27,10 @@ scheduler time slice for its descheduled thread: right after a numpy matmul LeNe
 (ten kernels, a few ms each), ResNet-18 42 ms instead of 16. With TBB, work a descheduled thread has not
 started is taken by the caller, and the same calls take 0.6 ms and 33 ms. What remains is the core the other
 pool holds: OpenBLAS's spinning thread keeps its core (a 2-thread kernel after a matmul runs at the speed of
-one thread), and no scheduling of ours gets it back; numpy's own setting does (OPENBLAS_NUM_THREADS, or
-threadpoolctl's `threadpool_limits` around numpy's BLAS calls), and so does ONNX Runtime's
-`session.intra_op.allow_spinning = 0`. cnncomp changes neither behind the user's back.
+one thread), and no scheduling of ours gets it back; numpy's own setting does (OPENBLAS_NUM_THREADS=1 removed
+the stalls in a micro-benchmark). cnncomp does not change other libraries' settings behind the user's back.
+Under two busy cores the kernels' static split still costs: the thread on the shared core finishes its half
+last (ResNet-18 3.6x slower, ONNX Runtime, which shards dynamically, 2.6x); dynamic jobs are the next step.
 `benchmarks/real_use.py` measures all of this against ONNX Runtime and PyTorch (benchmarks/README.md).
 
 fastmath: kernels that sum (convolutions, dense, pools, LRN, softmax, upsample, the elementwise kernels) are
