@@ -25,7 +25,7 @@ from cnncomp import plugins
 from cnncomp.data import default_preprocessing
 from cnncomp.errors import CnnCompError, GraphError, InputError
 from cnncomp.ir import Graph
-from cnncomp.runtime import Executable
+from cnncomp.runtime import Executable, GraphShapes
 
 DEFAULT_BACKEND = "numba-cpu"
 
@@ -108,7 +108,7 @@ class Profile(list):
         return "\n".join(lines)
 
 
-class CompiledModel:
+class CompiledModel(GraphShapes):
     """A model compiled for a backend: call it on arrays, save it, read what was generated.
 
     `graph` is the optimized graph at the compiled batch size; `stats` the backend's compile figures (numba-cpu:
@@ -137,14 +137,6 @@ class CompiledModel:
     @property
     def name(self) -> str:
         return self.graph.name
-
-    @property
-    def input_shapes(self) -> dict[str, tuple[int, ...]]:
-        return {node.name: node.shape for node in self.graph.inputs}
-
-    @property
-    def output_shapes(self) -> dict[str, tuple[int, ...]]:
-        return {name: self.graph.node(name).shape for name in self.graph.outputs}
 
     @property
     def variants(self) -> list[dict[str, tuple[int, ...]]]:

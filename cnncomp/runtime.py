@@ -77,6 +77,28 @@ class GraphShapes:
         return {name: self.graph.node(name).shape for name in self.graph.outputs}
 
 
+class OperationByOperation(GraphShapes):
+    """The rest of the contract for a backend that runs the graph one framework operation at a time (the
+    reference, the PyTorch and ONNX Runtime peers): no limit of its own on concurrent calls (a call's values are
+    its own), no arena (each operation allocates its result), no generated source, no compile figures."""
+
+    @property
+    def concurrent_calls(self) -> int | None:
+        return None
+
+    @property
+    def memory_plan(self) -> dict[str, Any] | None:
+        return None
+
+    @property
+    def source(self) -> dict[str, str]:
+        return {}
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        return {}
+
+
 Work = TypeVar("Work")
 
 

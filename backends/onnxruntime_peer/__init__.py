@@ -19,7 +19,7 @@ import numpy as np
 from cnncomp.errors import CnnCompError
 from cnncomp.ir import Graph
 from cnncomp.onnx_export import onnx_module, to_onnx
-from cnncomp.runtime import GraphShapes, ProfileRow, check_inputs
+from cnncomp.runtime import OperationByOperation, ProfileRow, check_inputs
 
 KERNEL_EVENT = "_kernel_time"  # ONNX Runtime's trace names a node's run `<node name>_kernel_time`
 
@@ -32,7 +32,7 @@ def _onnxruntime() -> Any:
     return onnxruntime
 
 
-class OnnxRuntimeExecutable(GraphShapes):
+class OnnxRuntimeExecutable(OperationByOperation):
     """The executable contract (`cnncomp.runtime.Executable`) for ONNX Runtime. `model` is the exported ONNX
     model, `session` the InferenceSession running it."""
 
@@ -43,20 +43,6 @@ class OnnxRuntimeExecutable(GraphShapes):
         self.optimize = optimize
         self.model = to_onnx(graph)
         self.session = self._session(self._options())
-
-    @property
-    def concurrent_calls(self) -> int | None:
-        """No limit of its own: ONNX Runtime shares its intra-op thread pool among concurrent runs."""
-        return None
-
-    @property
-    def memory_plan(self) -> dict[str, Any] | None:
-        """None: ONNX Runtime plans its own memory."""
-        return None
-
-    @property
-    def source(self) -> dict[str, str]:
-        return {}
 
     @property
     def stats(self) -> dict[str, Any]:

@@ -16,10 +16,10 @@ import numpy as np
 from cnncomp.errors import GraphError
 from cnncomp.ir import Graph, Node
 from cnncomp.ops import OpError, get_op
-from cnncomp.runtime import GraphShapes, ProfileRow, check_inputs
+from cnncomp.runtime import OperationByOperation, ProfileRow, check_inputs
 
 
-class ReferenceExecutable(GraphShapes):
+class ReferenceExecutable(OperationByOperation):
     """The executable contract (`cnncomp.runtime.Executable`) for the numpy interpreter."""
 
     def __init__(self, graph: Graph) -> None:
@@ -37,24 +37,6 @@ class ReferenceExecutable(GraphShapes):
         for name, step in last_read.items():
             if name not in outputs:
                 self.release_after.setdefault(step, []).append(name)
-
-    @property
-    def concurrent_calls(self) -> int | None:
-        """No limit: a call's values are its own."""
-        return None
-
-    @property
-    def memory_plan(self) -> dict[str, Any] | None:
-        """None: each op allocates its result."""
-        return None
-
-    @property
-    def source(self) -> dict[str, str]:
-        return {}
-
-    @property
-    def stats(self) -> dict[str, Any]:
-        return {}
 
     def __call__(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         values = self._run(inputs, None)

@@ -16,7 +16,7 @@ import numpy as np
 
 from cnncomp.errors import CnnCompError, GraphError
 from cnncomp.ir import Graph, Node
-from cnncomp.runtime import GraphShapes, ProfileRow, check_inputs
+from cnncomp.runtime import OperationByOperation, ProfileRow, check_inputs
 
 
 def _torch() -> Any:
@@ -38,7 +38,7 @@ def _symmetric(attrs: Mapping[str, Any]) -> tuple[int, int] | None:
     return (top, left) if (top, left) == (bottom, right) else None
 
 
-class TorchExecutable(GraphShapes):
+class TorchExecutable(OperationByOperation):
     """The executable contract (`cnncomp.runtime.Executable`) for PyTorch eager."""
 
     def __init__(self, graph: Graph) -> None:
@@ -49,20 +49,6 @@ class TorchExecutable(GraphShapes):
         self.order = [node for node in graph.nodes if node.op != "input"]
         self.params = {name: {k: self.torch.from_numpy(v) for k, v in graph.node_params(name).items()}
                        for name in (node.name for node in graph.nodes)}
-
-    @property
-    def concurrent_calls(self) -> int | None:
-        """No limit of its own: PyTorch shares its intra-op thread pool among concurrent calls."""
-        return None
-
-    @property
-    def memory_plan(self) -> dict[str, Any] | None:
-        """None: each op allocates its result."""
-        return None
-
-    @property
-    def source(self) -> dict[str, str]:
-        return {}
 
     @property
     def stats(self) -> dict[str, Any]:
