@@ -25,7 +25,7 @@ PEERS = ("torch", "onnxruntime")
 def markdown(records: list[dict]) -> str:
     peers = [p for p in PEERS if any(r["backend"] == p for r in records)]
     median = {(r["model"], r["backend"], r["batch"]): r["median_ms"] for r in records}
-    header = ["model", "backend", "batch", "median ms", "min ms", "img/s", "GFLOP/s", "% peak",
+    header = ["model", "backend", "batch", "min ms", "median ms", "max ms", "img/s", "GFLOP/s", "% peak",
               *(f"x {p}" for p in peers), "compile cold s", "warm s", "peak MB"]
     numeric = [False, False, *[True] * (len(header) - 2)]
     lines = ["| " + " | ".join(header) + " |",
@@ -35,7 +35,8 @@ def markdown(records: list[dict]) -> str:
         for peer in peers:
             peer_ms = median.get((r["model"], peer, r["batch"]))
             ratios.append(f"{peer_ms / r['median_ms']:.2f}" if peer_ms else "")
-        cells = [r["model"], r["backend"], str(r["batch"]), f"{r['median_ms']:.2f}", f"{r['min_ms']:.2f}",
+        cells = [r["model"], r["backend"], str(r["batch"]), f"{r['min_ms']:.2f}", f"{r['median_ms']:.2f}",
+                 f"{r['max_ms']:.2f}",
                  f"{r['images_per_s']:.1f}", f"{r['gflops']:.1f}", f"{100 * r['peak_fraction']:.1f}", *ratios,
                  f"{r['compile_cold_s']:.1f}", f"{r['compile_warm_s']:.2f}", f"{r['peak_rss_mb']:.0f}"]
         lines.append("| " + " | ".join(cells) + " |")

@@ -29,10 +29,11 @@ started is taken by the caller, and the same calls take 0.6 ms and 33 ms. What r
 pool holds: OpenBLAS's spinning thread keeps its core (a 2-thread kernel after a matmul runs at the speed of
 one thread), and no scheduling of ours gets it back; numpy's own setting does (OPENBLAS_NUM_THREADS=1 removed
 the stalls in a micro-benchmark). cnncomp does not change other libraries' settings behind the user's back.
-Tried and not kept, because they measured no better: jobs taken from an atomic counter instead of the static
-split, and Numba's loops in chunks of 8 (ResNet-18 with one busy core 31.7 ms, right after a matmul 33.0 ms,
-two busy cores 57 ms, against 16 ms idle: one thread's speed). With one core taken, the scheduler keeps Numba's
-worker on the caller's core (it wakes there, and moving it would not even the load), so the model gets one
+Nodes with little work (lowering.SERIAL_WORK) run serial kernels on the calling thread: no parallel region to pay
+for or to wait in. Tried and not kept, because they measured no better: jobs taken from an atomic counter instead
+of the static split, and Numba's loops in chunks of 8 (ResNet-18 with one busy core 31.7 ms, right after a matmul
+33.0 ms, two busy cores 57 ms, against 16 ms idle: one thread's speed). With one core taken, the scheduler keeps
+Numba's worker on the caller's core (it wakes there, and moving it would not even the load), so the model gets one
 core whatever the split; on two busy cores a single thread did better than two (ResNet-18 44 against 60 ms).
 `benchmarks/real_use.py` measures all of this against ONNX Runtime and PyTorch (benchmarks/README.md).
 

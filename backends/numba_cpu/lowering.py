@@ -13,10 +13,12 @@ from typing import Any
 import numpy as np
 
 from backends.numba_cpu import resolve
+from backends.numba_cpu.kernels import KernelSource
 from backends.numba_cpu.templates import conv, layers, pool, tensor
 from backends.numba_cpu.templates.common import EMPTY, KernelCall, Scratch, epilogue_args
 from cnncomp.errors import GraphError
 from cnncomp.ir import Graph, Node
+from cnncomp.ops import get_op
 from cnncomp.ops.activation import ACTIVATIONS
 from cnncomp.ops.pool import adaptive_bins
 from cnncomp.ops.resize import interpolation_taps
@@ -38,6 +40,10 @@ MIN_WINOGRAD_TILES = 128
 WINOGRAD_WHOLE_BYTES = 16 << 20
 WINOGRAD_WIDE_CHANNELS = 160
 WINOGRAD_WIDE_WHOLE_BYTES = 128 << 20
+# Below this much work (MACs, or values written), a node's kernel runs on the calling thread alone: the TBB
+# parallel region costs about 20 us (LeNet-5 at batch 1: 0.26 -> 0.165 ms; GoogLeNet, EfficientNet-B0 and
+# ResNet-50 unchanged within noise; at 1 << 18 LeNet's first conv ran slower on one thread).
+SERIAL_WORK = 1 << 16
 EMPTY3 = np.zeros((0, 0, 0), np.float32)
 EMPTY4 = np.zeros((0, 0, 0, 0), np.float32)
 
@@ -65,6 +71,10 @@ class LoweringContext:
         """Whether the memory plan put `operand` inside `concat`'s output, so its producer already wrote it."""
         slot = self.plan["tensors"].get(operand)
         return slot is not None and slot["view_of"] == concat
+
+    def on_one_thread(self) -> LoweringContext:
+        """The same context for kernels lowered to run on the calling thread alone."""
+        return LoweringContext(self.graph, self.views, 1, self.plan, self.conv2d_algorithms)
 
     def value(self, name: str) -> np.ndarray:
         return self.views[name]
@@ -425,9 +435,26 @@ LOWERINGS: dict[str, Callable[[Node, LoweringContext], list[KernelCall]]] = {
 }
 
 
+def work(node: Node, graph: Graph) -> int:
+    """A node's work, for choosing its threads: its MACs (the op registry's count), or for ops that compute
+    none, the values it writes."""
+    inputs = [graph.node(name).type for name in node.inputs]
+    return max(get_op(node.op).macs(node.attrs, inputs, node.type), node.type.size)
+
+
+def serial(kernel: KernelSource) -> KernelSource:
+    """The kernel compiled without `parallel`: its prange loops run as plain loops on the calling thread."""
+    source = kernel.source.replace("@njit(parallel=True, ", "@njit(")
+    return KernelSource(kernel.family, source, kernel.specialization)
+
+
 def lower(node: Node, ctx: LoweringContext) -> list[KernelCall]:
+    """The node's kernel calls. A node with less work than SERIAL_WORK runs on the calling thread alone: a
+    parallel region costs more than it saves there, and never waits for a descheduled thread."""
     try:
         lowering = LOWERINGS[node.op]
     except KeyError:
         raise GraphError(f"{node.describe()}: the numba-cpu backend has no kernel for op {node.op!r}") from None
-    return lowering(node, ctx)
+    if ctx.threads == 1 or work(node, ctx.graph) >= SERIAL_WORK:
+        return lowering(node, ctx)
+    return [KernelCall(serial(call.kernel), call.args, call.node) for call in lowering(node, ctx.on_one_thread())]

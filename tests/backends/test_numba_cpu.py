@@ -21,6 +21,13 @@ from tests.helpers import one_op_graph, random
 ATOL = RTOL = 1e-4
 
 
+@pytest.fixture(autouse=True)
+def parallel_kernels(monkeypatch):
+    """The ops here are small, and nodes with little work run serial kernels: test the parallel ones (the serial
+    ones are tested below, and run in every zoo model)."""
+    monkeypatch.setattr(lowering, "SERIAL_WORK", 0)
+
+
 def random_inputs(graph: Graph, seed: int = 1) -> dict[str, np.ndarray]:
     return {node.name: random(node.shape, seed + i) for i, node in enumerate(graph.inputs)}
 
@@ -545,3 +552,14 @@ def test_a_worker_slow_to_exit_is_killed_and_never_reused(monkeypatch):
     monkeypatch.setattr(worker.process, "wait", slow_wait)
     worker.close()
     assert not worker.alive() and worker.process.returncode is not None
+
+
+def test_nodes_with_little_work_run_serial_kernels_that_match_the_reference(monkeypatch):
+    monkeypatch.setattr(lowering, "SERIAL_WORK", 1 << 16)
+    graph = models.inception_module()
+    executable = assert_same_as_reference(graph)
+    small = {node.name for node in graph.nodes if node.op not in ("input", "constant")
+             and lowering.work(node, graph) < lowering.SERIAL_WORK}
+    assert small and len(small) < len(graph.nodes) - 1
+    for step in executable.steps:
+        assert ("parallel=True" not in step.kernel.source) == (step.node in small), step.node
