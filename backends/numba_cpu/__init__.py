@@ -34,7 +34,10 @@ for or to wait in. Tried and not kept, because they measured no better: jobs tak
 of the static split, and Numba's loops in chunks of 8 (ResNet-18 with one busy core 31.7 ms, right after a matmul
 33.0 ms, two busy cores 57 ms, against 16 ms idle: one thread's speed). With one core taken, the scheduler keeps
 Numba's worker on the caller's core (it wakes there, and moving it would not even the load), so the model gets one
-core whatever the split; on two busy cores a single thread did better than two (ResNet-18 44 against 60 ms).
+core whatever the split; on two busy cores a single thread did better than two (ResNet-18 44 against 60 ms). Nor
+did running a call on only the cores other processes leave idle (their running threads read from /proc, as OpenMP's
+OMP_DYNAMIC does from the load average): on two busy cores, alternating calls of both in one process, ResNet-18
+35.3 against 35.5 ms, EfficientNet-B0 45.5 against 44.4, GoogLeNet 63.4 against 65.4, ResNet-50 122 against 114.
 `benchmarks/real_use.py` measures all of this against ONNX Runtime and PyTorch (benchmarks/README.md).
 
 fastmath: kernels that sum (convolutions, dense, pools, LRN, softmax, upsample, the elementwise kernels) are
