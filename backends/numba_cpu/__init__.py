@@ -38,6 +38,8 @@ core whatever the split; on two busy cores a single thread did better than two (
 did running a call on only the cores other processes leave idle (their running threads read from /proc, as OpenMP's
 OMP_DYNAMIC does from the load average): on two busy cores, alternating calls of both in one process, ResNet-18
 35.3 against 35.5 ms, EfficientNet-B0 45.5 against 44.4, GoogLeNet 63.4 against 65.4, ResNet-50 122 against 114.
+Nor did finer shares (kernels tiled for 4 or 8 threads on Numba's 2, which TBB then hands out as threads come
+free): ResNet-18 60.1, 62.4, 60.2 ms on two busy cores; EfficientNet-B0 46.1, 44.3, 47.0.
 `benchmarks/real_use.py` measures all of this against ONNX Runtime and PyTorch (benchmarks/README.md).
 
 fastmath: kernels that sum (convolutions, dense, pools, LRN, softmax, upsample, the elementwise kernels) are
