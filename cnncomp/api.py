@@ -25,7 +25,7 @@ from cnncomp import plugins
 from cnncomp.data import default_preprocessing
 from cnncomp.errors import CnnCompError, GraphError, InputError
 from cnncomp.ir import Graph
-from cnncomp.runtime import Executable, GraphShapes
+from cnncomp.runtime import Executable, GraphShapes, positive_count
 
 DEFAULT_BACKEND = "numba-cpu"
 
@@ -89,9 +89,7 @@ def _with_threads(options: Mapping[str, Any] | None, threads: int | None) -> dic
     """The backend options with `threads` set (if given, and a positive int)."""
     if threads is None:
         return dict(options or {})
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-        raise CnnCompError(f"threads={threads!r}: expected a positive number of threads")
-    return {**(options or {}), "threads": threads}
+    return {**(options or {}), "threads": positive_count("threads", threads, "threads")}
 
 
 class Profile(list):

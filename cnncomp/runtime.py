@@ -9,13 +9,14 @@ beyond that they wait for each other, they never share working memory.
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 
-from cnncomp.errors import InputError
+from cnncomp.errors import CnnCompError, InputError
 from cnncomp.ir import Graph
 
 # A profile row: {"node": name, "kernel": what ran it, "seconds": median time over the repeats}.
@@ -97,6 +98,25 @@ class OperationByOperation(GraphShapes):
     @property
     def stats(self) -> dict[str, Any]:
         return {}
+
+
+# Calls of one executable that run at once by default, each in a workspace of its own; more callers wait. Enough
+# for a web server's or Dask worker's thread pool on a small machine without holding an arena per thread of a
+# large pool.
+CONCURRENT_CALLS = max(4, os.cpu_count() or 1)
+
+
+def positive_count(name: str, value: Any, what: str) -> int:
+    """`value` if it is a positive int (an option such as `threads` or `concurrent_calls`), else CnnCompError."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise CnnCompError(f"{name}={value!r}: expected a positive number of {what}")
+    return value
+
+
+def concurrent_calls_option(options: Mapping[str, Any]) -> int:
+    """The `concurrent_calls` option of a backend that runs each call in a workspace (default CONCURRENT_CALLS)."""
+    value = options.get("concurrent_calls")
+    return positive_count("concurrent_calls", CONCURRENT_CALLS if value is None else value, "calls")
 
 
 Work = TypeVar("Work")

@@ -13,11 +13,11 @@ work for (default: all cores); a call sets Numba's thread count for its own thre
 thread) and puts it back after.
 
 Concurrent calls: each call takes a workspace (arena, scratch region, the kernels' arguments bound to them) from a
-pool of at most `concurrent_calls` (default CONCURRENT_CALLS), made on demand by rebasing the first workspace's
-views onto fresh memory; weights are shared. Kernels are compiled `nogil`, so calls from several Python threads
-run at the same time. Numba's threading layer is TBB, which cnncomp installs and Numba picks by default: each
-parallel kernel is a TBB parallel_for in an arena of its own, so concurrent calls share TBB's worker threads
-instead of each starting a team (OpenMP would put 2 x 2 threads on 2 cores). On the workqueue layer, which
+pool of at most `concurrent_calls` (default `cnncomp.runtime.CONCURRENT_CALLS`), made on demand by rebasing the
+first workspace's views onto fresh memory; weights are shared. Kernels are compiled `nogil`, so calls from several
+Python threads run at the same time. Numba's threading layer is TBB, which cnncomp installs and Numba picks by
+default: each parallel kernel is a TBB parallel_for in an arena of its own, so concurrent calls share TBB's worker
+threads instead of each starting a team (OpenMP would put 2 x 2 threads on 2 cores). On the workqueue layer, which
 aborts on concurrent launches, calls take turns.
 
 Scheduling under contention (measured on the project machine, 2 cores; OpenMP was the layer before): with
@@ -68,16 +68,19 @@ from backends.numba_cpu import blas
 from backends.numba_cpu.kernels import KernelCache, KernelSource
 from backends.numba_cpu.lowering import LoweringContext, lower
 from backends.numba_cpu.templates.common import KernelCall, Scratch
-from cnncomp.errors import CnnCompError, GraphError
+from cnncomp.errors import GraphError
 from cnncomp.ir import Graph
 from cnncomp.passes.plan_memory import plan_memory, plan_of
-from cnncomp.runtime import GraphShapes, WorkspacePool, check_inputs, offset_in
+from cnncomp.runtime import (
+    GraphShapes,
+    WorkspacePool,
+    check_inputs,
+    concurrent_calls_option,
+    offset_in,
+    positive_count,
+)
 
 ALIGNMENT = 64  # bytes: one cache line, and AVX-512 vectors
-# Calls of one executable that run at once by default, each in a workspace (arena and scratch) of its own; more
-# callers wait. Enough for a web server's or Dask worker's thread pool on a small machine without holding an
-# arena per thread of a large pool.
-CONCURRENT_CALLS = max(4, os.cpu_count() or 1)
 
 
 def _aligned(size: int) -> int:
@@ -276,11 +279,7 @@ def threads_option(options: Mapping[str, Any]) -> int:
     """The threads a call's kernels split their work for: the `threads` option, else the threads Numba started
     (NUMBA_NUM_THREADS, all cores by default). A call runs on at most that many of Numba's threads."""
     requested = options.get("threads")
-    if requested is None:
-        return numba.config.NUMBA_NUM_THREADS
-    if isinstance(requested, bool) or not isinstance(requested, int) or requested < 1:
-        raise CnnCompError(f"threads={requested!r}: expected a positive number of threads")
-    return requested
+    return numba.config.NUMBA_NUM_THREADS if requested is None else positive_count("threads", requested, "threads")
 
 
 def threading_layer() -> str:
@@ -297,15 +296,13 @@ def compile(graph: Graph, options: Mapping[str, Any] | None = None) -> NumbaExec
 
     options: `cache_dir` (default: `$CNNCOMP_CACHE_DIR` or `~/.cache/cnncomp`), `progress` (bool; default: on
     a terminal), `threads` (cores a call uses; default all), `concurrent_calls` (calls that run at once, each in
-    a workspace of its own; default CONCURRENT_CALLS), `conv2d_algorithms` ({node name: algorithm} overriding
-    `resolve`, for tests and measurements)."""
+    a workspace of its own; default `cnncomp.runtime.CONCURRENT_CALLS`), `conv2d_algorithms` ({node name:
+    algorithm} overriding `resolve`, for tests and measurements)."""
     options = dict(options or {})
     start = time.perf_counter()
     graph.validate()
     threads = threads_option(options)
-    concurrent_calls = options.get("concurrent_calls", CONCURRENT_CALLS)
-    if isinstance(concurrent_calls, bool) or not isinstance(concurrent_calls, int) or concurrent_calls < 1:
-        raise CnnCompError(f"concurrent_calls={concurrent_calls!r}: expected a positive number of calls")
+    concurrent_calls = concurrent_calls_option(options)
     blas.configure_single_threaded()
     arena, views, plan = _memory(graph)
     context = LoweringContext(graph, views, threads, plan, options.get("conv2d_algorithms", {}))

@@ -41,11 +41,10 @@ from cnncomp.errors import CnnCompError, GraphError
 from cnncomp.ir import Graph
 from cnncomp.passes.plan_memory import ALIGNMENT, plan_memory, plan_of
 from cnncomp.progress import progress
-from cnncomp.runtime import GraphShapes, ProfileRow, WorkspacePool, check_inputs
+from cnncomp.runtime import GraphShapes, ProfileRow, WorkspacePool, check_inputs, concurrent_calls_option
 
 NO_GPU = "no CUDA GPU found (set NUMBA_ENABLE_CUDASIM=1 to simulate)"
 NOT_INSTALLED = "the numba-cuda backend needs the numba-cuda package: pip install 'cnncomp[cuda]'"
-DEFAULT_CONCURRENT_CALLS = 4
 
 
 class CudaUnavailableError(CnnCompError):
@@ -339,13 +338,9 @@ def compile(graph: Graph, options: Mapping[str, Any] | None = None) -> CudaExecu
 
     options: `cache_dir` (default: `$CNNCOMP_CACHE_DIR` or `~/.cache/cnncomp`), `progress` (bool; default: on
     a terminal), `concurrent_calls` (how many calls run at once at most, each in a working set of its own;
-    default 4)."""
+    default cnncomp.runtime.CONCURRENT_CALLS)."""
     options = dict(options or {})
-    concurrent_calls = options.get("concurrent_calls")
-    if concurrent_calls is None:  # not set
-        concurrent_calls = DEFAULT_CONCURRENT_CALLS
-    if isinstance(concurrent_calls, bool) or not isinstance(concurrent_calls, int) or concurrent_calls < 1:
-        raise CnnCompError(f"concurrent_calls={concurrent_calls!r}: expected a positive number of calls")
+    concurrent_calls = concurrent_calls_option(options)
     start = time.perf_counter()
     cuda = cuda_module()
     lowered = lower_graph(graph)

@@ -18,6 +18,7 @@ import cnncomp
 from cnncomp.errors import CnnCompError, GraphError
 from cnncomp.ir import Graph
 from cnncomp.pipeline import optimize
+from cnncomp.runtime import CONCURRENT_CALLS
 from frontends.builder import Builder
 from tests import models
 from tests.backends.contract import check_concurrent, check_contract, check_variant_compiled_during_calls
@@ -80,7 +81,7 @@ def test_the_executable_provides_the_contract():
     executable = numba_cuda.compile(graph)
     check_contract(executable, graph)
     assert executable.input_shapes == {"x": (1, 3, 4, 4)} and executable.output_shapes == {"out": (1, 3, 4, 4)}
-    assert executable.concurrent_calls == numba_cuda.DEFAULT_CONCURRENT_CALLS == 4
+    assert executable.concurrent_calls == CONCURRENT_CALLS
     assert executable.memory_plan == graph.meta["memory_plan"]
     stats = executable.stats
     assert json.loads(json.dumps(stats)) == stats
