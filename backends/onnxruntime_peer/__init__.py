@@ -19,7 +19,7 @@ import numpy as np
 from cnncomp.errors import CnnCompError
 from cnncomp.ir import Graph
 from cnncomp.onnx_export import onnx_module, to_onnx
-from cnncomp.runtime import OperationByOperation, ProfileRow, check_inputs
+from cnncomp.runtime import OperationByOperation, ProfileRow, check_inputs, positive_count
 
 KERNEL_EVENT = "_kernel_time"  # ONNX Runtime's trace names a node's run `<node name>_kernel_time`
 
@@ -149,4 +149,7 @@ def compile(graph: Graph, options: Mapping[str, Any] | None = None) -> OnnxRunti
     """options: `threads` (ONNX Runtime's intra-op threads; default: its own choice, all cores), `optimize`
     (ONNX Runtime's graph optimizations, default on: the fusions it would apply to any model it is given)."""
     options = dict(options or {})
-    return OnnxRuntimeExecutable(graph, options.get("threads"), bool(options.get("optimize", True)))
+    threads = options.get("threads")
+    if threads is not None:
+        positive_count("threads", threads, "threads")
+    return OnnxRuntimeExecutable(graph, threads, bool(options.get("optimize", True)))

@@ -16,7 +16,7 @@ import numpy as np
 
 from cnncomp.errors import CnnCompError, GraphError
 from cnncomp.ir import Graph, Node
-from cnncomp.runtime import OperationByOperation, ProfileRow, check_inputs
+from cnncomp.runtime import OperationByOperation, ProfileRow, check_inputs, positive_count
 
 
 def _torch() -> Any:
@@ -267,5 +267,5 @@ def compile(graph: Graph, options: Mapping[str, Any] | None = None) -> TorchExec
     executable = TorchExecutable(graph)
     threads = (options or {}).get("threads")
     if threads is not None:
-        executable.torch.set_num_threads(threads)
+        executable.torch.set_num_threads(positive_count("threads", threads, "threads"))
     return executable
