@@ -14,50 +14,18 @@ import cnncomp
 from backends.reference import run as run_reference
 from cnncomp.errors import CnnCompError
 from tests import models
+from tests.backends.contract import check_concurrent, random_inputs
 from tests.backends.test_numba_cpu import op_graph
 
 
-def _inputs(graph, count: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
-    rng = np.random.default_rng(seed)
-    return [{node.name: rng.standard_normal(node.shape).astype(np.float32) for node in graph.inputs}
-            for _ in range(count)]
-
-
-def _call_from_threads(executable, inputs, threads: int, calls: int) -> list[tuple[int, dict[str, np.ndarray]]]:
-    """Every thread calls `calls` times, cycling through `inputs` from its own starting point."""
-    start = threading.Barrier(threads)
-    results: list[tuple[int, dict[str, np.ndarray]]] = []
-    errors: list[BaseException] = []
-
-    def worker(first: int) -> None:
-        try:
-            start.wait()
-            for k in range(calls):
-                index = (first + k) % len(inputs)
-                results.append((index, executable(inputs[index])))
-        except BaseException as exc:  # noqa: BLE001  (re-raised in the main thread)
-            errors.append(exc)
-
-    pool = [threading.Thread(target=worker, args=(i,)) for i in range(threads)]
-    for thread in pool:
-        thread.start()
-    for thread in pool:
-        thread.join()
-    if errors:
-        raise errors[0]
-    return results
+def _inputs(graph, count: int) -> list[dict[str, np.ndarray]]:
+    return [random_inputs(graph, seed) for seed in range(count)]
 
 
 def test_more_callers_than_workspaces_wait_for_one_and_get_their_own_answers():
     graph = models.basic_block(batch=2)
     executable = numba_cpu.compile(graph, {"concurrent_calls": 2})
-    inputs = _inputs(graph, 6)
-    alone = [executable(x) for x in inputs]
-    results = _call_from_threads(executable, inputs, threads=4, calls=15)
-    assert len(results) == 60
-    for index, outputs in results:
-        for name, value in outputs.items():
-            np.testing.assert_array_equal(value, alone[index][name])
+    check_concurrent([(executable, _inputs(graph, 6))], threads=4, calls=3)
     assert executable.stats["workspaces"] == 2
 
 
@@ -98,8 +66,8 @@ def test_two_concurrent_calls_overlap_in_time():
     executable(x)  # every workspace's first call alike
     for _ in range(3):  # a busy machine may still deschedule one caller for the whole of the other's call
         intervals.clear()
-        _call_from_threads(executable, [x], threads=2, calls=1)
-        (a_start, a_end), (b_start, b_end) = intervals
+        check_concurrent([(executable, [x])], threads=2, calls=1)
+        (a_start, a_end), (b_start, b_end) = intervals[:2]  # the third: the call alone it is checked against
         if a_start < b_end and b_start < a_end:
             break
     else:
