@@ -29,6 +29,11 @@ started is taken by the caller, and the same calls take 0.6 ms and 33 ms. What r
 pool holds: OpenBLAS's spinning thread keeps its core (a 2-thread kernel after a matmul runs at the speed of
 one thread), and no scheduling of ours gets it back; numpy's own setting does (OPENBLAS_NUM_THREADS=1 removed
 the stalls in a micro-benchmark). cnncomp does not change other libraries' settings behind the user's back.
+OpenBLAS 0.3.31 (numpy 2.4's) spins on `nop`s, not `sched_yield`, for 2^28 cycles (OPENBLAS_THREAD_TIMEOUT,
+read once when it loads), and has no call that ends the spin except `blas_thread_shutdown_`: calling that before
+each call brought ResNet-18 after a matmul from 29.3 to 19.4 ms (idle 16.6) and EfficientNet-B0 from 22.0 to
+16.4 (idle 13.3), but it deadlocks when another thread's numpy matmul is in flight (it joins a worker that is still
+working), so it is not used.
 Nodes with little work (lowering.SERIAL_WORK) run serial kernels on the calling thread: no parallel region to pay
 for or to wait in. Tried and not kept, because they measured no better: jobs taken from an atomic counter instead
 of the static split, and Numba's loops in chunks of 8 (ResNet-18 with one busy core 31.7 ms, right after a matmul
