@@ -5,6 +5,7 @@
     logits = model(x)                      # x: N x 3 x 224 x 224 float32
     model.save("resnet18.cnnx")
     model = cnncomp.load("resnet18.cnnx")
+    results = cnncomp.run_many(model, ["photos/a.jpg", ...], batch=32)   # client=: on a Dask cluster
 
 The API lives in `cnncomp.api`; it is imported on first use, so `import cnncomp.ir` stays light (and the core
 never imports the passes, frontends or backends before it needs them).
@@ -22,6 +23,8 @@ _API = {
     "load": "cnncomp.api",
     "CompiledModel": "cnncomp.api",
     "Profile": "cnncomp.api",
+    "run_many": "cnncomp.batch",
+    "iter_many": "cnncomp.batch",
     "CnnCompError": "cnncomp.errors",
     "InputError": "cnncomp.errors",
 }

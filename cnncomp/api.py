@@ -70,13 +70,14 @@ def compile(model: Graph | str | Path, backend: str = DEFAULT_BACKEND, opt_level
 
 
 def load(path: str | Path, backend: str | None = None, options: Mapping[str, Any] | None = None, *,
-         threads: int | None = None) -> CompiledModel:
+         threads: int | None = None, content: bytes | None = None) -> CompiledModel:
     """A model saved with `CompiledModel.save`, verified (see `cnncomp.artifact`), compiled for the backend it
-    was saved for (or `backend`), using `threads` cores per call (default: all)."""
+    was saved for (or `backend`), using `threads` cores per call (default: all). With `content`, the artifact
+    is these bytes (read or received already) and `path` only names it."""
     from cnncomp import artifact
 
     started = time.perf_counter()
-    manifest, graph = artifact.read(path)
+    manifest, graph = artifact.read(path, content)
     model = CompiledModel(graph, backend or manifest["backend"], manifest["opt_level"],
                           fully_convolutional=manifest["fully_convolutional"],
                           disabled_passes=tuple(manifest["disabled_passes"]),

@@ -59,6 +59,12 @@ class ArtifactError(CnnCompError):
 def save(model: CompiledModel, path: str | Path) -> Path:
     """Write `model` to `path` (atomically); returns the path."""
     path = check_writable(path)
+    write_atomically({path: to_bytes(model)})
+    return path
+
+
+def to_bytes(model: CompiledModel) -> bytes:
+    """The artifact of `model`, as the bytes of its file."""
     weights = io.BytesIO()
     np.savez(weights, **model.graph.params)
     members = {GRAPH: model.graph.to_json().encode(), WEIGHTS: weights.getvalue()}
@@ -77,16 +83,13 @@ def save(model: CompiledModel, path: str | Path) -> Path:
         "members": {name: {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
                     for name, data in members.items()},
     }
-
-    def write(temporary: Path) -> None:
-        with zipfile.ZipFile(temporary, "w") as archive:
-            archive.writestr(MANIFEST, json.dumps(manifest, indent=1), zipfile.ZIP_DEFLATED)
-            for name, data in members.items():
-                # Weights barely compress; storing them makes loading a plain copy.
-                archive.writestr(name, data, zipfile.ZIP_STORED if name == WEIGHTS else zipfile.ZIP_DEFLATED)
-
-    write_atomically({path: write})
-    return path
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr(MANIFEST, json.dumps(manifest, indent=1), zipfile.ZIP_DEFLATED)
+        for name, data in members.items():
+            # Weights barely compress; storing them makes loading a plain copy.
+            archive.writestr(name, data, zipfile.ZIP_STORED if name == WEIGHTS else zipfile.ZIP_DEFLATED)
+    return buffer.getvalue()
 
 
 def _tensors(graph: Graph, names: list[str]) -> dict[str, dict[str, Any]]:
@@ -94,10 +97,11 @@ def _tensors(graph: Graph, names: list[str]) -> dict[str, dict[str, Any]]:
 
 
 # ----- reading -------------------------------------------------------------------------------------------------
-def read(path: str | Path) -> tuple[dict[str, Any], Graph]:
-    """The manifest and the graph (with its weights) of a verified artifact."""
+def read(path: str | Path, content: bytes | None = None) -> tuple[dict[str, Any], Graph]:
+    """The manifest and the graph (with its weights) of a verified artifact: the file at `path`, or its `content`
+    (a cluster's worker gets the bytes; `path` then only names them in errors)."""
     path = Path(path)
-    manifest, members = _verified_members(path)
+    manifest, members = _verified_members(path, content)
     try:
         with np.load(io.BytesIO(members[WEIGHTS]), allow_pickle=False) as archive:
             params = {key: archive[key] for key in archive.files}
@@ -114,11 +118,11 @@ def read(path: str | Path) -> tuple[dict[str, Any], Graph]:
     return manifest, graph
 
 
-def _verified_members(path: Path) -> tuple[dict[str, Any], dict[str, bytes]]:
-    if not path.is_file():
+def _verified_members(path: Path, content: bytes | None) -> tuple[dict[str, Any], dict[str, bytes]]:
+    if content is None and not path.is_file():
         raise ArtifactError(f"{path}: no such file")
     try:
-        with zipfile.ZipFile(path) as archive:
+        with zipfile.ZipFile(path if content is None else io.BytesIO(content)) as archive:
             infos = archive.infolist()
             _check_names_and_sizes(path, infos)
             by_name = {info.filename: info for info in infos}

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from cnncomp.errors import CnnCompError
 
 EXIT_ERROR = 1
 EXIT_INTERNAL = 3
+DEFAULT_BATCH = 32  # inputs per batch of `run --out`
 
 
 class UsageError(CnnCompError):
@@ -203,6 +205,17 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
                         help="load the model's weights from an .npz keyed node.param (such as c1.weight)")
 
 
+def _add_cluster_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--workers", type=_positive_int, default=None, metavar="N",
+                        help="run on a local Dask cluster of N worker processes (listening on 127.0.0.1 only)")
+    parser.add_argument("--threads-per-worker", type=_positive_int, default=None, metavar="T",
+                        help="threads of each --workers process (default 1); each runs batches on one core")
+    parser.add_argument("--scheduler", metavar="ADDRESS",
+                        help="run on a running Dask cluster (tcp://HOST:PORT or tls://...; Dask's own security "
+                             "settings apply)")
+    parser.add_argument("--scheduler-file", metavar="FILE", help="the running cluster's scheduler file")
+
+
 def _add_image_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mean", type=_floats, metavar="M[,M,M]",
                         help="per-channel mean images are normalized with: (pixel/255 - mean) / std "
@@ -303,6 +316,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         write_atomically,
     )
 
+    _check_cluster_options(args)
+    if args.out is not None:
+        return _run_many(args)
+    if args.batch is not None or args.no_outputs or args.recursive or _on_dask(args):
+        raise UsageError("--batch, --recursive, --no-outputs, --workers and --scheduler run many inputs; give "
+                         "--out OUTDIR for their results")
+    if len(args.input) != 1 or not Path(args.input[0]).is_file():
+        many = "several inputs" if len(args.input) != 1 else f"{args.input[0]} is not one file"
+        raise UsageError(f"{many}: give --out OUTDIR to run them all (predictions.csv, outputs.npy)")
+    (args.input,) = args.input
     output = Path(args.output) if args.output else None
     if output is not None:
         if output.suffix not in (".npy", ".npz"):
@@ -355,37 +378,144 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _on_dask(args: argparse.Namespace) -> bool:
+    return bool(args.workers or args.scheduler or args.scheduler_file)
+
+
+def _check_cluster_options(args: argparse.Namespace) -> None:
+    if args.workers and (args.scheduler or args.scheduler_file):
+        raise UsageError("--workers starts a local cluster; --scheduler uses a running one: give one of them")
+    if args.scheduler and args.scheduler_file:
+        raise UsageError("give --scheduler or --scheduler-file, not both")
+    if args.threads_per_worker is not None and not args.workers:
+        raise UsageError("--threads-per-worker sets the threads of the --workers this command starts")
+    if args.threads is not None and _on_dask(args):
+        raise UsageError("--threads is for a run in this process; on Dask, each worker's threads run batches "
+                         "side by side (--threads-per-worker)")
+    if _on_dask(args):
+        from cnncomp.batch import require_dask
+
+        require_dask()
+
+
+@contextlib.contextmanager
+def _dask_client(args: argparse.Namespace) -> Iterator[Any]:
+    """The Dask client the command line asks for (None: run in this process), closed afterwards."""
+    if not _on_dask(args):
+        yield None
+        return
+    from cnncomp.batch import connect
+
+    cluster = connect(args.workers, args.threads_per_worker or 1, args.scheduler, args.scheduler_file)
+    try:
+        link = cluster.client.dashboard_link if cluster.client.cluster is None or args.workers else None
+        where = args.scheduler or args.scheduler_file or f"local cluster of {args.workers} workers"
+        print(f"Dask: {where}{f', dashboard {link}' if link else ''}", file=sys.stderr)
+        yield cluster.client
+    finally:
+        cluster.close()
+
+
+def _run_many(args: argparse.Namespace) -> int:
+    from cnncomp import batch
+    from cnncomp.data import list_inputs, read_labels
+
+    if args.output:
+        raise UsageError("-o/--output writes one input's array; with --out the outputs go to OUTDIR/outputs.npy")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out}: exists and is not a folder")
+    files = list_inputs(args.input, args.recursive)
+    labels = read_labels(args.labels) if args.labels else None
+    size = args.batch or DEFAULT_BATCH
+    model = _compiled(args, size, threads=args.threads)
+    with _dask_client(args) as client:
+        summary = batch.run_to_folder(
+            model, files, out, batch=size, client=client, preprocessing=model.preprocessing, top_k=args.top_k,
+            labels=labels, write_outputs=not args.no_outputs,
+            on_start=lambda where: print(f"{model.name} ({model.backend}, -O{model.opt_level}): {len(files):,} "
+                                         f"inputs in batches of {size} on {where}", file=sys.stderr))
+    print(summary.line(out))
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     import numpy as np
 
     from cnncomp.data import read_labelled_set, top_k_errors
 
+    _check_cluster_options(args)
+    if Path(args.data).is_dir() or _on_dask(args):
+        return _eval_many(args)
     x, y = read_labelled_set(args.data)
     batch = min(args.batch, len(x))
     model = _compiled(args, batch)
-    if len(model.output_shapes) != 1:
-        raise UsageError(f"model {model.name!r} has {len(model.output_shapes)} outputs; eval scores one classifier")
-    ((output, shape),) = model.output_shapes.items()
-    classes = int(np.prod(shape[1:]))
-    if shape[2:] not in ((), (1, 1)):
-        raise UsageError(f"model {model.name!r}: output {output} is {'x'.join(map(str, shape))}, not N x classes")
-    too_large = [k for k in args.top_k if k > classes]
-    if too_large:
-        raise UsageError(f"--top-k {too_large[0]}: model {model.name!r} has only {classes} classes")
+    classes = _classes(args, model)
     if y.min() < 0 or y.max() >= classes:
         raise UsageError(f"{args.data}: labels range over {y.min()}..{y.max()}, but the model has {classes} classes")
     scores = np.concatenate([model(x[start: start + batch]).reshape(-1, classes) for start in range(0, len(x), batch)])
-    errors = top_k_errors(scores, y, args.top_k)
+    _print_errors(args, model, top_k_errors(scores, y, args.top_k), len(y))
+    return 0
+
+
+def _classes(args: argparse.Namespace, model: Any) -> int:
+    """The classifier's class count, after checking it has one N x classes output and enough classes."""
+    import numpy as np
+
+    if len(model.output_shapes) != 1:
+        raise UsageError(f"model {model.name!r} has {len(model.output_shapes)} outputs; eval scores one classifier")
+    ((output, shape),) = model.output_shapes.items()
+    if shape[2:] not in ((), (1, 1)):
+        raise UsageError(f"model {model.name!r}: output {output} is {'x'.join(map(str, shape))}, not N x classes")
+    classes = int(np.prod(shape[1:]))
+    too_large = [k for k in args.top_k if k > classes]
+    if too_large:
+        raise UsageError(f"--top-k {too_large[0]}: model {model.name!r} has only {classes} classes")
+    return classes
+
+
+def _eval_many(args: argparse.Namespace) -> int:
+    """eval over a folder of class subfolders, or on Dask: the inputs go through `cnncomp.run_many`."""
+    import numpy as np
+
+    from cnncomp import batch
+    from cnncomp.data import read_image_folder, read_labelled_set, top_k_errors
+
+    if Path(args.data).is_dir():
+        inputs, y, _ = read_image_folder(args.data)
+    else:
+        x, y = read_labelled_set(args.data)
+        inputs = list(x)
+    size = min(args.batch, len(y))
+    model = _compiled(args, size)
+    classes = _classes(args, model)
+    if y.min() < 0 or y.max() >= classes:
+        raise UsageError(f"{args.data}: labels range over {y.min()}..{y.max()}, but the model has {classes} classes")
+    with _dask_client(args) as client:
+        results = batch.run_many(model, inputs, batch=size, client=client, preprocessing=model.preprocessing)
+    scored = [r for r in results if r.ok]
+    failed = [r for r in results if not r.ok]
+    if failed:
+        print(f"cnncomp: note: {len(failed)} of {len(results)} inputs failed and are not scored; the first: "
+              f"{failed[0].error}", file=sys.stderr)
+    if not scored:
+        raise UsageError(f"{args.data}: no input could be scored")
+    scores = np.stack([next(iter(r.outputs.values())).reshape(classes) for r in scored])
+    labels = y[[r.index for r in scored]]
+    _print_errors(args, model, top_k_errors(scores, labels, args.top_k), len(labels))
+    return 0
+
+
+def _print_errors(args: argparse.Namespace, model: Any, errors: dict[int, int], samples: int) -> None:
     if args.json:
         print(json.dumps({"model": model.name, "data": str(args.data), "backend": model.backend,
-                          "opt_level": model.opt_level, "samples": len(y),
+                          "opt_level": model.opt_level, "samples": samples,
                           "errors": {str(k): n for k, n in errors.items()},
-                          "error_rates": {str(k): n / len(y) for k, n in errors.items()}}, indent=1))
-        return 0
-    print(f"{model.name} on {args.data}: {len(y)} samples, {model.backend} -O{model.opt_level}")
+                          "error_rates": {str(k): n / samples for k, n in errors.items()}}, indent=1))
+        return
+    print(f"{model.name} on {args.data}: {samples} samples, {model.backend} -O{model.opt_level}")
     for k, n in errors.items():
-        print(f"top-{k} error: {100 * n / len(y):.2f}% ({n} of {len(y)})")
-    return 0
+        print(f"top-{k} error: {100 * n / samples:.2f}% ({n} of {samples})")
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -518,16 +648,27 @@ def build_parser() -> argparse.ArgumentParser:
                     "probabilities, write the output array and, for segmentation models, a PNG of the class map.",
     )
     run.add_argument("model", metavar="MODEL_OR_ARTIFACT", help="a .cnnx artifact, model description or zoo name")
-    run.add_argument("-i", "--input", required=True, metavar="INPUT",
-                     help=".npy (one input), .npz (an array per input name) or a .png/.jpg image")
+    run.add_argument("-i", "--input", required=True, action="extend", nargs="+", metavar="INPUT",
+                     help=".npy (one input), .npz (an array per input name) or a .png/.jpg image; with --out, "
+                          "any number of files, folders (sorted) and glob patterns")
     run.add_argument("-o", "--output", metavar="OUT.npy",
                      help="write the output array (.npz for several outputs); class maps go beside it as .png")
+    run.add_argument("--out", metavar="OUTDIR",
+                     help="run every input, one sample each, in batches; write OUTDIR/predictions.csv (a row per "
+                          "input: status, top-k, error), outputs.npy (a row per input; NaN for a failed one) and "
+                          "class maps under OUTDIR/maps/. Finished batches are kept in OUTDIR/.parts: the same "
+                          "command again resumes")
+    run.add_argument("--batch", type=_positive_int, default=None, metavar="B",
+                     help=f"inputs per batch with --out (default {DEFAULT_BATCH})")
+    run.add_argument("--recursive", action="store_true", help="read input folders' subfolders too")
+    run.add_argument("--no-outputs", action="store_true", help="with --out, do not write outputs.npy")
     run.add_argument("--top-k", type=_positive_int, default=5, metavar="K", help="classes to print (default 5)")
     run.add_argument("--labels", metavar="FILE", help="class names, one per line (line k names class k)")
     run.add_argument("-b", "--backend", default=None, metavar="NAME",
                      help="backend (default numba-cpu, or the artifact's)")
     run.add_argument("--threads", type=_positive_int, default=None, metavar="N",
                      help="cores the model uses (default: all); numba-cpu, torch and onnxruntime honour it")
+    _add_cluster_options(run)
     _add_model_options(run)
     _add_image_options(run)
     _add_pipeline_options(run, default_level=2)
@@ -540,13 +681,17 @@ def build_parser() -> argparse.ArgumentParser:
                     "(N integer labels).",
     )
     evaluate.add_argument("model", metavar="MODEL_OR_ARTIFACT", help="a .cnnx artifact, model description or zoo name")
-    evaluate.add_argument("-d", "--data", required=True, metavar="DATA.npz", help="labelled set: arrays x and y")
+    evaluate.add_argument("-d", "--data", required=True, metavar="DATA.npz|DIR",
+                          help="labelled set: an .npz with arrays x and y, or a folder of class subfolders "
+                               "(DIR/<class>/<image>; class k is the k-th subfolder name in sorted order)")
     evaluate.add_argument("--top-k", type=_csv(_positive_int, "positive integers"), default=[1, 5], metavar="K,...",
                           help="which top-k errors (default 1,5)")
     evaluate.add_argument("-b", "--backend", default=None, metavar="NAME",
                           help="backend (default numba-cpu, or the artifact's)")
     evaluate.add_argument("--batch", type=_positive_int, default=64, help="samples per run (default 64)")
     evaluate.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    evaluate.set_defaults(threads=None)
+    _add_cluster_options(evaluate)
     _add_model_options(evaluate)
     _add_image_options(evaluate)
     _add_pipeline_options(evaluate, default_level=2)

@@ -71,9 +71,10 @@ def with_normalization(preprocessing: dict[str, Any] | None, mean: Sequence[floa
     return result
 
 
-def load_image(path: str | Path, preprocessing: Mapping[str, Any] | None, model_name: str) -> np.ndarray:
-    """A PNG or JPEG as a 1 x C x H x W float32 batch: the shorter side resized to fit, the centre cropped to
-    the model's size (no distortion), normalized per channel."""
+def load_image(path: str | Path, preprocessing: Mapping[str, Any] | None, model_name: str,
+               content: bytes | None = None) -> np.ndarray:
+    """A PNG or JPEG (the file at `path`, or its `content` read already) as a 1 x C x H x W float32 batch: the
+    shorter side resized to fit, the centre cropped to the model's size (no distortion), normalized per channel."""
     path = Path(path)
     if preprocessing is None:
         raise DataError(f"{path}: model {model_name!r} does not take images (its input is not 1 or 3 channels "
@@ -81,12 +82,12 @@ def load_image(path: str | Path, preprocessing: Mapping[str, Any] | None, model_
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as image:
+        with Image.open(path if content is None else io.BytesIO(content)) as image:
             image.load()
     except UnidentifiedImageError:
         raise DataError(f"{path}: not a PNG or JPEG image Pillow can read") from None
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read image: {exc}") from None
+    except (OSError, ValueError, SyntaxError) as exc:  # Pillow's errors on a truncated or damaged file
+        raise DataError(f"{path}: cannot read image: {_first_line(exc)}") from None
     channels = preprocessing["channels"]
     found = _MODE_CHANNELS.get(image.mode)
     if found != channels:
@@ -109,24 +110,25 @@ def load_image(path: str | Path, preprocessing: Mapping[str, Any] | None, model_
 
 # ----- reading inputs ------------------------------------------------------------------------------------------
 def read_inputs(path: str | Path, input_names: Sequence[str], preprocessing: Mapping[str, Any] | None,
-                model_name: str) -> dict[str, np.ndarray]:
+                model_name: str, content: bytes | None = None) -> dict[str, np.ndarray]:
     """The model's inputs from a `.npy` (one input), a `.npz` (arrays named like the inputs; one unnamed array
-    for a one-input model) or an image."""
+    for a one-input model) or an image: the file at `path`, or its `content` read already (a worker of a
+    cluster reads what the client sent; `path` then only names it)."""
     path = Path(path)
-    if not path.is_file():
+    if content is None and not path.is_file():
         raise DataError(f"{path}: no such file")
     suffix = path.suffix.lower()
     if suffix in IMAGE_SUFFIXES:
         if len(input_names) != 1:
             raise DataError(f"{path}: model {model_name!r} has {len(input_names)} inputs; give a .npz")
-        return {input_names[0]: load_image(path, preprocessing, model_name)}
+        return {input_names[0]: load_image(path, preprocessing, model_name, content)}
     if suffix == ".npy":
         if len(input_names) != 1:
             raise DataError(f"{path}: model {model_name!r} has inputs {', '.join(input_names)}; give a .npz "
                             "with an array for each")
-        return {input_names[0]: _load_npy(path)}
+        return {input_names[0]: _load_npy(path, content)}
     if suffix == ".npz":
-        arrays = read_npz(path)
+        arrays = read_npz(path, content)
         if len(input_names) == 1 and len(arrays) == 1:
             return {input_names[0]: next(iter(arrays.values()))}
         missing = [name for name in input_names if name not in arrays]
@@ -138,18 +140,98 @@ def read_inputs(path: str | Path, input_names: Sequence[str], preprocessing: Map
                     f"{', '.join(IMAGE_SUFFIXES)}")
 
 
-def _load_npy(path: Path) -> np.ndarray:
+INPUT_SUFFIXES = (".npy", ".npz", *IMAGE_SUFFIXES)
+_GLOB_CHARACTERS = set("*?[")
+
+
+def list_inputs(specs: Sequence[str | Path], recursive: bool = False) -> list[Path]:
+    """The input files `specs` name, in order: a file as given; a folder's images and arrays in sorted order
+    (its subfolders too with `recursive`); a glob pattern's matches, sorted. Each file once, where it first
+    appears. A spec that names nothing is an error."""
+    files: dict[Path, None] = {}
+    for spec in specs:
+        text = str(spec)
+        path = Path(text)
+        if path.is_dir():
+            pattern = "**/*" if recursive else "*"
+            found = sorted(p for p in path.glob(pattern) if p.suffix.lower() in INPUT_SUFFIXES and p.is_file())
+            if not found:
+                subfolders = "" if recursive or not any(p.is_dir() for p in path.iterdir()) else \
+                    " (it has subfolders: add --recursive)"
+                raise DataError(f"{path}: no {', '.join(INPUT_SUFFIXES)} files in this folder{subfolders}")
+        elif _GLOB_CHARACTERS & set(text):
+            import glob
+
+            found = sorted(Path(match) for match in glob.glob(text, recursive=recursive) if Path(match).is_file())
+            if not found:
+                raise DataError(f"{text}: no file matches this pattern")
+        elif path.is_file():
+            found = [path]
+        else:
+            raise DataError(f"{path}: no such file or folder")
+        files.update(dict.fromkeys(found))
+    return list(files)
+
+
+def read_sample(name: str, input_shapes: Mapping[str, Sequence[int]], preprocessing: Mapping[str, Any] | None,
+                model_name: str, content: bytes | None = None) -> dict[str, np.ndarray]:
+    """One sample for the model from an input file (see `read_inputs`): each input a 1 x ... float32 array of the
+    compiled shape but for the batch. An array may leave the batch axis out."""
+    arrays = read_inputs(name, list(input_shapes), preprocessing, model_name, content)
+    return {input_name: one_sample(f"{name}: input {input_name!r}", arrays[input_name], shape)
+            for input_name, shape in input_shapes.items()}
+
+
+def one_sample(what: str, value: Any, shape: Sequence[int]) -> np.ndarray:
+    """`value` as a 1 x shape[1:] float32 array (it may lack the batch axis), or a DataError naming `what`."""
+    sample_shape = tuple(shape[1:])
+    value = np.asarray(value)
+    if value.shape == sample_shape:
+        value = value[None]
+    if value.shape != (1, *sample_shape):
+        got = "x".join(map(str, value.shape)) or "a scalar"
+        raise DataError(f"{what}: an array of shape {got}, expected one sample of "
+                        f"{'x'.join(map(str, sample_shape))} (or 1x{'x'.join(map(str, sample_shape))})")
+    if not (np.issubdtype(value.dtype, np.floating) or np.issubdtype(value.dtype, np.integer)):
+        raise DataError(f"{what}: {value.dtype} values, expected numbers")
+    return np.ascontiguousarray(value, dtype=np.float32)
+
+
+def read_image_folder(path: str | Path) -> tuple[list[Path], np.ndarray, list[str]]:
+    """A labelled set as a folder of class subfolders (`DIR/<class>/<image>`, the ImageFolder convention):
+    the images in sorted order, their labels (a class's index among the sorted subfolder names) and the class
+    names."""
+    path = Path(path)
+    classes = sorted(p.name for p in path.iterdir() if p.is_dir())
+    if not classes:
+        raise DataError(f"{path}: no class subfolders; a labelled folder holds DIR/<class>/<image>")
+    files, labels = [], []
+    for index, name in enumerate(classes):
+        images = sorted(p for p in (path / name).rglob("*") if p.is_file() and p.suffix.lower() in INPUT_SUFFIXES)
+        files += images
+        labels += [index] * len(images)
+    if not files:
+        raise DataError(f"{path}: its class subfolders hold no {', '.join(INPUT_SUFFIXES)} files")
+    return files, np.asarray(labels, dtype=np.int64), classes
+
+
+def _load_npy(path: Path, content: bytes | None = None) -> np.ndarray:
     try:
-        return np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
+        return np.load(path if content is None else io.BytesIO(content), allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
         raise DataError(f"{path}: cannot read array: {_first_line(exc)}") from None
 
 
-def read_npz(path: str | Path) -> dict[str, np.ndarray]:
-    """Every array of an `.npz` (pickled objects refused)."""
+def read_npz(path: str | Path, content: bytes | None = None) -> dict[str, np.ndarray]:
+    """Every array of an `.npz` (the file, or its `content`; pickled objects refused)."""
     try:
-        with np.load(path, allow_pickle=False) as archive:
+        archive = np.load(path if content is None else io.BytesIO(content), allow_pickle=False)
+        if not isinstance(archive, np.lib.npyio.NpzFile):
+            raise DataError(f"{path}: a single array (.npy), not an .npz archive of arrays")
+        with archive:
             return {key: archive[key] for key in archive.files}
+    except DataError:
+        raise
     except (OSError, ValueError, EOFError) as exc:
         raise DataError(f"{path}: cannot read arrays: {_first_line(exc)}") from None
     except Exception as exc:  # zipfile's errors on a damaged archive

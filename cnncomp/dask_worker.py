@@ -1,0 +1,48 @@
+"""What runs on a Dask worker for `cnncomp.batch`: the artifact plugin and the batch task. Imported only where
+dask.distributed is installed (the `dask` extra)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from distributed import get_worker
+from distributed.diagnostics.plugin import WorkerPlugin
+
+if TYPE_CHECKING:
+    from cnncomp.api import CompiledModel
+
+
+class ArtifactPlugin(WorkerPlugin):
+    """Holds a compiled model's artifact bytes on a worker; the worker loads and verifies it (`cnncomp.load`) on
+    its first batch and keeps it. Dask gives plugins to workers that join later too (a restarted one)."""
+
+    def __init__(self, name: str, content: bytes, preprocessing: Mapping[str, Any] | None) -> None:
+        self.name, self.content, self.preprocessing = name, content, preprocessing
+        self._model: CompiledModel | None = None
+        self._lock = threading.Lock()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"name": self.name, "content": self.content, "preprocessing": self.preprocessing}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["name"], state["content"], state["preprocessing"])
+
+    def model(self) -> CompiledModel:
+        from cnncomp import api
+
+        with self._lock:
+            if self._model is None:
+                # One core per call: a worker's threads run batches side by side.
+                self._model = api.load(f"{self.name}.cnnx", content=self.content, threads=1,
+                                       options={"progress": False})
+            return self._model
+
+
+def run_batch_on_worker(plugin_name: str, entries: list, batch: int) -> list:
+    """`cnncomp.batch.run_batch` with the model of the worker's plugin."""
+    from cnncomp.batch import run_batch
+
+    plugin = get_worker().plugins[plugin_name]
+    return run_batch(plugin.model(), entries, batch, plugin.preprocessing)
