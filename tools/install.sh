@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Install cnncomp with its development tools and the numba-cuda backend's package (its tests run without a GPU)
+# Install cnncomp with its development tools, Dask (batch inference on a cluster) and the numba-cuda backend's
+# package (its tests run without a GPU)
 # into the current Python environment, and Debian's graphviz
 # (the `dot` renderer the graphviz Python package needs) when it is missing.
 set -euo pipefail
@@ -15,4 +16,4 @@ if ! command -v dot >/dev/null 2>&1; then
     fi
 fi
 
-python -m pip install --quiet --disable-pip-version-check -e '.[dev,cuda]'
+python -m pip install --quiet --disable-pip-version-check -e '.[dev,cuda,dask]'
