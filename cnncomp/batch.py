@@ -45,7 +45,7 @@ from cnncomp.progress import RateProgress
 if TYPE_CHECKING:
     from cnncomp.api import CompiledModel
 
-IN_FLIGHT_PER_THREAD = 2
+IN_FLIGHT_PER_THREAD = 4
 PARTS = ".parts"
 PREDICTIONS = "predictions.csv"
 MAPS = "maps"
@@ -275,6 +275,7 @@ def connect(workers: int | None = None, threads_per_worker: int = 1, scheduler: 
         threads = str(threads_per_worker)
         cluster = LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker, processes=True,
                                host="127.0.0.1", dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR,
+                               preload=["cnncomp.dask_worker"],
                                env={"NUMBA_NUM_THREADS": threads, "OMP_NUM_THREADS": threads,
                                     "OPENBLAS_NUM_THREADS": threads, "MKL_NUM_THREADS": threads})
         client = Client(cluster)
@@ -418,8 +419,8 @@ def run_to_folder(model: CompiledModel, inputs: Sequence[str | Path], out: str |
         if client is None or not _is_connection_error(exc):
             raise
         done = sum(path.is_file() for path in paths.values())
-        raise BatchError(f"lost the Dask scheduler ({type(exc).__name__}: {exc}); {done} of {len(paths)} batches "
-                         f"are done and kept in {parts}: run the same command again to resume") from None
+        raise BatchError(f"lost the Dask scheduler ({type(exc).__name__}); {done} of {len(paths)} batches are done "
+                         f"and kept in {parts}: run the same command again to resume") from None
     finally:
         if isinstance(engine, _DaskEngine):
             engine.close()

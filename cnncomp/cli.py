@@ -404,11 +404,18 @@ def _dask_client(args: argparse.Namespace) -> Iterator[Any]:
     if not _on_dask(args):
         yield None
         return
+    import logging
+
     from cnncomp.batch import connect
 
+    # Dask logs a lost connection with tracebacks; the command says it in one line.
+    logging.getLogger("distributed").setLevel(logging.CRITICAL)
     cluster = connect(args.workers, args.threads_per_worker or 1, args.scheduler, args.scheduler_file)
     try:
-        link = cluster.client.dashboard_link if cluster.client.cluster is None or args.workers else None
+        try:
+            link = cluster.client.dashboard_link
+        except (KeyError, AttributeError):  # a scheduler without a dashboard
+            link = None
         where = args.scheduler or args.scheduler_file or f"local cluster of {args.workers} workers"
         print(f"Dask: {where}{f', dashboard {link}' if link else ''}", file=sys.stderr)
         yield cluster.client

@@ -3,6 +3,7 @@ dask.distributed is installed (the `dask` extra)."""
 
 from __future__ import annotations
 
+import signal
 import threading
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -46,3 +47,10 @@ def run_batch_on_worker(plugin_name: str, entries: list, batch: int) -> list:
 
     plugin = get_worker().plugins[plugin_name]
     return run_batch(plugin.model(), entries, batch, plugin.preprocessing)
+
+
+def dask_setup(worker: Any) -> None:
+    """Preloaded into the worker processes of the LocalCluster `cnncomp run --workers` starts: Ctrl-C reaches
+    the whole process group, and the client, which stops the cluster, is the one to handle it (each worker would
+    print a traceback)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
