@@ -59,12 +59,18 @@ class ArtifactError(CnnCompError):
 def save(model: CompiledModel, path: str | Path) -> Path:
     """Write `model` to `path` (atomically); returns the path."""
     path = check_writable(path)
-    write_atomically({path: to_bytes(model)})
+    write_atomically({path: lambda temporary: _write(model, temporary)})
     return path
 
 
 def to_bytes(model: CompiledModel) -> bytes:
-    """The artifact of `model`, as the bytes of its file."""
+    """The artifact of `model`, as the bytes of its file (what a cluster's workers receive)."""
+    buffer = io.BytesIO()
+    _write(model, buffer)
+    return buffer.getvalue()
+
+
+def _write(model: CompiledModel, target: Path | io.BytesIO) -> None:
     weights = io.BytesIO()
     np.savez(weights, **model.graph.params)
     members = {GRAPH: model.graph.to_json().encode(), WEIGHTS: weights.getvalue()}
@@ -83,13 +89,11 @@ def to_bytes(model: CompiledModel) -> bytes:
         "members": {name: {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
                     for name, data in members.items()},
     }
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
+    with zipfile.ZipFile(target, "w") as archive:
         archive.writestr(MANIFEST, json.dumps(manifest, indent=1), zipfile.ZIP_DEFLATED)
         for name, data in members.items():
             # Weights barely compress; storing them makes loading a plain copy.
             archive.writestr(name, data, zipfile.ZIP_STORED if name == WEIGHTS else zipfile.ZIP_DEFLATED)
-    return buffer.getvalue()
 
 
 def _tensors(graph: Graph, names: list[str]) -> dict[str, dict[str, Any]]:

@@ -322,7 +322,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.batch is not None or args.no_outputs or args.recursive or _on_dask(args):
         raise UsageError("--batch, --recursive, --no-outputs, --workers and --scheduler run many inputs; give "
                          "--out OUTDIR for their results")
-    if len(args.input) != 1 or not Path(args.input[0]).is_file():
+    if len(args.input) != 1 or Path(args.input[0]).is_dir() or set("*?[") & set(args.input[0]):
         many = "several inputs" if len(args.input) != 1 else f"{args.input[0]} is not one file"
         raise UsageError(f"{many}: give --out OUTDIR to run them all (predictions.csv, outputs.npy)")
     (args.input,) = args.input

@@ -105,3 +105,34 @@ def test_image_folder_eval_on_the_cluster_equals_one_process(tmp_path, digits):
     assert alone.returncode == 0 and spread.returncode == 0, alone.stderr + spread.stderr
     assert alone.stdout == spread.stdout
     assert '"samples": 60' in alone.stdout
+
+
+def test_ctrl_c_on_the_cluster_keeps_finished_batches_and_the_rerun_resumes(tmp_path, digits):
+    x, _ = digits
+    folder = tmp_path / "inputs"
+    folder.mkdir()
+    for index in range(600):
+        pixels = np.rint(x[index % len(x), 0] * 255).astype(np.uint8)
+        Image.fromarray(pixels, mode="L").save(folder / f"{index:03d}.png")
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "cnncomp", "run", "lenet5", "--weights", str(WEIGHTS), "-i", str(folder),
+               "--out", str(out), "--batch", "2", "--workers", "2"]
+    # Its own process group, as a terminal's Ctrl-C reaches the command and the workers it started.
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    parts = out / ".parts"
+    while process.poll() is None and (not parts.is_dir() or len(list(parts.iterdir())) < 10):
+        pass
+    os.killpg(process.pid, signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    lines = stderr.strip().splitlines()
+    assert lines[-1] == "cnncomp: interrupted" and "Traceback" not in stderr, stderr
+    kept = {path: path.stat().st_mtime_ns for path in parts.iterdir() if path.suffix == ".npz"}
+    assert f"{len(kept)} of 300 batches are done and kept in {parts}" in lines[-2]
+    assert 10 <= len(kept) < 300 and not (out / "predictions.csv").exists()
+
+    rerun = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr
+    assert rerun.stdout.startswith(f"600 inputs, 600 done, 0 failed, {2 * len(kept):,} from an earlier run, ")
+    assert {path: path.stat().st_mtime_ns for path in kept} == kept  # finished parts were not computed again

@@ -14,7 +14,7 @@ CHECK = (
 
 
 @pytest.mark.parametrize("module", ["cnncomp.ir", "cnncomp.ops", "cnncomp.summary", "cnncomp.cli",
-                                    "cnncomp.driver"])
+                                    "cnncomp.driver", "cnncomp.batch"])
 def test_core_imports_no_frontend_backend_or_pass(module):
     result = subprocess.run([sys.executable, "-c", CHECK.format(module=module)], capture_output=True, text=True)
     assert result.returncode == 0, f"{module} imported {result.stdout.strip()} {result.stderr}"

@@ -251,3 +251,27 @@ def test_bad_inputs_fail_in_one_line_and_write_nothing(artifact, tmp_path, case,
     result = cnncomp_cli("run", model, "-i", source, "-o", output, *extra)
     assert_one_line_error(result, message)
     assert list(out.iterdir()) == []
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["-i", DIGIT_IMAGE], "several inputs: give --out OUTDIR to run them all"),
+    (["--workers", "2"], "--workers and --scheduler run many inputs; give --out OUTDIR"),
+    (["--out", "x", "--workers", "2", "--scheduler", "tcp://127.0.0.1:1"], "give one of them"),
+    (["--out", "x", "--threads-per-worker", "2"], "--threads-per-worker sets the threads of the --workers"),
+    (["--out", "x", "--workers", "2", "--threads", "2"], "--threads is for a run in this process"),
+    (["--out", "x", "-o", "y.npy"], "with --out the outputs go to OUTDIR/outputs.npy"),
+])
+def test_many_inputs_options_are_checked_in_one_line(extra, message, tmp_path):
+    result = cnncomp_cli("run", "lenet5", "-i", DIGIT_IMAGE, *extra, cwd=tmp_path)
+    assert_one_line_error(result, message)
+
+
+def test_a_folder_without_out_says_to_give_out(tmp_path):
+    assert_one_line_error(cnncomp_cli("run", "lenet5", "-i", tmp_path), f"{tmp_path} is not one file: give --out")
+
+
+def test_unreachable_scheduler_is_one_line(tmp_path):
+    pytest.importorskip("distributed")
+    result = cnncomp_cli("run", "lenet5", "-i", DIGIT_IMAGE, "--out", tmp_path / "out", "--scheduler",
+                         "tcp://127.0.0.1:1")
+    assert_one_line_error(result, "cannot connect to the Dask scheduler at tcp://127.0.0.1:1")
