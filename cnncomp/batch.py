@@ -403,8 +403,9 @@ def run_to_folder(model: CompiledModel, inputs: Sequence[str | Path], out: str |
     bar = RateProgress(len(items) - resumed, "running", "img", progress)
     started = time.perf_counter()
     try:
+        chunks_by_key = dict(to_run)
         for key, outcomes in engine.run(to_run):
-            chunk = next(c for k, c in to_run if k == key)
+            chunk = chunks_by_key[key]
             _write_part(paths[key], [item.name for item in chunk], outcomes, model.output_shapes)
             bar.advance(len(chunk))
     except KeyboardInterrupt:
