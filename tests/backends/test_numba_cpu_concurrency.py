@@ -26,7 +26,9 @@ def test_more_callers_than_workspaces_wait_for_one_and_get_their_own_answers():
     graph = models.basic_block(batch=2)
     executable = numba_cpu.compile(graph, {"concurrent_calls": 2})
     check_concurrent([(executable, _inputs(graph, 6))], threads=4, calls=3)
-    assert executable.stats["workspaces"] == 2
+    # Never more than the bound; how many were made depends on how the short calls happened to overlap (waiting
+    # for a lent workspace is tested deterministically in tests/test_workspace_pool.py).
+    assert 1 <= executable.stats["workspaces"] <= 2
 
 
 def test_each_workspace_has_its_own_memory_and_the_same_argument_types():
