@@ -130,7 +130,12 @@ def read_inputs(path: str | Path, input_names: Sequence[str], preprocessing: Map
     if suffix == ".npz":
         arrays = read_npz(path, content)
         if len(input_names) == 1 and len(arrays) == 1:
-            return {input_names[0]: next(iter(arrays.values()))}
+            ((key, value),) = arrays.items()
+            # np.savez names unnamed arrays arr_0; a name of its own must be the input's.
+            if key not in (input_names[0], "arr_0"):
+                raise DataError(f"{path}: its array is named {key!r}, but model {model_name!r} takes "
+                                f"{input_names[0]!r}; name it so (or leave it unnamed)")
+            return {input_names[0]: value}
         missing = [name for name in input_names if name not in arrays]
         if missing:
             raise DataError(f"{path}: no array named {missing[0]!r} (the model's inputs: {', '.join(input_names)}; "

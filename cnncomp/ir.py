@@ -370,13 +370,15 @@ class Graph:
     def load_params(self, source: str | Path | Mapping[str, np.ndarray]) -> None:
         """Load parameters from an `.npz` file (pickles refused) or a mapping; names and shapes are checked."""
         if isinstance(source, Mapping):
-            arrays = dict(source)
-        else:
-            try:
-                with np.load(source, allow_pickle=False) as archive:
-                    arrays = {key: archive[key] for key in archive.files}
-            except (OSError, ValueError) as exc:
-                raise ModelLoadError(f"{source}: cannot read weights: {exc}") from None
+            self._set_params(dict(source))
+            return
+        arrays = _read_weights(source)
+        try:
+            self._set_params(arrays)
+        except GraphError as exc:
+            raise GraphError(f"{source}: {exc}") from None
+
+    def _set_params(self, arrays: dict[str, np.ndarray]) -> None:
         by_node: dict[str, dict[str, np.ndarray]] = {}
         for key, value in arrays.items():
             node_name, _, local = key.rpartition(".")
@@ -385,3 +387,25 @@ class Graph:
             by_node.setdefault(node_name, {})[local] = value
         for node_name, node_params in by_node.items():
             self.set_node_params(node_name, node_params)
+
+
+def _read_weights(source: str | Path) -> dict[str, np.ndarray]:
+    """The arrays of a weights `.npz`, or one line saying the file is not one (an image, a `.npy`, a pickle)."""
+    not_weights = f"{source}: not an .npz of weights (arrays keyed node.param, as np.savez writes them)"
+    try:
+        archive = np.load(source, allow_pickle=False)
+    except FileNotFoundError:
+        raise ModelLoadError(f"{source}: no such weights file") from None
+    except OSError as exc:
+        raise ModelLoadError(f"{source}: cannot read weights: {exc.strerror or exc}") from None
+    except (ValueError, EOFError):  # numpy's "pickled data" for anything that is not an array format
+        raise ModelLoadError(not_weights) from None
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise ModelLoadError(f"{not_weights}; this is a single array (.npy)")
+    try:
+        with archive:
+            return {key: archive[key] for key in archive.files}
+    except ValueError as exc:  # an array of pickled objects
+        raise ModelLoadError(f"{source}: cannot read weights: {exc}") from None
+    except Exception as exc:  # zipfile's and zlib's errors on a damaged archive
+        raise ModelLoadError(f"{source}: damaged weights archive ({type(exc).__name__})") from None

@@ -1,0 +1,59 @@
+"""Rough edges a new user hit, through the real entry point: a closed pipe ends a command quietly; a file that is
+not a weights archive, weights of the wrong shape and an `.npz` input whose array names another input are one line
+naming the file."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).parents[2]
+WEIGHTS = ROOT / "frontends" / "zoo" / "weights" / "lenet5_digits.npz"
+DIGIT_IMAGE = ROOT / "examples" / "images" / "digit_7.png"
+
+
+def cnncomp_cli(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, "-m", "cnncomp", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, timeout=600)
+
+
+def assert_one_line_error(result, message):
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("cnncomp: error: "), result.stderr
+    assert message in lines[0], lines[0]
+
+
+def test_a_closed_pipe_ends_the_command_quietly():
+    # More output than a pipe holds (--json of every node of ResNet-152), and a reader that leaves after a line.
+    process = subprocess.Popen([sys.executable, "-m", "cnncomp", "summary", "resnet152", "--json"], cwd=ROOT,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process.stdout.readline()
+    process.stdout.close()
+    stderr = process.stderr.read()
+    process.wait(timeout=120)
+    assert process.returncode == 141 and stderr == ""
+
+
+def test_an_image_given_as_weights_is_not_an_npz_of_weights(tmp_path):
+    result = cnncomp_cli("compile", "lenet5", "--weights", DIGIT_IMAGE, "-o", tmp_path / "m.cnnx")
+    assert_one_line_error(result, f"{DIGIT_IMAGE}: not an .npz of weights")
+    assert not list(tmp_path.iterdir())
+
+
+def test_weights_of_the_wrong_shape_name_the_file_and_the_node(tmp_path):
+    with np.load(WEIGHTS) as archive:
+        weights = dict(archive)
+    weights["c1.weight"] = weights["c1.weight"][:3]
+    np.savez(tmp_path / "bad.npz", **weights)
+    result = cnncomp_cli("compile", "lenet5", "--weights", tmp_path / "bad.npz", "-o", tmp_path / "m.cnnx")
+    assert_one_line_error(result, f"{tmp_path / 'bad.npz'}: node 'c1' (conv2d): parameter 'weight' has shape")
+
+
+def test_an_npz_input_named_for_another_input_is_refused(tmp_path):
+    np.savez(tmp_path / "named.npz", img=np.zeros((1, 1, 32, 32), np.float32))
+    result = cnncomp_cli("run", "lenet5", "-i", tmp_path / "named.npz")
+    assert_one_line_error(result, "named.npz: its array is named 'img', but model 'lenet5' takes 'image'")
+    np.savez(tmp_path / "unnamed.npz", np.zeros((1, 1, 32, 32), np.float32))  # arr_0: taken as the one input
+    assert cnncomp_cli("run", "lenet5", "-i", tmp_path / "unnamed.npz").returncode == 0
