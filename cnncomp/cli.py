@@ -126,14 +126,15 @@ def cmd_zoo(args: argparse.Namespace) -> int:
     rows = []
     for name, description in zoo_models().items():
         summary = summarize(load_model(name, structure_only=True))
-        inputs = ", ".join("x".join(map(str, i["shape"][1:])) for i in summary["inputs"])
-        rows.append({"name": name, "input": inputs, "params": summary["params"], "macs": summary["macs"],
-                     "description": description})
+        # The inputs as `summary --json` gives them: name and shape (a list, batch first).
+        rows.append({"name": name, "inputs": summary["inputs"], "params": summary["params"],
+                     "macs": summary["macs"], "description": description})
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0
     header = ("Name", "Input", "Params", "MACs", "Description")
-    cells = [(r["name"], r["input"], f"{r['params']:,}", f"{r['macs']:,}", r["description"]) for r in rows]
+    cells = [(r["name"], ", ".join("x".join(map(str, i["shape"][1:])) for i in r["inputs"]), f"{r['params']:,}",
+              f"{r['macs']:,}", r["description"]) for r in rows]
     widths = [max(len(row[i]) for row in [header, *cells]) for i in range(4)]
     for row in [header, *cells]:
         print(f"{row[0]:<{widths[0]}}  {row[1]:<{widths[1]}}  {row[2]:>{widths[2]}}  {row[3]:>{widths[3]}}  {row[4]}")

@@ -18,8 +18,9 @@ def test_zoo_lists_every_model_with_input_params_and_macs():
     assert result.returncode == 0, result.stderr
     rows = {row["name"]: row for row in json.loads(result.stdout)}
     assert len(rows) == 26
-    assert rows["vgg16"]["params"] == 138_357_544 and rows["vgg16"]["input"] == "3x224x224"
-    assert rows["unet"]["input"] == "1x572x572" and rows["lenet5"]["macs"] == 416_520
+    assert rows["vgg16"]["params"] == 138_357_544
+    assert rows["vgg16"]["inputs"] == [{"name": "image", "shape": [1, 3, 224, 224]}]  # as summary --json gives it
+    assert rows["unet"]["inputs"][0]["shape"] == [1, 1, 572, 572] and rows["lenet5"]["macs"] == 416_520
     assert "Xception" in rows["xception"]["description"]
     table = cnncomp("zoo")
     assert table.returncode == 0
