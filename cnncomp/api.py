@@ -33,12 +33,13 @@ Shapes = tuple[tuple[str, tuple[int, ...]], ...]
 
 
 def load_model(model: str | Path, *, weights: str | Path | None = None, batch: int | None = None,
-               **params: Any) -> Graph:
-    """A model description (`.cnn` or `.py` file) or zoo name as a Graph; `params` set the model's parameters,
-    `weights` loads an `.npz` of parameters keyed `node.param` (such as a PyTorch state dict's names)."""
+               input_shapes: Mapping[str, Sequence[int]] | None = None, **params: Any) -> Graph:
+    """A model description (`.cnn`, `.py` or `.onnx` file) or zoo name as a Graph; `params` set the model's
+    parameters, `weights` loads an `.npz` of parameters keyed `node.param` (such as a PyTorch state dict's names),
+    `input_shapes` ({input: full shape, such as (1, 3, 97, 131)}) sets the inputs' sizes."""
     from cnncomp.driver import load_model as load_description
 
-    graph = load_description(model, batch=batch, **params)
+    graph = load_description(model, batch=batch, input_shapes=input_shapes, **params)
     if weights is not None:
         weights = Path(weights)
         if not weights.is_file():

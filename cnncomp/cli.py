@@ -243,13 +243,16 @@ def _compiled(args: argparse.Namespace, batch: int | None, graph: Any = None, th
     from cnncomp.data import default_preprocessing, with_normalization
 
     if str(args.model).endswith(SUFFIX):
-        if args.param or args.weights:
-            raise UsageError(f"{args.model}: an artifact is compiled already; --param and --weights do not apply")
+        if args.param or args.weights or args.input_shape:
+            raise UsageError(f"{args.model}: an artifact is compiled already; --param, --weights and --input-shape "
+                             "do not apply")
         model = api.load(args.model, backend=args.backend, threads=threads)
         model.preprocessing = with_normalization(model.preprocessing, args.mean, args.std)
         return model
     if graph is None:
-        graph = api.load_model(args.model, weights=args.weights, **dict(args.param))
+        graph = api.load_model(args.model, weights=args.weights,
+                               input_shapes=dict(args.input_shape) or None,
+                               **dict(args.param))
     if batch is not None:
         graph = graph.with_batch(batch)
     started = time.perf_counter()
@@ -276,7 +279,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
             check_writable(output.with_suffix(".npz"))
     if args.emit_source and Path(args.emit_source).exists() and not Path(args.emit_source).is_dir():
         raise UsageError(f"--emit-source {args.emit_source}: exists and is not a folder")
-    model = _compiled(args, args.batch)
+    model = _compiled(args, args.batch if args.batch is not None or args.input_shape else 1)
     output = output or Path(f"{model.name}{'.py' if standalone else '.cnnx'}")
     written = model.save_standalone(output) if standalone else (model.save(output),)
     stats = model.stats
@@ -340,7 +343,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         inputs = read_inputs(args.input, list(model.input_shapes), model.preprocessing, model.name)
     else:
         # The inputs decide the batch size, and images are read as the model's input says: read them first.
-        graph = api.load_model(args.model, weights=args.weights, **dict(args.param))
+        graph = api.load_model(args.model, weights=args.weights, input_shapes=dict(args.input_shape) or None,
+                               **dict(args.param))
         preprocessing = with_normalization(default_preprocessing(graph), args.mean, args.std)
         inputs = read_inputs(args.input, [node.name for node in graph.inputs], preprocessing, graph.name)
         batches = {value.shape[0] for value in inputs.values() if getattr(value, "ndim", 0)}
@@ -641,8 +645,10 @@ def build_parser() -> argparse.ArgumentParser:
     compile_.add_argument("-o", "--output", metavar="FILE",
                           help="where to write (default: MODEL_NAME.cnnx, or MODEL_NAME.py with --emit standalone)")
     compile_.add_argument("-b", "--backend", default=None, metavar="NAME", help="backend (default numba-cpu)")
-    compile_.add_argument("--batch", type=_positive_int, default=1,
-                          help="batch size (default 1; a loaded model compiles other sizes on demand)")
+    compile_.add_argument("--batch", type=_positive_int, default=None,
+                          help="batch size (default 1, or --input-shape's; a loaded model compiles other sizes on "
+                               "demand)")
+    _add_input_shape_option(compile_)
     compile_.add_argument("--emit", choices=("artifact", "standalone"), default="artifact",
                           help="artifact: a .cnnx file (default); standalone: a .py program and its .npz weights")
     compile_.add_argument("--emit-source", metavar="DIR", help="also write the generated kernel modules into DIR")
@@ -679,6 +685,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--threads", type=_positive_int, default=None, metavar="N",
                      help="cores the model uses (default: all); numba-cpu, torch and onnxruntime honour it")
     _add_cluster_options(run)
+    _add_input_shape_option(run)
     _add_model_options(run)
     _add_image_options(run)
     _add_pipeline_options(run, default_level=2)
@@ -702,6 +709,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", action="store_true", help="print machine-readable JSON")
     evaluate.set_defaults(threads=None)
     _add_cluster_options(evaluate)
+    _add_input_shape_option(evaluate)
     _add_model_options(evaluate)
     _add_image_options(evaluate)
     _add_pipeline_options(evaluate, default_level=2)

@@ -1,12 +1,14 @@
 """Rough edges a new user hit, through the real entry point: a closed pipe ends a command quietly; a file that is
 not a weights archive, weights of the wrong shape and an `.npz` input whose array names another input are one line
-naming the file."""
+naming the file; `compile --input-shape` sets an input's size in one command."""
 
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+
+import cnncomp
 
 ROOT = Path(__file__).parents[2]
 WEIGHTS = ROOT / "frontends" / "zoo" / "weights" / "lenet5_digits.npz"
@@ -57,3 +59,16 @@ def test_an_npz_input_named_for_another_input_is_refused(tmp_path):
     assert_one_line_error(result, "named.npz: its array is named 'img', but model 'lenet5' takes 'image'")
     np.savez(tmp_path / "unnamed.npz", np.zeros((1, 1, 32, 32), np.float32))  # arr_0: taken as the one input
     assert cnncomp_cli("run", "lenet5", "-i", tmp_path / "unnamed.npz").returncode == 0
+
+
+def test_compile_takes_input_shapes_in_one_command(tmp_path):
+    result = cnncomp_cli("compile", "resnet18", "--input-shape", "image=1x3x97x131", "-o", tmp_path / "r.cnnx")
+    assert result.returncode == 0, result.stderr
+    model = cnncomp.load(tmp_path / "r.cnnx")
+    assert model.input_shapes == {"image": (1, 3, 97, 131)} and model.output_shapes == {"logits": (1, 1000)}
+    # The shape's batch is kept unless --batch says otherwise; an artifact's shapes are fixed already.
+    assert cnncomp_cli("compile", "lenet5", "--input-shape", "image=4x1x32x32", "-o", tmp_path / "l.cnnx",
+                       ).returncode == 0
+    assert cnncomp.load(tmp_path / "l.cnnx").input_shapes == {"image": (4, 1, 32, 32)}
+    assert_one_line_error(cnncomp_cli("run", tmp_path / "l.cnnx", "--input-shape", "image=1x1x32x32", "-i",
+                                      DIGIT_IMAGE), "--input-shape do not apply")
