@@ -535,7 +535,6 @@ def _print_errors(args: argparse.Namespace, model: Any, errors: dict[int, int], 
 def cmd_bench(args: argparse.Namespace) -> int:
     from cnncomp import bench, plugins
     from cnncomp.driver import load_model
-    from cnncomp.progress import progress
     from cnncomp.summary import summarize
 
     for name in args.backend:
@@ -553,7 +552,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
             for model in args.models for backend in [*backends, *(p for p in peers if p not in backends)]
             for batch in args.batch]
     records = []
-    for job in progress(jobs, len(jobs), "benchmarking"):
+    for number, job in enumerate(jobs, start=1):
+        # A line per job on stderr, terminal or log: a whole run takes minutes.
+        print(f"cnncomp: bench {number}/{len(jobs)}: {job.model} on {job.backend}, batch {job.batch}",
+              file=sys.stderr, flush=True)
         try:
             records.append(bench.measure(job, macs[job.model] * job.batch, peak))
         except bench.BenchError as exc:

@@ -55,6 +55,10 @@ def test_every_backend_and_peer_at_every_batch(records):
     for peer in ("torch", "onnxruntime"):
         if peer not in peers:
             assert f"peer {peer} skipped: no backend of that name is registered" in stderr
+    # Progress: a line per job, naming it, as it starts.
+    jobs = [line for line in stderr.splitlines() if line.startswith("cnncomp: bench ")]
+    assert jobs[0] == f"cnncomp: bench 1/{len(jobs)}: lenet5 on reference, batch 1"
+    assert len(jobs) == 2 * (1 + len(peers))
 
 
 def test_figures_agree_with_each_other_and_the_mac_count(records):
@@ -121,7 +125,7 @@ def test_the_worker_compiles_with_the_jobs_threads(monkeypatch, tmp_path, thread
     assert seen == [threads] and len(result["seconds"]) == 1
 
 
-def test_progress_bar_on_a_terminal():
+def test_progress_on_a_terminal():
     controller, terminal = pty.openpty()
     with os.fdopen(terminal, "w") as stderr:
         result = cnncomp_cli("bench", "lenet5", "-b", "reference", "--batch", "1,2", "--repeat", "1", stderr=stderr)
@@ -136,7 +140,7 @@ def test_progress_bar_on_a_terminal():
         drawn += chunk
     os.close(controller)
     assert result.returncode == 0
-    assert "benchmarking [" in drawn.decode() and "2/2" in drawn.decode()
+    assert "cnncomp: bench 2/2: lenet5 on reference, batch 2" in drawn.decode()
 
 
 @pytest.mark.parametrize("args,message", [
