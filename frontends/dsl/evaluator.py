@@ -716,10 +716,11 @@ class Evaluator:
         weight = None
         for parameter in signature.parameters:
             if parameter.kind == "tensors":
-                for source in rest:
-                    operands.append(self.tensor_argument(parameter, source, call, frame))
-                if not rest:
+                tensors = [tensor for source in rest for tensor in self.tensors_argument(parameter, source, call,
+                                                                                         frame)]
+                if not tensors:
                     raise EvalError(call.pos, f"{call.name} needs at least one tensor: {signature.describe()}")
+                operands.extend(tensors)
                 continue
             if parameter.name not in bound:
                 if parameter.required:
@@ -764,6 +765,16 @@ class Evaluator:
             raise EvalError(self.source_pos(source, call), f"{call.name}: argument '{parameter.name}' must be a "
                                                            f"tensor, got {_kind(value)}")
         return value
+
+    def tensors_argument(self, parameter: Parameter, source: Any, call: s.Call, frame: Frame) -> list[Value]:
+        """A variadic parameter's argument: a tensor, or a list of tensors (DenseNet's growing `concat(features)`)."""
+        value = self.argument_value(source, frame)
+        if isinstance(value, tuple) and all(isinstance(item, Value) for item in value):
+            return list(value)
+        if not isinstance(value, Value):
+            raise EvalError(self.source_pos(source, call), f"{call.name}: argument '{parameter.name}' must be a "
+                                                           f"tensor or a list of tensors, got {_kind(value)}")
+        return [value]
 
     def weight_argument(self, value: Any, source: Any, call: s.Call) -> np.ndarray:
         try:

@@ -306,3 +306,19 @@ def test_the_language_reference_lists_every_op_and_its_example_builds():
     graph = build(reference_text[start: reference_text.index("```", start)])
     assert graph.node("filter_concatenation").shape == (1, 64 + 128 + 32 + 32, 28, 28)
     assert graph.node("branch3.conv_out").meta["block"] == "branch3"
+
+
+def test_concat_takes_a_list_of_tensors():
+    """DenseNet's concatenation of every feature map so far: `concat(features)` with a list, or lists and tensors
+    mixed; a list that holds anything but tensors is one error at the argument."""
+    graph = build("model dense()\ninput image: 3 x 16 x 16\na = image -> conv(8, 3, padding=same)\n"
+                  "b = a -> conv(4, 3, padding=same)\nfeatures = [image, a]\n"
+                  "output y = concat(features, b)\n")
+    assert graph.node("y").shape == (1, 15, 16, 16)
+    x = random((1, 3, 16, 16))
+    outputs = reference.compile(graph, {})({"image": x})
+    assert_close(outputs["y"][:, :3], x)
+    for listed, message in [("[]", "concat needs at least one tensor"),
+                            ("[image, 3]", "argument 'values' must be a tensor or a list of tensors, got a list of 2")]:
+        with pytest.raises(DslError, match=message.replace("(", r"\(")):
+            build(f"model bad()\ninput image: 3 x 8 x 8\nfeatures = {listed}\noutput y = concat(features)\n")
