@@ -28,7 +28,6 @@ import argparse
 import contextlib
 import datetime
 import json
-import os
 import shlex
 import shutil
 import statistics
@@ -37,12 +36,12 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
+from real_use import machine, markdown_table, text_table  # this folder's: the same machine line and tables
 
 import cnncomp
 from cnncomp import batch
@@ -169,18 +168,7 @@ def dask_overhead(workdir: Path, repeat: int) -> dict[str, float]:
             "min_ms": min(per_batch), "median_ms": statistics.median(per_batch), "max_ms": max(per_batch)}
 
 
-def machine() -> dict[str, Any]:
-    cpu = "unknown CPU"
-    with open("/proc/cpuinfo") as info:
-        for line in info:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return {"cpu": cpu, "cores": os.cpu_count(), "numba": metadata.version("numba"),
-            "dask": metadata.version("dask"), "distributed": metadata.version("distributed")}
-
-
-def table(records: list[dict], markdown: bool) -> str:
+def table(records: list[dict]) -> tuple[list[str], list[list[str]]]:
     header = ["model", "configuration", "inputs", "batch", "img/s min", "img/s median", "img/s max",
               "x one process", "cluster start s"]
     base = {r["model"]: r["median_images_per_s"] for r in records if r["configuration"] == "one process"}
@@ -188,12 +176,7 @@ def table(records: list[dict], markdown: bool) -> str:
              f"{r['median_images_per_s']:.1f}", f"{r['max_images_per_s']:.1f}",
              f"{r['median_images_per_s'] / base[r['model']]:.2f}" if r["model"] in base else "",
              f"{r['cluster_start_s']:.1f}" if r["configuration"] != "one process" else ""] for r in records]
-    if markdown:
-        align = ["---", "---", *["---:"] * (len(header) - 2)]
-        return "\n".join("| " + " | ".join(row) + " |" for row in [header, align, *rows])
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-    return "\n".join("  ".join(cell.ljust(w) if i < 2 else cell.rjust(w) for i, (cell, w) in
-                               enumerate(zip(row, widths, strict=True))).rstrip() for row in [header, *rows])
+    return header, rows
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -213,7 +196,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         records = measure(args.models, args.configurations, args.repeat, Path(folder))
         overhead = dask_overhead(Path(folder), args.repeat)
     result = {"date": started.isoformat(timespec="seconds"), "command": shlex.join(["python", *sys.argv]),
-              "machine": machine(), "records": records, "dask_overhead_per_batch": overhead}
+              "machine": machine(("numpy", "numba", "dask", "distributed")), "records": records,
+              "dask_overhead_per_batch": overhead}
     if args.json == "-":
         print(json.dumps(result, indent=1))
         return 0
@@ -222,13 +206,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     info = result["machine"]
     print(f"machine: {info['cpu']}, {info['cores']} cores; numba {info['numba']}, dask {info['dask']}")
     print(f"date: {result['date']}\ncommand: {result['command']}")
-    print(table(records, markdown=False))
+    header, rows = table(records)
+    print(text_table(header, rows, left=2))
     print(f"Dask's overhead per batch ({overhead['batches']} batches of one digit, one 1-thread worker against one "
           f"process at {overhead['one_process_ms_per_batch']:.2f} ms a batch): min {overhead['min_ms']:.2f}, median "
           f"{overhead['median_ms']:.2f}, max {overhead['max_ms']:.2f} ms")
     if args.markdown:
         print()
-        print(table(records, markdown=True))
+        print(markdown_table(header, rows, left=2))
     return 0
 
 

@@ -147,7 +147,7 @@ def time_callers(run: Run, inputs: dict[str, np.ndarray], callers: int, repeat: 
     return seconds
 
 
-def machine() -> dict[str, Any]:
+def machine(packages: Sequence[str] = ("numpy", "numba", "torch", "onnxruntime")) -> dict[str, Any]:
     """Cores, CPU model (from /proc/cpuinfo) and the versions of the libraries measured."""
     cpu = "unknown CPU"
     with open("/proc/cpuinfo") as info:
@@ -156,7 +156,7 @@ def machine() -> dict[str, Any]:
                 cpu = line.split(":", 1)[1].strip()
                 break
     versions = {}
-    for package in ("numpy", "numba", "torch", "onnxruntime"):
+    for package in packages:
         try:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
