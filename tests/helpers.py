@@ -1,8 +1,12 @@
-"""Shared test helpers: one-op graphs run on the reference backend, and tolerant comparisons."""
+"""Shared test helpers: one-op graphs run on the reference backend, tolerant comparisons, and the command line
+through its real entry point."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -10,6 +14,7 @@ import numpy as np
 from backends import reference
 from cnncomp.ir import Graph
 
+ROOT = Path(__file__).parents[1]
 ATOL = 1e-5
 RTOL = 1e-5
 
@@ -38,3 +43,17 @@ def assert_close(actual: np.ndarray, expected: Any, atol: float = ATOL, rtol: fl
     expected = np.asarray(expected.detach().numpy() if hasattr(expected, "detach") else expected)
     assert actual.shape == expected.shape, f"shape {actual.shape} != expected {expected.shape}"
     np.testing.assert_allclose(actual, expected, atol=atol, rtol=rtol)
+
+
+def cnncomp_cli(*args: Any, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    """`python -m cnncomp ARGS` in `cwd`, its output captured."""
+    return subprocess.run([sys.executable, "-m", "cnncomp", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, timeout=600)
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, message: str) -> None:
+    """Exit 1 and one line on stderr, `cnncomp: error: ...` holding `message`."""
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("cnncomp: error: "), result.stderr
+    assert message in lines[0], lines[0]

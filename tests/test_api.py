@@ -19,13 +19,6 @@ from tests.models import randomize
 
 ROOT = Path(__file__).parents[1]
 WEIGHTS = ROOT / "frontends" / "zoo" / "weights" / "lenet5_digits.npz"
-DIGITS = ROOT / "frontends" / "zoo" / "weights" / "digits_test.npz"
-
-
-@pytest.fixture(scope="module")
-def digits():
-    with np.load(DIGITS) as split:
-        return split["x"], split["y"]
 
 
 @pytest.fixture(scope="module")

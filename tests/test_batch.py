@@ -15,13 +15,6 @@ from cnncomp.data import DataError, list_inputs, read_image_folder, read_sample
 
 ROOT = Path(__file__).parents[1]
 WEIGHTS = ROOT / "frontends" / "zoo" / "weights" / "lenet5_digits.npz"
-DIGITS = ROOT / "frontends" / "zoo" / "weights" / "digits_test.npz"
-
-
-@pytest.fixture(scope="module")
-def digits():
-    with np.load(DIGITS) as split:
-        return split["x"], split["y"]
 
 
 @pytest.fixture(scope="module")

@@ -28,12 +28,6 @@ def cnncomp_cli(*args):
 
 
 @pytest.fixture(scope="module")
-def digits():
-    with np.load(DIGITS) as split:
-        return split["x"], split["y"]
-
-
-@pytest.fixture(scope="module")
 def cluster():
     running = batch.connect(workers=2, threads_per_worker=1)
     yield running.client

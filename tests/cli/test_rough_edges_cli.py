@@ -9,22 +9,11 @@ from pathlib import Path
 import numpy as np
 
 import cnncomp
+from tests.helpers import assert_one_line_error, cnncomp_cli
 
 ROOT = Path(__file__).parents[2]
 WEIGHTS = ROOT / "frontends" / "zoo" / "weights" / "lenet5_digits.npz"
 DIGIT_IMAGE = ROOT / "examples" / "images" / "digit_7.png"
-
-
-def cnncomp_cli(*args, cwd=ROOT):
-    return subprocess.run([sys.executable, "-m", "cnncomp", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, timeout=600)
-
-
-def assert_one_line_error(result, message):
-    assert result.returncode == 1, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("cnncomp: error: "), result.stderr
-    assert message in lines[0], lines[0]
 
 
 def test_a_closed_pipe_ends_the_command_quietly():

@@ -3,8 +3,6 @@ in-process model's, arrays and images in, class maps out, `--threads` handed to 
 input refused in one line with no file written."""
 
 import json
-import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
@@ -15,24 +13,12 @@ from PIL import Image
 import cnncomp
 from cnncomp import api, cli
 from cnncomp.data import load_image, softmax
+from tests.helpers import assert_one_line_error, cnncomp_cli
 
 ROOT = Path(__file__).parents[2]
 WEIGHTS = ROOT / "frontends" / "zoo" / "weights" / "lenet5_digits.npz"
-DIGITS = ROOT / "frontends" / "zoo" / "weights" / "digits_test.npz"
 DIGIT_IMAGE = ROOT / "examples" / "images" / "digit_7.png"
 FLOWER = ROOT / "examples" / "images" / "flower.jpg"
-
-
-def cnncomp_cli(*args, cwd=ROOT):
-    return subprocess.run([sys.executable, "-m", "cnncomp", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, timeout=600)
-
-
-def assert_one_line_error(result, message):
-    assert result.returncode == 1, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("cnncomp: error: "), result.stderr
-    assert message in lines[0], lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -42,12 +28,6 @@ def artifact(tmp_path_factory):
     result = cnncomp_cli("compile", "lenet5", "--weights", WEIGHTS, "-o", path)
     assert result.returncode == 0, result.stderr
     return path
-
-
-@pytest.fixture(scope="module")
-def digits():
-    with np.load(DIGITS) as split:
-        return split["x"], split["y"]
 
 
 def top_lines(stdout):
