@@ -82,11 +82,7 @@ class _Input:
 
     def fingerprint(self) -> str:
         if self.path is None:
-            digest = hashlib.sha256()
-            for key, value in sorted((self.arrays or {}).items()):
-                digest.update(f"{key}{value.dtype}{value.shape}".encode())
-                digest.update(np.ascontiguousarray(value).tobytes())
-            return digest.hexdigest()
+            return _hash_arrays(hashlib.sha256(), self.arrays or {}).hexdigest()
         try:
             stat = self.path.stat()
         except OSError:
@@ -186,15 +182,16 @@ class _DaskEngine:
         self.plugin_name = f"cnncomp-{model.name}-{hashlib.sha256(content).hexdigest()[:16]}"
         client.register_plugin(ArtifactPlugin(model.name, content, preprocessing), name=self.plugin_name)
 
-    def describe(self) -> str:
+    def _workers_and_threads(self) -> tuple[int, int]:
         workers = self.client.scheduler_info().get("workers", {})
-        threads = sum(info.get("nthreads", 1) for info in workers.values())
-        return f"{len(workers)} Dask worker{'s' * (len(workers) != 1)}, {threads} threads"
+        return len(workers), sum(info.get("nthreads", 1) for info in workers.values())
+
+    def describe(self) -> str:
+        workers, threads = self._workers_and_threads()
+        return f"{workers} Dask worker{'s' * (workers != 1)}, {threads} threads"
 
     def _in_flight_limit(self) -> int:
-        workers = self.client.scheduler_info().get("workers", {})
-        threads = sum(info.get("nthreads", 1) for info in workers.values())
-        return max(2, IN_FLIGHT_PER_THREAD * threads)
+        return max(2, IN_FLIGHT_PER_THREAD * self._workers_and_threads()[1])
 
     def run(self, batches: Iterable[Batch]) -> Iterator[tuple[str, list]]:
         from distributed import as_completed
@@ -363,13 +360,17 @@ class Summary:
 
 def model_fingerprint(model: CompiledModel, preprocessing: Mapping[str, Any] | None) -> str:
     """A hash of what decides a model's outputs: its graph, weights, backend and preprocessing."""
-    digest = hashlib.sha256()
-    digest.update(model.graph.to_json().encode())
-    for name, value in sorted(model.graph.params.items()):
-        digest.update(f"{name}{value.dtype}{value.shape}".encode())
-        digest.update(np.ascontiguousarray(value).tobytes())
+    digest = _hash_arrays(hashlib.sha256(model.graph.to_json().encode()), model.graph.params)
     digest.update(json.dumps([model.backend, preprocessing], sort_keys=True).encode())
     return digest.hexdigest()
+
+
+def _hash_arrays(digest: Any, arrays: Mapping[str, np.ndarray]) -> Any:
+    """`digest` updated with each array's name, dtype, shape and bytes, in name order."""
+    for name, value in sorted(arrays.items()):
+        digest.update(f"{name}{value.dtype}{value.shape}".encode())
+        digest.update(np.ascontiguousarray(value).tobytes())
+    return digest
 
 
 def run_to_folder(model: CompiledModel, inputs: Sequence[str | Path], out: str | Path, *, batch: int = 32,
