@@ -80,6 +80,24 @@ def _add_pipeline_options(parser: argparse.ArgumentParser, default_level: int) -
     parser.add_argument("--verbose", action="store_true", help="report each pass's time and changes on stderr")
 
 
+def _load_graph(args: argparse.Namespace, batch: int | None, *, structure_only: bool = False) -> Any:
+    """The model the command line names, with its --weights, at its --input-shape and then at `batch`. Fully
+    convolutional, only the batch of --input-shape applies here: the image size applies once the classifier is
+    convolutional (`_optimized`)."""
+    from cnncomp import api
+
+    shapes = dict(args.input_shape)
+    weights = getattr(args, "weights", None)
+    if args.fully_convolutional and shapes:
+        graph = api.load_model(args.model, weights=weights, structure_only=structure_only, **dict(args.param))
+        graph = graph.with_input_shapes({name: (shape[0], *graph.node(name).type.shape[1:])
+                                         for name, shape in shapes.items()})
+    else:
+        graph = api.load_model(args.model, weights=weights, input_shapes=shapes or None,
+                               structure_only=structure_only, **dict(args.param))
+    return graph if batch is None else graph.with_batch(batch)
+
+
 def _optimized(args: argparse.Namespace, graph: Any) -> Any:
     """The graph after the pipeline the command line asks for, with --dump-after and --verbose reports."""
     from cnncomp.pipeline import PASSES, optimize, passes_for
@@ -94,7 +112,11 @@ def _optimized(args: argparse.Namespace, graph: Any) -> Any:
         if args.dump_after in ("all", name):
             print(f"# after {name}\n{graph_text(result)}", file=sys.stderr)
 
-    graph, runs = optimize(graph, args.opt_level, args.disable_pass, args.fully_convolutional, after_pass=dump)
+    # Fully convolutional, the image size of --input-shape applies after dense_to_conv (and the batch is the graph's).
+    shapes = ({name: (graph.node(name).type.batch, *shape[1:]) for name, shape in args.input_shape}
+              if args.fully_convolutional else None)
+    graph, runs = optimize(graph, args.opt_level, args.disable_pass, args.fully_convolutional, after_pass=dump,
+                           input_shapes=shapes)
     if args.verbose:
         for run in runs:
             print(run.describe(), file=sys.stderr)
@@ -106,15 +128,12 @@ def _optimized(args: argparse.Namespace, graph: Any) -> Any:
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
-    from cnncomp.driver import load_model
     from cnncomp.pipeline import passes_for
     from cnncomp.summary import format_table, summarize
 
     # With no pass to run, nothing reads the weights: skip drawing them (seconds for VGG-16's 138M).
     structure_only = not passes_for(args.opt_level, args.disable_pass, args.fully_convolutional)
-    graph = load_model(args.model, batch=args.batch, structure_only=structure_only,
-                       input_shapes=dict(args.input_shape), **dict(args.param))
-    summary = summarize(_optimized(args, graph))
+    summary = summarize(_optimized(args, _load_graph(args, args.batch, structure_only=structure_only)))
     print(json.dumps(summary, indent=1) if args.json else format_table(summary))
     return 0
 
@@ -143,13 +162,11 @@ def cmd_zoo(args: argparse.Namespace) -> int:
 
 def cmd_render(args: argparse.Namespace) -> int:
     from cnncomp import render
-    from cnncomp.driver import load_model
     from cnncomp.pipeline import passes_for
 
     # Pictures need no weights; only passes read them.
     structure_only = not passes_for(args.opt_level, args.disable_pass, args.fully_convolutional)
-    original = load_model(args.model, batch=args.batch, structure_only=structure_only,
-                          input_shapes=dict(args.input_shape), **dict(args.param))
+    original = _load_graph(args, args.batch, structure_only=structure_only)
     graph = _optimized(args, original)
     if args.compare:
         before = "-O0" if not args.fully_convolutional else "-O0 (not fully convolutional)"
@@ -163,14 +180,12 @@ def cmd_render(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from cnncomp.driver import load_model
     from cnncomp.onnx_export import OPSET, export
 
     output = Path(args.output)
     if output.suffix != ".onnx":
         raise UsageError(f"{output}: an ONNX model is written as .onnx")
-    graph = _optimized(args, load_model(args.model, batch=args.batch, input_shapes=dict(args.input_shape),
-                                        **dict(args.param)))
+    graph = _optimized(args, _load_graph(args, args.batch))
     model = export(graph, output)
     parameters = sum(value.size for value in graph.params.values())
     print(f"{graph.name}: {len(model.graph.node)} ONNX nodes (opset {OPSET}), {parameters:,} parameters in "
@@ -250,10 +265,8 @@ def _compiled(args: argparse.Namespace, batch: int | None, graph: Any = None, th
         model.preprocessing = with_normalization(model.preprocessing, args.mean, args.std)
         return model
     if graph is None:
-        graph = api.load_model(args.model, weights=args.weights,
-                               input_shapes=dict(args.input_shape) or None,
-                               **dict(args.param))
-    if batch is not None:
+        graph = _load_graph(args, batch)
+    elif batch is not None:
         graph = graph.with_batch(batch)
     started = time.perf_counter()
     optimized = _optimized(args, graph)
@@ -305,7 +318,6 @@ def _write_sources(model: Any, folder: Path) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from cnncomp import api
     from cnncomp.artifact import SUFFIX
     from cnncomp.data import (
         array_bytes,
@@ -343,8 +355,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         inputs = read_inputs(args.input, list(model.input_shapes), model.preprocessing, model.name)
     else:
         # The inputs decide the batch size, and images are read as the model's input says: read them first.
-        graph = api.load_model(args.model, weights=args.weights, input_shapes=dict(args.input_shape) or None,
-                               **dict(args.param))
+        graph = _load_graph(args, None)
         preprocessing = with_normalization(default_preprocessing(graph), args.mean, args.std)
         inputs = read_inputs(args.input, [node.name for node in graph.inputs], preprocessing, graph.name)
         batches = {value.shape[0] for value in inputs.values() if getattr(value, "ndim", 0)}

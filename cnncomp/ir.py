@@ -20,7 +20,7 @@ from typing import Any
 import networkx as nx
 import numpy as np
 
-from cnncomp.errors import GraphError, ModelLoadError
+from cnncomp.errors import GraphError, ModelLoadError, ShapeError
 
 JSON_FORMAT_VERSION = 1
 DTYPES = ("float32", "int64")
@@ -284,7 +284,25 @@ class Graph:
             other._insert(other.make_node(node.name, node.op, node.inputs, attrs, node.meta))
         other.params = dict(self.params)
         other._outputs = list(self._outputs)
+        other._check_param_shapes(shapes)
         return other
+
+    def _check_param_shapes(self, shapes: Mapping[str, tuple[int, ...]]) -> None:
+        """Weights fixed at the old input size (a dense layer after a flatten) do not fit the new one: say so,
+        rather than run a model whose parameters no longer match its shapes."""
+        from cnncomp.ops import get_op
+
+        at = ", ".join(f"{name} {'x'.join(map(str, shape))}" for name, shape in shapes.items())
+        for node in self.nodes:
+            present = self.node_params(node.name)
+            specs = get_op(node.op).params(node.attrs, [self.node(i).type for i in node.inputs])
+            for key, value in present.items():
+                if key in specs and value.shape != specs[key].shape:
+                    expected = "x".join(map(str, specs[key].shape))
+                    raise ShapeError(f"{node.describe()}: at input {at} its {key} would be {expected}, but the "
+                                     f"model's is {'x'.join(map(str, value.shape))}; it takes only the input size "
+                                     "it was built for (a dense layer after a flatten fixes it, unless the model "
+                                     "is compiled fully convolutional)")
 
     def with_batch(self, batch: int) -> Graph:
         return self.with_input_shapes({n.name: (batch, *n.shape[1:]) for n in self.inputs})

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from cnncomp.errors import CnnCompError, GraphError
@@ -79,14 +79,22 @@ def passes_for(level: int, disable: Sequence[str] = (), fully_convolutional: boo
 
 
 def optimize(graph: Graph, level: int = 2, disable: Sequence[str] = (), fully_convolutional: bool = False,
-             after_pass: Callable[[str, Graph], None] | None = None) -> tuple[Graph, list[PassRun]]:
+             after_pass: Callable[[str, Graph], None] | None = None,
+             input_shapes: Mapping[str, Sequence[int]] | None = None) -> tuple[Graph, list[PassRun]]:
     """Run the pipeline of `-O level` on a copy of `graph`: returns the result and what each pass did.
-    `after_pass(name, graph)` is called after each pass (for `--dump-after`)."""
+    `after_pass(name, graph)` is called after each pass (for `--dump-after`). `input_shapes` ({input: full
+    shape}) are the sizes to compile for: set after dense_to_conv when `fully_convolutional` (the classifier
+    slides over a larger image only once it is convolutional), else before the first pass."""
     runs = []
+    pending = {name: tuple(shape) for name, shape in input_shapes.items()} if input_shapes else None
+    if pending and not fully_convolutional:
+        graph, pending = graph.with_input_shapes(pending), None
     for opt_pass in passes_for(level, disable, fully_convolutional):
         ops_before = Counter(node.op for node in graph.nodes)
         started = time.perf_counter()
         graph = opt_pass(graph)
+        if pending and opt_pass is dense_to_conv:
+            graph, pending = graph.with_input_shapes(pending), None
         seconds = time.perf_counter() - started
         try:
             graph.validate()
@@ -95,4 +103,6 @@ def optimize(graph: Graph, level: int = 2, disable: Sequence[str] = (), fully_co
         runs.append(PassRun(opt_pass.__name__, seconds, ops_before, Counter(node.op for node in graph.nodes)))
         if after_pass is not None:
             after_pass(opt_pass.__name__, graph)
+    if pending:  # dense_to_conv disabled
+        graph = graph.with_input_shapes(pending)
     return graph, runs

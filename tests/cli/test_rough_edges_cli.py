@@ -1,12 +1,15 @@
 """Rough edges a new user hit, through the real entry point: a closed pipe ends a command quietly; a file that is
 not a weights archive, weights of the wrong shape and an `.npz` input whose array names another input are one line
-naming the file; `compile --input-shape` sets an input's size in one command."""
+naming the file; `compile --input-shape` sets an input's size in one command, and, fully convolutional, a larger
+image."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+import onnx
 
 import cnncomp
 from tests.helpers import assert_one_line_error, cnncomp_cli
@@ -61,3 +64,24 @@ def test_compile_takes_input_shapes_in_one_command(tmp_path):
     assert cnncomp.load(tmp_path / "l.cnnx").input_shapes == {"image": (4, 1, 32, 32)}
     assert_one_line_error(cnncomp_cli("run", tmp_path / "l.cnnx", "--input-shape", "image=1x1x32x32", "-i",
                                       DIGIT_IMAGE), "--input-shape do not apply")
+
+
+def test_fully_convolutional_summary_and_export_take_a_larger_image(tmp_path):
+    # The image size applies once the classifier is convolutional: LeNet-5 on 40x40 scores 3x3 windows.
+    result = cnncomp_cli("summary", "lenet5", "--fully-convolutional", "--input-shape", "image=1x1x40x40", "--json")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["params"] == 61_706 and summary["outputs"][0]["shape"] == [1, 10, 3, 3]
+    result = cnncomp_cli("export", "lenet5", "--fully-convolutional", "--input-shape", "image=2x1x40x40",
+                         "-o", tmp_path / "l.onnx")
+    assert result.returncode == 0, result.stderr
+    output = onnx.load(tmp_path / "l.onnx").graph.output[0]
+    assert [d.dim_value for d in output.type.tensor_type.shape.dim] == [2, 10, 3, 3]
+
+
+def test_weights_that_do_not_fit_another_image_size_are_one_line(tmp_path):
+    result = cnncomp_cli("compile", "lenet5", "--weights", WEIGHTS, "--input-shape", "image=1x1x40x40",
+                         "-o", tmp_path / "l.cnnx")
+    assert_one_line_error(result, "node 'f6' (dense): at input image 1x1x40x40 its weight would be 84x1080, but "
+                                  "the model's is 84x120")
+    assert not list(tmp_path.iterdir())
