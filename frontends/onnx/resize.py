@@ -71,7 +71,10 @@ def _source_coordinates(spec: ResizeSpec, in_size: int, out_size: int, scale: fl
     if mode == "pytorch_half_pixel":
         return (x + 0.5) / scale - 0.5 if out_size > 1 else np.zeros(out_size)
     if mode == "align_corners":
-        return x * (in_size - 1) / (out_size - 1) if out_size > 1 else np.zeros(out_size)
+        # length_resized is in_size * scale, a fraction when the scale gives no whole length: ONNX's reference
+        # evaluator divides by that (onnx/onnx#2462), ONNX Runtime and PyTorch by the whole output length.
+        resized = in_size * scale
+        return x * (in_size - 1) / (resized - 1) if out_size > 1 else np.zeros(out_size)
     if mode == "asymmetric":
         return x / scale
     if mode == "tf_half_pixel_for_nn":
@@ -153,6 +156,12 @@ def upsample_attrs(spec: ResizeSpec, in_hw: tuple[int, int]) -> dict[str, Any]:
         ours = our_matrix(n, out, mode, spec.scales[axis] if spec.scales is not None else None, align_corners)
         if not np.allclose(onnx_matrix(spec, n, out, onnx_scale), ours, rtol=0, atol=1e-6):
             axis_name = ("height", "width")[axis]
+            if spec.coordinate == "align_corners" and spec.scales is not None and n * onnx_scale != out:
+                raise Unsupported(
+                    f"Resize ({spec.describe()}) by the scale {onnx_scale:g} of {n} pixels along the {axis_name}: "
+                    f"ONNX's definition divides by length_resized - 1 with length_resized = {n * onnx_scale:g} "
+                    f"(as its reference evaluator), ONNX Runtime and cnncomp's upsample by the whole output length "
+                    f"{out} - 1 (onnx/onnx#2462), so the answer would depend on the runtime; give `sizes` instead")
             raise Unsupported(
                 f"Resize ({spec.describe()}) of {in_hw[0]}x{in_hw[1]} to {out_hw[0]}x{out_hw[1]} weighs other input "
                 f"pixels along the {axis_name} than cnncomp's upsample (PyTorch's interpolate: nearest is "

@@ -550,6 +550,26 @@ def test_resize_is_mapped_exactly_or_refused(mode, coordinate, nearest_mode, fac
     assert_like_onnxruntime(model)
 
 
+@pytest.mark.parametrize("mode", ["linear", "cubic"])
+def test_resize_align_corners_by_a_fractional_length_is_refused(mode):
+    """align_corners divides by length_resized - 1: ONNX's reference evaluator takes the fraction 6 x 0.6 = 3.6,
+    ONNX Runtime (and our upsample) the whole output length 3 (onnx/onnx#2462). Neither answer is taken."""
+    from onnx.reference import ReferenceEvaluator
+
+    model = resize_model(mode, "align_corners", "round_prefer_floor", {"scales": [1, 1, 1.0, 0.6]})
+    x = {"x": np.arange(48, dtype=np.float32).reshape(1, 2, 4, 6)}
+    standard = ReferenceEvaluator(model).run(None, x)[0]
+    runtime = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, x)
+    assert not np.allclose(standard, runtime[0])  # the disagreement is real
+    message = refused(model, "Resize 'resize'", "scale 0.6 of 6 pixels along the width", "length_resized = 3.6",
+                      "onnx/onnx#2462")
+    assert "whole output length 3" in message
+    # A scale giving a whole length, or the sizes, have one answer: mapped.
+    for factors in ({"scales": [1, 1, 1.0, 0.5]}, {"sizes": [1, 2, 4, 3]}):
+        graph = assert_like_onnxruntime(resize_model(mode, "align_corners", "round_prefer_floor", factors))
+        assert graph.node("y").attrs["align_corners"]
+
+
 def test_resize_cubic_coefficient_and_exclusion():
     factors = {"scales": [1, 1, 2.0, 2.0]}
     refused(resize_model("cubic", "half_pixel", "floor", factors, cubic_coeff_a=-0.5), "cubic_coeff_a=-0.5")
