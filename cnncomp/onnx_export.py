@@ -522,6 +522,11 @@ def _crop(w: _Writer, node: Node) -> None:
            node.name)
 
 
+def _channel_slice(w: _Writer, node: Node) -> None:
+    w.emit("Slice", [node.inputs[0], w.ints(f"{node.name}/starts", [node.attrs["start"]]),
+                     w.ints(f"{node.name}/ends", [node.attrs["stop"]]), w.ints(f"{node.name}/axes", [1])], node.name)
+
+
 def _strided_slice(w: _Writer, node: Node) -> None:
     h, wd = w.graph.node(node.inputs[0]).type.spatial
     w.emit("Slice", [node.inputs[0], w.ints(f"{node.name}/starts", [0, 0]), w.ints(f"{node.name}/ends", [h, wd]),
@@ -581,6 +586,7 @@ RULES: dict[str, Callable[[_Writer, Node], None]] = {
     "upsample": _upsample,
     "pad": _pad,
     "crop": _crop,
+    "channel_slice": _channel_slice,
     "strided_slice": _strided_slice,
     "constant": _constant,
     **{name: _activation(name) for name in ("relu", "relu6", "leaky_relu", "tanh", "sigmoid", "silu", "hardswish")},

@@ -186,6 +186,10 @@ class Value:
         """Center crop to the height and width of `reference` (U-Net's copy-and-crop)."""
         return self._op("crop", reference, name=name)
 
+    def channel_slice(self, start: int, stop: int, name: str | None = None) -> Value:
+        """Channels start to stop - 1, x[:, start:stop] (DPN's dual-path split, Res2Net's scales)."""
+        return self._op("channel_slice", name=name, start=start, stop=stop)
+
 
 class Builder:
     """Builds one Graph. `batch` is the batch size of the inputs (a compile parameter: graphs can be re-inferred

@@ -69,3 +69,60 @@ def separable_stack(batch: int = 1) -> Graph:
     y = y.conv(32, 1, bias=False, name="pw2").batch_norm(name="bn2")
     shortcut = x.conv(32, 1, bias=False, name="proj").batch_norm(name="proj_bn")
     return randomize(b.build(y + shortcut))
+
+
+def dual_path_block(batch: int = 1) -> Graph:
+    """DPN's block: the input's first 16 channels are the residual path, added to the convs' first 16; its other
+    8 the dense path, concatenated with the convs' last 8."""
+    b = Builder("dual_path", batch=batch)
+    x = b.input("x", (24, 9, 9))
+    y = x.conv(16, 1, bias=False, name="conv1").batch_norm(name="bn1").relu()
+    y = y.conv(16, 3, padding=1, groups=4, bias=False, name="conv2").batch_norm(name="bn2").relu()
+    y = y.conv(24, 1, bias=False, name="conv3")
+    residual = x.channel_slice(0, 16, name="x_residual") + y.channel_slice(0, 16, name="y_residual")
+    dense = b.concat(x.channel_slice(16, 24, name="x_dense"), y.channel_slice(16, 24, name="y_dense"))
+    return randomize(b.build(b.concat(residual, dense, name="joined").relu(name="out")))
+
+
+def res2net_block(batch: int = 1) -> Graph:
+    """Res2Net's block: a 1x1 conv's 24 channels in 4 scales of 6; each scale but the first is added to the
+    previous scale's output before its 3x3 conv; the last scale passes through; concatenated, a 1x1 conv and the
+    residual."""
+    b = Builder("res2net", batch=batch)
+    x = b.input("x", (16, 8, 8))
+    y = x.conv(24, 1, bias=False, name="conv1").batch_norm(name="bn1").relu()
+    scales = [y.channel_slice(6 * i, 6 * i + 6, name=f"scale{i}") for i in range(4)]
+    outputs: list = []
+    for i, scale in enumerate(scales[:3]):
+        z = scale if i == 0 else scale + outputs[-1]
+        outputs.append(z.conv(6, 3, padding=1, bias=False, name=f"conv_scale{i}").batch_norm(name=f"bn_scale{i}")
+                       .relu())
+    y = b.concat(*outputs, scales[3]).conv(16, 1, bias=False, name="conv3").batch_norm(name="bn3")
+    return randomize(b.build((y + x).relu(name="out")))
+
+
+def channel_slices_around_concats(batch: int = 2) -> Graph:
+    """Channel slices where the memory plan meets concats: slices of a conv, one feeding a concat (which copies
+    it, a view cannot live inside the concat too); a slice of that concat; a slice of a slice, a graph output
+    and a concat operand; a slice of the graph input."""
+    b = Builder("slices", batch=batch)
+    x = b.input("x", (4, 5, 5))
+    a = x.conv(6, 1, name="a")
+    first = a.channel_slice(0, 2, name="first").conv(3, 3, padding=1, name="c1")
+    joined = b.concat(first, a.channel_slice(2, 6, name="rest"), name="joined")
+    middle = joined.channel_slice(1, 5, name="middle")
+    inner = middle.channel_slice(1, 3, name="inner")
+    tail = b.concat(inner, x.channel_slice(3, 4, name="x_last"), name="tail")
+    return randomize(b.build(middle.relu(name="y"), inner, tail))
+
+
+def channel_slice_of_a_constant() -> Graph:
+    """A constant lives among the parameters, not in the arena: its channel slice is a copy, not a view."""
+    graph = Graph("slice_of_constant")
+    graph.add_node("x", "input", attrs={"shape": (2, 3, 4, 4)})
+    graph.add_node("c", "constant", attrs={"shape": (2, 5, 4, 4)},
+                   params={"value": np.random.default_rng(9).standard_normal((2, 5, 4, 4)).astype(np.float32)})
+    graph.add_node("s", "channel_slice", ["c"], attrs={"start": 1, "stop": 4})
+    graph.add_node("y", "add", ["x", "s"])
+    graph.set_outputs(["y"])
+    return graph

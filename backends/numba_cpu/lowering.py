@@ -72,6 +72,10 @@ class LoweringContext:
         slot = self.plan["tensors"].get(operand)
         return slot is not None and slot["view_of"] == concat
 
+    def viewed_in_place(self, node: Node) -> bool:
+        """Whether the memory plan made `node` (a channel slice) a view of its input, so there is nothing to copy."""
+        return self.plan["tensors"][node.name]["view_of"] == node.inputs[0]
+
     def on_one_thread(self) -> LoweringContext:
         """The same context for kernels lowered to run on the calling thread alone."""
         return LoweringContext(self.graph, self.views, 1, self.plan, self.conv2d_algorithms)
@@ -361,6 +365,14 @@ def lower_concat(node: Node, ctx: LoweringContext) -> list[KernelCall]:
     return calls
 
 
+def lower_channel_slice(node: Node, ctx: LoweringContext) -> list[KernelCall]:
+    """Nothing where the memory plan made the slice a view of its input; else a copy of its channels."""
+    if ctx.viewed_in_place(node):
+        return []
+    source = ctx.rows(node.inputs[0])[:, node.attrs["start"]: node.attrs["stop"]]
+    return [KernelCall(tensor.unary("copy", {}), (source, EMPTY, EMPTY, ctx.rows(node.name)), node.name)]
+
+
 def lower_strided_slice(node: Node, ctx: LoweringContext) -> list[KernelCall]:
     args = (ctx.value(node.inputs[0]), ctx.value(node.name))
     return [KernelCall(tensor.strided_slice(dict(node.attrs)), args, node.name)]
@@ -423,6 +435,7 @@ LOWERINGS: dict[str, Callable[[Node, LoweringContext], list[KernelCall]]] = {
     "add": lower_binary,
     "mul": lower_binary,
     "concat": lower_concat,
+    "channel_slice": lower_channel_slice,
     "identity": lower_copy,
     "dropout": lower_copy,
     "flatten": lower_copy,

@@ -89,6 +89,10 @@ class LoweringContext:
         slot = self.plan["tensors"].get(operand)
         return slot is not None and slot["view_of"] == concat
 
+    def viewed_in_place(self, node: Node) -> bool:
+        """Whether the memory plan made `node` (a channel slice) a view of its input, so there is nothing to copy."""
+        return self.plan["tensors"][node.name]["view_of"] == node.inputs[0]
+
     def new_status_slot(self) -> int:
         self.status_slots += 1
         return self.status_slots - 1
@@ -317,6 +321,13 @@ def lower_concat(node: Node, ctx: LoweringContext) -> list[Launch]:
     return launches
 
 
+def lower_channel_slice(node: Node, ctx: LoweringContext) -> list[Launch]:
+    """Nothing where the memory plan made the slice a view of its input; else a copy of its channels."""
+    if ctx.viewed_in_place(node):
+        return []
+    return _copy(node, ctx, node.inputs[0], node.name, _box(node.shape), source_offset=(0, node.attrs["start"], 0, 0))
+
+
 def lower_strided_slice(node: Node, ctx: LoweringContext) -> list[Launch]:
     sh, sw = node.attrs["stride"]
     return _copy(node, ctx, node.inputs[0], node.name, node.shape, step=(1, 1, sh, sw))
@@ -384,6 +395,7 @@ LOWERINGS: dict[str, Callable[[Node, LoweringContext], list[Launch]]] = {
     "add": lower_binary,
     "mul": lower_binary,
     "concat": lower_concat,
+    "channel_slice": lower_channel_slice,
     "identity": lower_copy,
     "dropout": lower_copy,
     "flatten": lower_copy,

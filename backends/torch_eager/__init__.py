@@ -247,6 +247,7 @@ RULES: dict[str, tuple[str, Rule]] = {
     "add": ("add", lambda e, n, ops, p: ops[0] + ops[1]),
     "mul": ("mul", lambda e, n, ops, p: ops[0] * ops[1]),
     "concat": ("cat", lambda e, n, ops, p: e.torch.cat(ops, n.attrs["axis"])),
+    "channel_slice": ("slice", lambda e, n, ops, p: ops[0][:, n.attrs["start"]: n.attrs["stop"]]),
     "flatten": ("flatten", lambda e, n, ops, p: e.torch.flatten(ops[0], 1)),
     "identity": ("none", lambda e, n, ops, p: ops[0]),
     "dropout": ("none", lambda e, n, ops, p: ops[0]),

@@ -1,4 +1,5 @@
-"""Ops that move data without arithmetic: graph inputs, identity and dropout, concat, flatten, pad and crop."""
+"""Ops that move data without arithmetic: graph inputs, identity and dropout, concat and channel slices, flatten,
+pad and crop."""
 
 from __future__ import annotations
 
@@ -88,6 +89,33 @@ class Concat(Op):
     def reference(self, inputs: list[np.ndarray], params: Mapping[str, np.ndarray],
                   attrs: Mapping[str, Any]) -> np.ndarray:
         return np.concatenate(inputs, axis=attrs["axis"])
+
+
+@register
+class ChannelSlice(Op):
+    """y = x[:, start:stop]: channels start to stop - 1 of x (DPN's dual-path split, one of Res2Net's scales); for a
+    flat N x features tensor, those features. The inverse of concat along axis 1: one contiguous block per
+    sample, so the memory plan makes it a view of x (no copy) where it can."""
+
+    name = "channel_slice"
+    fusion = Fusion.INJECTIVE
+    attrs = {"start": Attr("int"), "stop": Attr("int")}
+
+    def finalize(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if not 0 <= attrs["start"] < attrs["stop"]:
+            raise OpError(f"channels {attrs['start']}:{attrs['stop']}: expected 0 <= start < stop", shape=False)
+        return attrs
+
+    def infer(self, attrs: Mapping[str, Any], inputs: Sequence[TensorType], strict: bool) -> TensorType:
+        require_float(inputs)
+        x = inputs[0]
+        if attrs["stop"] > x.channels:
+            raise OpError(f"channels {attrs['start']}:{attrs['stop']} reach past the {x.channels} of {x}")
+        return TensorType((x.batch, attrs["stop"] - attrs["start"], *x.shape[2:]))
+
+    def reference(self, inputs: list[np.ndarray], params: Mapping[str, np.ndarray],
+                  attrs: Mapping[str, Any]) -> np.ndarray:
+        return inputs[0][:, attrs["start"]: attrs["stop"]]
 
 
 @register

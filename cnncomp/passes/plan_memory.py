@@ -1,5 +1,5 @@
 """plan_memory: place every activation in one arena, reusing the memory of dead tensors, with concat operands
-written straight into their slice of the concat's output."""
+written straight into their slice of the concat's output and channel slices read straight from their input."""
 
 from __future__ import annotations
 
@@ -13,13 +13,14 @@ from cnncomp.ir import Graph
 from cnncomp.limits import over_limit
 
 PLAN_KEY = "memory_plan"
-PLAN_VERSION = 1
+PLAN_VERSION = 2  # 2: channel slices are views of their input (`channel_slice_views`)
 ALIGNMENT = 64  # bytes: a cache line, and what vector loads like
 
 
 @dataclass
 class Buffer:
-    """A block of the arena: one tensor, or a concat output together with the operands written into it."""
+    """A block of the arena: one tensor, or a concat output together with the operands written into it, or a
+    tensor together with the channel slices that are views of it."""
 
     name: str
     size: int
@@ -32,10 +33,23 @@ def _align(size: int) -> int:
     return -(-size // ALIGNMENT) * ALIGNMENT
 
 
-def _in_place_operands(graph: Graph, planned: set[str]) -> dict[str, tuple[str, int]]:
+def _slice_views(graph: Graph, planned: set[str]) -> dict[str, tuple[str, int]]:
+    """channel_slice -> (its input, element offset of its first channel within one sample of the input): the
+    slice's channels are one contiguous block of each sample of its input, so it reads them where they are."""
+    views: dict[str, tuple[str, int]] = {}
+    for node in graph.nodes:
+        if node.op == "channel_slice" and node.inputs[0] in planned:
+            x = graph.node(node.inputs[0]).type
+            views[node.name] = (node.inputs[0], node.attrs["start"] * (x.size // x.batch // x.channels))
+    return views
+
+
+def _in_place_operands(graph: Graph, planned: set[str], slice_views: dict[str, tuple[str, int]]
+                       ) -> dict[str, tuple[str, int]]:
     """operand -> (concat, element offset of its slice within one sample of the concat's output), for concats
     along axis 1 (a slice there is one contiguous block per sample). An operand read by more than one concat
-    slot keeps its own buffer (the concats copy it)."""
+    slot keeps its own buffer (the concats copy it), and so does a channel slice that is a view of its input (it
+    cannot live in two places)."""
     slots: dict[str, int] = {}
     for node in graph.nodes:
         if node.op == "concat":
@@ -48,7 +62,7 @@ def _in_place_operands(graph: Graph, planned: set[str]) -> dict[str, tuple[str, 
         offset = 0
         for operand in node.inputs:
             operand_type = graph.node(operand).type
-            if operand in planned and slots[operand] == 1:
+            if operand in planned and slots[operand] == 1 and operand not in slice_views:
                 views[operand] = (node.name, offset)
             offset += operand_type.size // operand_type.batch
     return views
@@ -80,11 +94,14 @@ def plan_memory(graph: Graph) -> Graph:
         offset(v)   = lowest aligned offset clear of every placed tensor whose lifetime meets v's, largest first
         concat(a, b) along channels: a and b live inside the concat's block, at their channel offsets, so their
         producers write straight into it and the concat copies nothing
+        channel_slice(x, start, stop): lives inside x's block at channel `start`, so it copies nothing (a slice
+        that is a concat operand stays a view; that concat copies it)
 
     The plan is `graph.meta["memory_plan"]`, plain JSON data saved with the graph (see `plan_of`). A tensor's
     element (n, i) (i: its flat index within one sample) lives at byte
     `offset + (n * batch_stride + i) * itemsize`; `batch_stride` is the per-sample size for tensors of their
-    own and the concat's per-sample size for views (`view_of`: the concat they are a slice of). Steps are the
+    own and the concat's per-sample size for views (`view_of`: the concat they are a slice of, or for a channel
+    slice the input it is a view of; the block's owner gives `batch_stride` either way). Steps are the
     positions in `order`, which backends must follow. Preconditions: the graph is final (a rewrite after this
     pass invalidates the plan; `check_plan` tells) and every concat operand slot is read by that concat only
     once. Reports `arena_bytes` against `total_bytes` (every tensor its own memory) and `lower_bound_bytes`
@@ -101,7 +118,8 @@ def plan_memory(graph: Graph) -> Graph:
             readers = [step[c.name] for c in graph.consumers(node.name)]
             end[node.name] = last if node.name in graph.outputs else max(readers, default=step[node.name])
 
-    views = _in_place_operands(graph, planned)
+    slice_views = _slice_views(graph, planned)
+    views = {**_in_place_operands(graph, planned, slice_views), **slice_views}
 
     def root(name: str) -> tuple[str, int]:
         offset = 0
@@ -144,6 +162,7 @@ def plan_memory(graph: Graph) -> Graph:
         "total_bytes": sum(graph.node(name).type.nbytes for name in tensors),
         "lower_bound_bytes": _lower_bound(list(buffers.values()), graph, len(order)),
         "in_place_concats": in_place,
+        "channel_slice_views": list(slice_views),
         "tensors": tensors,
     }
     return graph
@@ -203,5 +222,6 @@ def describe_plan(plan: dict[str, Any]) -> str:
     mib = 1 << 20
     return (f"arena {arena / mib:.2f} MiB = {arena / bound:.3f}x the lower bound {bound / mib:.2f} MiB "
             f"(most bytes live at once); every tensor on its own: {total / mib:.2f} MiB; "
-            f"{len(plan['in_place_concats'])} concat(s) in place")
+            f"{len(plan['in_place_concats'])} concat(s) in place, "
+            f"{len(plan['channel_slice_views'])} channel slice(s) as views")
 

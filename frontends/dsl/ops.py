@@ -46,6 +46,7 @@ OPS: dict[str, tuple[Callable[..., Any], str]] = {
     "upsample": (Value.upsample, "upsample"),
     "pad": (Value.pad, "pad"),
     "crop": (Value.crop_to, "crop"),
+    "channel_slice": (Value.channel_slice, "channel_slice"),
     "max_unpool": (Value.max_unpool, "max_unpool2d"),
     "concat": (Builder.concat, "concat"),
     "add": (Builder.add, "add"),

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from frontends.onnx.folding import reshape_target, slice_bounds
+from frontends.onnx.folding import reshape_target, slice_bounds, split_sizes
 from frontends.onnx.graph import FlatIndices, OnnxNode, Overhanging, PendingSlice, Unsupported
 from frontends.onnx.resize import ResizeSpec, upsample_attrs
 
@@ -676,16 +676,30 @@ def _find_reference(cx: Importer, shape: tuple[int, ...]) -> str | None:
 
 
 def _slice_value(cx: Importer, node: OnnxNode, bounds: list[tuple[int, int, int]], x: str) -> Any:
-    """A Slice of an NCHW value: every row/column (identity), every S-th from the first (strided_slice), or the
-    center with the extra row/column of an odd margin at the end (crop; pending until a tensor of its size
-    exists, as when an exporter cuts one axis per Slice)."""
+    """A Slice of a value: a range of its channels (channel_slice), then of an NCHW value's rows and columns:
+    every row/column (identity), every S-th from the first (strided_slice), or the center with the extra
+    row/column of an odd margin at the end (crop; pending until a tensor of its size exists, as when an exporter
+    cuts one axis per Slice)."""
     t = cx.type(x)
-    if t.rank != 4 or any(b != (0, size, 1) for b, size in zip(bounds[:2], t.shape[:2], strict=True)):
-        raise Unsupported(f"a Slice of {t} along the batch or channel axis")
+    if bounds[0] != (0, t.batch, 1):
+        raise Unsupported(f"a Slice of {t} along the batch axis")
+    uncut = [(0, size, 1) for size in t.shape]
+    if bounds[1] != uncut[1]:
+        start, stop, step = bounds[1]
+        if step != 1 or stop <= start:
+            raise Unsupported(f"a Slice of {t} to channels {start}:{stop}:{step} (cnncomp slices a non-empty range "
+                              "of channels with step 1)")
+        whole = bounds[2:] == uncut[2:]
+        x = cx.emit(node, "channel_slice", [x], {"start": start, "stop": stop}, step=None if whole else "channels")
+        if whole:
+            return x
+        t = cx.type(x)
+    elif bounds == uncut:
+        return cx.emit(node, "identity", [x])
+    if t.rank != 4:
+        raise Unsupported(f"a Slice of {t} along axes 2 and above (cnncomp slices those of NCHW tensors only)")
     (h0, h1, sh), (w0, w1, sw) = bounds[2:]
     h, w = t.spatial
-    if (h0, h1, sh, w0, w1, sw) == (0, h, 1, 0, w, 1):
-        return cx.emit(node, "identity", [x])
     if sh > 0 and sw > 0 and h0 == 0 and w0 == 0 and h1 == h and w1 == w:
         return cx.emit(node, "strided_slice", [x], {"stride": (sh, sw)})
     rh, rw = h1 - h0, w1 - w0
@@ -721,6 +735,31 @@ def _slice(cx: Importer, node: OnnxNode) -> Any:
 
 # Its bounds are attributes before opset 10 and inputs from 10: slice_bounds reads them by opset.
 converter("Slice")(_slice)
+
+
+def _split(cx: Importer, node: OnnxNode) -> list[str]:
+    """A Split of a computed tensor along channels: one channel_slice per output (a view where the memory plan
+    allows, so the split copies nothing)."""
+    x = cx.value(node, 0)
+    t = cx.type(x)
+    axis = int(node.attrs.get("axis", 0))
+    axis = axis + t.rank if axis < 0 else axis
+    inputs = [None] + [cx.const(node, i, required=False) for i in range(1, len(node.inputs))]
+    sizes = split_sizes(node, inputs, cx.opset, t.shape[axis])
+    if axis != 1:
+        where = "the batch axis" if axis == 0 else f"axis {axis}"
+        raise Unsupported(f"a Split of {t} along {where} (cnncomp splits computed tensors along channels only)")
+    if min(sizes) == 0:
+        raise Unsupported(f"a Split of {t} into channel counts {sizes}, one of them empty")
+    outputs, start = [], 0
+    for index, size in enumerate(sizes):
+        outputs.append(cx.emit(node, "channel_slice", [x], {"start": start, "stop": start + size}, output=index))
+        start += size
+    return outputs
+
+
+# Its lengths are an attribute before opset 13 and an input from 13: split_sizes reads them by opset.
+converter("Split")(_split)
 
 
 # ----- padding and resizing ---------------------------------------------------------------------------------------

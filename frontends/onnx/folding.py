@@ -277,17 +277,32 @@ def _reduce(node: OnnxNode, inputs: Sequence[np.ndarray | None], opset: int) -> 
     return [np.asarray(function(data, axis=tuple(axes) or None, keepdims=keepdims)).astype(data.dtype)]
 
 
+def split_sizes(node: OnnxNode, inputs: Sequence[np.ndarray | None], opset: int, size: int) -> list[int]:
+    """The lengths of Split's outputs along its axis (of length `size`): the `split` attribute (before opset 13) or
+    input (from 13), else equal parts, one per output (from opset 18 `num_outputs` of them, the last smaller
+    when they do not divide `size`)."""
+    count = int(node.attrs.get("num_outputs", len(node.outputs))) if opset >= 18 else len(node.outputs)
+    if count != len(node.outputs):
+        raise Unsupported(f"a Split into num_outputs={count} parts with {len(node.outputs)} outputs")
+    if opset < 13:
+        given = node.attrs.get("split")
+    else:
+        given = inputs[1].tolist() if len(inputs) > 1 and inputs[1] is not None else None
+    if given is not None:
+        sizes = [int(length) for length in given]
+        if len(sizes) != count or sum(sizes) != size or min(sizes) < 0:
+            raise Unsupported(f"a Split of length {size} into {sizes} for {count} outputs (expected one length "
+                              f"per output, none negative, summing to {size})")
+        return sizes
+    chunk = -(-size // count)
+    if (opset < 18 and size % count) or (count - 1) * chunk >= size:
+        raise Unsupported(f"a Split of length {size} into {count} equal parts")
+    return [min(chunk, size - i * chunk) for i in range(count)]
+
+
 @folder("Split")
 def _split(node: OnnxNode, inputs: Sequence[np.ndarray | None], opset: int) -> list[np.ndarray]:
     data = inputs[0]
     axis = node.attrs.get("axis", 0)
-    count = len(node.outputs)
-    if opset < 13:
-        sizes = node.attrs.get("split")
-    else:
-        sizes = inputs[1].tolist() if len(inputs) > 1 and inputs[1] is not None else None
-    if sizes is None:
-        size = data.shape[axis]
-        chunk = -(-size // count)
-        sizes = [min(chunk, size - i * chunk) for i in range(count)]
+    sizes = split_sizes(node, inputs, opset, data.shape[axis])
     return np.split(data, np.cumsum(sizes)[:-1], axis=axis)

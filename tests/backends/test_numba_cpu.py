@@ -303,6 +303,30 @@ def test_pad(mode):
     assert_same_as_reference(op_graph("pad", [(1, 2, 5, 6)], dict(pads=(0, 2, 3, 1), mode=mode)), atol=0, rtol=0)
 
 
+@pytest.mark.parametrize("shape,start,stop", [((2, 7, 4, 5), 2, 6), ((1, 5, 3, 3), 0, 5), ((3, 9), 4, 9)])
+def test_channel_slice(shape, start, stop):
+    """A view of its input in the arena (no kernel), read at batch > 1 with the input's batch stride."""
+    executable = assert_same_as_reference(op_graph("channel_slice", [shape], dict(start=start, stop=stop)),
+                                          atol=0, rtol=0)
+    assert executable.memory_plan["channel_slice_views"] == ["y"]
+    assert [step.node for step in executable.steps] == []
+
+
+def test_a_channel_slice_of_a_constant_is_copied():
+    executable = assert_same_as_reference(models.channel_slice_of_a_constant(), atol=0, rtol=0)
+    assert executable.memory_plan["channel_slice_views"] == []
+    assert [step.node for step in executable.steps] == ["s", "y"]
+
+
+def test_channel_slices_around_concats():
+    """Views of conv outputs, of a concat and of a view, read at batch 2; the concats copy the views they join."""
+    graph = models.channel_slices_around_concats()
+    executable = assert_same_as_reference(graph)
+    assert executable.memory_plan["channel_slice_views"] == ["first", "rest", "middle", "inner", "x_last"]
+    copies = [step.node for step in executable.steps if step.kernel.family == "unary_copy"]
+    assert copies == ["joined", "tail", "tail"]  # rest into joined; inner and x_last into tail
+
+
 def test_crop():
     assert_same_as_reference(op_graph("crop", [(1, 2, 9, 10), (1, 1, 4, 5)]), atol=0, rtol=0)
 
@@ -371,7 +395,7 @@ def test_constant():
 
 
 @pytest.mark.parametrize("build", [models.basic_block, models.inception_module, models.unet_level, models.mbconv,
-                                   models.separable_stack])
+                                   models.separable_stack, models.dual_path_block, models.res2net_block])
 @pytest.mark.parametrize("batch", [1, 2])
 def test_blocks(build, batch):
     assert_same_as_reference(build(batch))

@@ -19,7 +19,7 @@ def assert_agrees(graph):
 
 
 @pytest.mark.parametrize("build", [models.basic_block, models.inception_module, models.unet_level, models.mbconv,
-                                   models.separable_stack])
+                                   models.separable_stack, models.dual_path_block, models.res2net_block])
 def test_blocks(build):
     assert_agrees(build(2))
 
@@ -38,6 +38,7 @@ def test_blocks(build):
     ("lrn", [(1, 7, 3, 3)], dict(size=5, alpha=1e-2, beta=0.75, k=2.0)),
     ("pad", [(1, 2, 5, 5)], dict(pads=(1, 2, 0, 3), mode="reflect")),
     ("crop", [(1, 2, 9, 9), (1, 2, 4, 6)], {}),
+    ("channel_slice", [(2, 6, 3, 3)], dict(start=1, stop=5)),
 ])
 def test_ops(op, shapes, attrs):
     assert_agrees(op_graph(op, shapes, attrs))

@@ -18,6 +18,7 @@ from cnncomp.onnx_export import OPSET, RULES, export, to_onnx
 from cnncomp.ops import op_names
 from cnncomp.pipeline import optimize
 from frontends.builder import Builder, initialize_params
+from frontends.onnx import import_model
 from tests import models
 from tests.helpers import one_op_graph, random
 
@@ -92,6 +93,8 @@ CASES = [
     ("pad", [(1, 2, 4, 5)], {"pads": (1, 2, 3, 0), "mode": "reflect"}),
     ("pad", [(1, 2, 4, 5)], {"pads": 2, "mode": "replicate"}),
     ("crop", [(1, 2, 9, 8), (1, 1, 4, 5)], {}),
+    ("channel_slice", [(2, 6, 3, 4)], {"start": 2, "stop": 5}),
+    ("channel_slice", [(3, 7)], {"start": 0, "stop": 4}),
     ("relu", [(2, 3, 4, 4)], {}),
     ("relu6", [(2, 3, 4, 4)], {}),
     ("leaky_relu", [(2, 3, 4, 4)], {"alpha": 0.3}),
@@ -181,11 +184,25 @@ def test_constant_nodes_export_as_initializers():
 
 
 @pytest.mark.parametrize("build", [models.basic_block, models.inception_module, models.unet_level, models.mbconv,
-                                   models.separable_stack])
+                                   models.separable_stack, models.dual_path_block, models.res2net_block])
 @pytest.mark.parametrize("level", [0, 3])
 def test_builder_models_before_and_after_passes(build, level):
     graph, _ = optimize(build(batch=2), level)
     assert_same_outputs(graph, {"atol": 1e-4, "rtol": 1e-4})
+
+
+@pytest.mark.parametrize("build", [models.dual_path_block, models.res2net_block])
+def test_channel_slices_round_trip_through_onnx_slices(build):
+    """Exported as Slice along axis 1, imported back as the same channel slices."""
+    graph = build(batch=2)
+    model = to_onnx(graph)
+    slices = [n for n in graph.nodes if n.op == "channel_slice"]
+    assert sum(n.op_type == "Slice" for n in model.graph.node) == len(slices) == 4
+    imported = import_model(model)
+    assert [(n.name, n.attrs) for n in imported.nodes if n.op == "channel_slice"] == \
+        [(n.name, n.attrs) for n in slices]
+    inputs = inputs_of(graph)
+    np.testing.assert_array_equal(reference.run(imported, inputs)["out"], reference.run(graph, inputs)["out"])
 
 
 def test_names_shapes_and_initializers():

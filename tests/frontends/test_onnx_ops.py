@@ -421,14 +421,30 @@ def test_the_flatten_pytorch_exports_for_view():
     assert [n.op for n in graph.nodes] == ["input", "flatten"]
 
 
-@pytest.mark.parametrize("starts,ends,axes,steps", [
-    ([0, 0], [100, 100], [2, 3], [2, 3]),     # every S-th row and column: strided_slice
-    ([0], [6], [2], [1]),                     # everything: identity
+@pytest.mark.parametrize("starts,ends,axes,steps,ops", [
+    ([0, 0], [100, 100], [2, 3], [2, 3], ["strided_slice"]),     # every S-th row and column
+    ([0], [6], [2], [1], ["identity"]),                          # everything
+    ([1], [3], [1], [1], ["channel_slice"]),                     # DPN's split of the channels
+    ([-3], [2**63 - 1], [-3], [1], ["channel_slice"]),           # negative start, end clamped to the channels
+    ([-100], [-1], [1], [1], ["channel_slice"]),                 # start clamped to 0, negative end
+    ([1, 0, 0], [4, 100, 100], [1, 2, 3], [1, 2, 3], ["channel_slice", "strided_slice"]),
 ])
-def test_slices(starts, ends, axes, steps):
+def test_slices(starts, ends, axes, steps, ops):
     initializers = {"starts": np.array(starts), "ends": np.array(ends), "axes": np.array(axes),
                     "steps": np.array(steps)}
-    assert_like_onnxruntime(op_graph("Slice", [2, 3, 6, 7], initializers=initializers))
+    graph = assert_like_onnxruntime(op_graph("Slice", [2, 5, 6, 7], initializers=initializers))
+    assert [n.op for n in graph.nodes][1:] == ops
+
+
+@pytest.mark.parametrize("opset", [9, 13])
+def test_a_slice_of_features_is_a_channel_slice(opset):
+    bounds = {"starts": [2], "ends": [-1], "axes": [1]}
+    if opset < 10:
+        model = op_graph("Slice", [3, 10], bounds, opset=opset)
+    else:
+        model = op_graph("Slice", [3, 10], initializers={k: np.array(v) for k, v in bounds.items()}, opset=opset)
+    graph = assert_like_onnxruntime(model)
+    assert graph.node("y").attrs == {"start": 2, "stop": 9}
 
 
 def test_a_center_slice_with_a_tensor_of_its_size_is_a_crop():
@@ -443,13 +459,101 @@ def test_a_center_slice_with_a_tensor_of_its_size_is_a_crop():
 
 
 def test_slice_refusals():
-    initializers = {"starts": np.array([1]), "ends": np.array([3]), "axes": np.array([1])}
-    refused(op_graph("Slice", [2, 4, 6, 6], initializers=initializers), "a Slice of 2x4x6x6 along the batch or channel")
+    initializers = {"starts": np.array([1]), "ends": np.array([3]), "axes": np.array([0])}
+    refused(op_graph("Slice", [2, 4, 6, 6], initializers=initializers), "a Slice of 2x4x6x6 along the batch axis")
+    initializers = {"starts": np.array([0]), "ends": np.array([4]), "axes": np.array([1]), "steps": np.array([2])}
+    refused(op_graph("Slice", [2, 4, 6, 6], initializers=initializers), "a Slice of 2x4x6x6 to channels 0:4:2 "
+                                                                        "(cnncomp slices a non-empty range")
+    initializers = {"starts": np.array([3]), "ends": np.array([1]), "axes": np.array([1])}
+    refused(op_graph("Slice", [2, 4, 6, 6], initializers=initializers), "to channels 3:1:1")
     initializers = {"starts": np.array([0, 0]), "ends": np.array([4, 4]), "axes": np.array([2, 3])}
     refused(op_graph("Slice", [2, 4, 6, 6], initializers=initializers), "a Slice of 2x4x6x6 to rows 0:4:1")
     initializers = {"starts": np.array([1, 1]), "ends": np.array([5, 5]), "axes": np.array([2, 3])}
     refused(op_graph("Slice", [2, 4, 6, 6], initializers=initializers), "graph output 'y' is a center crop to 4x4, "
                                                                         "but no tensor of that size")
+
+
+@pytest.mark.parametrize("opset,attrs,sizes,outputs", [
+    (11, {"axis": 1, "split": [2, 5, 3]}, None, 3),   # lengths as an attribute
+    (11, {"axis": -3}, None, 2),                      # equal parts; a negative axis
+    (13, {"axis": 1}, [1, 6, 3], 3),                  # lengths as an input
+    (13, {"axis": 1}, None, 5),
+    (18, {"axis": 1, "num_outputs": 4}, None, 4),     # 3, 3, 3 and a smaller last part, 1
+    (18, {"axis": 1}, [4, 6], 2),
+])
+def test_a_split_of_a_computed_tensor_along_channels_is_channel_slices(opset, attrs, sizes, outputs):
+    names = [f"y{i}" for i in range(outputs)]
+    initializers = {} if sizes is None else {"sizes": np.array(sizes)}
+    graph = assert_like_onnxruntime(op_graph("Split", [2, 10, 4, 3], attrs, initializers, opset, outputs=names))
+    assert [n.op for n in graph.nodes][1:] == ["channel_slice"] * outputs
+
+
+def test_split_refusals():
+    refused(op_graph("Split", [2, 8, 4, 4], {"axis": 2}, outputs=("a", "b")),
+            "a Split of 2x8x4x4 along axis 2 (cnncomp splits computed tensors along channels only)")
+    refused(op_graph("Split", [2, 8, 4, 4], {}, outputs=("a", "b")), "a Split of 2x8x4x4 along the batch axis")
+    refused(op_graph("Split", [2, 8, 4, 4], {"axis": 1}, {"sizes": np.array([3, 3])}, outputs=("a", "b")),
+            "a Split of length 8 into [3, 3] for 2 outputs")
+    refused(op_graph("Split", [2, 8, 4, 4], {"axis": 1}, outputs=("a", "b", "c")),
+            "a Split of length 8 into 3 equal parts")
+    refused(op_graph("Split", [2, 8, 4, 4], {"axis": 1}, {"sizes": np.array([8, 0])}, outputs=("a", "b")),
+            "a Split of 2x8x4x4 into channel counts [8, 0], one of them empty")
+
+
+def conv_node(x, y, channels_in, channels_out, name, initializers, kernel=3):
+    """A Conv node (with its weight added to `initializers`), padded to keep the map's size."""
+    initializers[f"{name}.w"] = weights(channels_out, channels_in, kernel, kernel, seed=len(initializers) + 1)
+    pad = kernel // 2
+    return helper.make_node("Conv", [x, f"{name}.w"], [y], name=name, pads=[pad] * 4)
+
+
+def dual_path_model(opset):
+    """DPN's block: the input's first 6 channels are the residual path (added to the convs' first 6), the other 4
+    the dense path (concatenated with the convs' last 3)."""
+    initializers = {"r0": np.array([0]), "r1": np.array([6]), "d0": np.array([6]), "d1": np.array([2**62]),
+                    "axis": np.array([1])}
+    nodes = [conv_node("x", "a", 10, 8, "conv1", initializers, kernel=1), helper.make_node("Relu", ["a"], ["b"]),
+             conv_node("b", "c", 8, 9, "conv2", initializers)]
+    for value in ("x", "c"):
+        nodes += [helper.make_node("Slice", [value, "r0", "r1", "axis"], [f"{value}_residual"]),
+                  helper.make_node("Slice", [value, "d0", "d1", "axis"], [f"{value}_dense"])]
+    nodes += [helper.make_node("Add", ["x_residual", "c_residual"], ["residual"]),
+              helper.make_node("Concat", ["residual", "x_dense", "c_dense"], ["joined"], axis=1),
+              helper.make_node("Relu", ["joined"], ["y"])]
+    return make_model(nodes, {"x": [2, 10, 6, 5]}, initializers=initializers, opset=opset)
+
+
+def res2net_model(opset):
+    """Res2Net's block: a 1x1 conv's 12 channels split into 4 scales of 3; each scale but the first is added to the
+    previous scale's output before its 3x3 conv; the last scale passes through; concatenated, a 1x1 conv."""
+    initializers = {}
+    nodes = [conv_node("x", "a", 5, 12, "conv1", initializers, kernel=1)]
+    if opset < 13:
+        nodes.append(helper.make_node("Split", ["a"], ["s0", "s1", "s2", "s3"], axis=1, split=[3, 3, 3, 3]))
+    elif opset < 18:
+        initializers["sizes"] = np.array([3, 3, 3, 3])
+        nodes.append(helper.make_node("Split", ["a", "sizes"], ["s0", "s1", "s2", "s3"], axis=1))
+    else:
+        nodes.append(helper.make_node("Split", ["a"], ["s0", "s1", "s2", "s3"], axis=1, num_outputs=4))
+    previous = None
+    for scale in range(3):
+        source = f"s{scale}"
+        if previous is not None:
+            nodes.append(helper.make_node("Add", [source, previous], [f"sum{scale}"]))
+            source = f"sum{scale}"
+        nodes += [conv_node(source, f"c{scale}", 3, 3, f"conv_scale{scale}", initializers),
+                  helper.make_node("Relu", [f"c{scale}"], [f"o{scale}"])]
+        previous = f"o{scale}"
+    nodes += [helper.make_node("Concat", ["o0", "o1", "o2", "s3"], ["joined"], axis=1),
+              conv_node("joined", "y", 12, 5, "conv3", initializers, kernel=1)]
+    return make_model(nodes, {"x": [2, 5, 6, 7]}, initializers=initializers, opset=opset)
+
+
+@pytest.mark.parametrize("opset", [11, 13, 18])
+@pytest.mark.parametrize("block", [dual_path_model, res2net_model])
+def test_dual_path_and_res2net_blocks_import(block, opset):
+    graph = assert_like_onnxruntime(block(opset))
+    assert sum(n.op == "channel_slice" for n in graph.nodes) == 4
 
 
 @pytest.mark.parametrize("opset,mode", [(7, "constant"), (11, "reflect"), (13, "edge"), (18, "constant"),

@@ -209,6 +209,10 @@ def draw_attr(draw: Draw, key: str, spec: Attr, x: TensorType | None, drawn: dic
             return draw(st.integers(1, x.rank - 1))
         if key == "size":
             return draw(st.integers(1, 5))
+        if key == "start" and x is not None:  # channel_slice's channels start:stop
+            return draw(st.integers(0, x.channels - 1))
+        if key == "stop" and x is not None:
+            return draw(st.integers(drawn.get("start", 0) + 1, x.channels))
         return draw(st.integers(1, 2))
     if spec.kind == "float":
         return draw(st.sampled_from(profile.floats.get(key, (0.5,))))

@@ -1,6 +1,6 @@
 """plan_memory: every model run through one arena exactly as the plan places its tensors (any overlap of live
-tensors would corrupt the outputs), the arena against its lower bound, concats without copies, and the plan
-saved with the graph."""
+tensors would corrupt the outputs), the arena against its lower bound, concats and channel slices without copies,
+and the plan saved with the graph."""
 
 import json
 
@@ -14,6 +14,7 @@ from cnncomp.ops import get_op
 from cnncomp.passes.plan_memory import PLAN_KEY, check_plan, describe_plan, plan_memory, plan_of
 from cnncomp.pipeline import optimize
 from frontends.builder import Builder
+from tests.models import channel_slices_around_concats, dual_path_block, res2net_block
 from tests.passes.models import (
     bottleneck_stage,
     inception_net,
@@ -37,7 +38,8 @@ def arena_view(arena: np.ndarray, slot: dict, node) -> np.ndarray:
 
 def run_in_arena(graph: Graph, inputs: dict) -> dict:
     """Execute the graph the way a backend following the plan would: every tensor lives in its arena slot, a
-    concat copies only the operands that are not already in their slice. The arena starts full of NaNs."""
+    concat copies only the operands that are not already in their slice, a channel slice that is a view copies
+    nothing. The arena starts full of NaNs."""
     plan = plan_of(graph)
     arena = np.full(plan["arena_bytes"] // 4 + 1, np.nan, np.float32).view(np.uint8)
     tensors = plan["tensors"]
@@ -59,6 +61,8 @@ def run_in_arena(graph: Graph, inputs: dict) -> dict:
                 if tensors.get(operand, {}).get("view_of") != node.name:
                     target[:, start:start + width] = value(operand)
                 start += width
+        elif node.name in plan["channel_slice_views"]:
+            continue
         elif target is not None:
             operands = [value(name) for name in node.inputs]
             target[...] = get_op(node.op).reference(operands, graph.node_params(node.name), node.attrs)
@@ -72,6 +76,9 @@ MODELS = {
     "mbconv_se": lambda: mobile_blocks(se=True),
     "unet": unet_level,
     "unet_padded": lambda: unet_level(padded=True),
+    "dual_path": lambda: dual_path_block(batch=2),
+    "res2net": lambda: res2net_block(batch=2),
+    "slices_around_concats": channel_slices_around_concats,
 }
 
 
@@ -190,3 +197,33 @@ def test_a_stale_plan_is_refused():
     resized.meta[PLAN_KEY]["tensors"]["x"]["bytes"] += 4
     with pytest.raises(GraphError, match="planned for"):
         check_plan(resized)
+
+
+@pytest.mark.parametrize("build", [channel_slices_around_concats, lambda: dual_path_block(batch=2),
+                                   lambda: res2net_block(batch=2)])
+def test_channel_slices_are_views_and_the_outputs_are_bit_equal(build):
+    graph = randomize(build())
+    planned = plan_memory(graph)
+    plan = plan_of(planned)
+    slices = [node for node in graph.nodes if node.op == "channel_slice"]
+    assert plan["channel_slice_views"] == [node.name for node in slices]
+    for node in slices:
+        view, source = plan["tensors"][node.name], plan["tensors"][node.inputs[0]]
+        channel_bytes = 4 * node.shape[2] * node.shape[3]
+        assert view["view_of"] == node.inputs[0]
+        assert view["offset"] == source["offset"] + node.attrs["start"] * channel_bytes
+        assert view["batch_stride"] == source["batch_stride"]
+    inputs = random_inputs(graph)
+    expected = reference.run(graph, inputs)
+    actual = run_in_arena(planned, inputs)
+    for name in expected:
+        np.testing.assert_array_equal(actual[name], expected[name], err_msg=name)
+
+
+def test_a_channel_slice_joined_by_a_concat_stays_a_view_and_is_copied():
+    plan = plan_of(plan_memory(channel_slices_around_concats()))
+    tensors = plan["tensors"]
+    # rest (a view of a) cannot also live inside joined: joined copies it; c1 is written in place.
+    assert tensors["rest"]["view_of"] == "a" and tensors["c1"]["view_of"] == "joined"
+    assert plan["in_place_concats"] == []
+    assert describe_plan(plan).endswith("0 concat(s) in place, 5 channel slice(s) as views")

@@ -1,5 +1,6 @@
 """Elementwise, broadcast and data-movement kernels: activations, per-channel affine (batch norm), add and mul,
-copies (identity, dropout, flatten, concat at -O0), pad and crop. All work on (N, C, pixels) views."""
+copies (identity, dropout, flatten, concat operands and channel slices the memory plan could not place in
+place), pad and crop. All work on (N, C, pixels) views."""
 
 from __future__ import annotations
 

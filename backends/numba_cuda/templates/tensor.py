@@ -1,5 +1,6 @@
 """Elementwise, broadcast and data-movement kernels: activations, per-channel affine (batch norm), add and mul,
-strided copies (identity, dropout, flatten, concat at -O0, crop, strided slice) and pad.
+strided copies (identity, dropout, flatten, concat operands and channel slices the memory plan could not place in
+place, crop, strided slice) and pad.
 Each thread takes every (grid size)-th element of a grid-stride loop, so one launch shape fits any size."""
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ from backends.numba_cuda import lowering
 from backends.numba_cuda.templates import conv
 from cnncomp.ir import Graph
 from cnncomp.ops import op_names
+from tests import models
 from tests.backends.cuda.harness import assert_same_as_reference, op_graph
 
 EXACT = dict(atol=0, rtol=0)
@@ -138,6 +139,8 @@ OP_CASES: dict[str, list[Case]] = {
     "flatten": [([(2, 3, 4, 5)], {}, True)],
     "pad": [([(1, 2, 5, 6)], dict(pads=(0, 2, 3, 1), mode=mode), True) for mode in ("zeros", "reflect", "replicate")],
     "crop": [([(1, 2, 9, 10), (1, 1, 4, 5)], {}, True)],
+    "channel_slice": [([(2, 7, 3, 4)], dict(start=2, stop=6), True), ([(3, 9)], dict(start=4, stop=9), True),
+                      models.channel_slices_around_concats, models.channel_slice_of_a_constant],
     "lrn": [([(2, 7, 3, 4)], dict(size=5, alpha=1e-4, beta=0.75, k=2.0), False),
             ([(1, 6, 2, 3)], dict(size=4, alpha=0.5, beta=0.5), False)],
     "softmax": [([(3, 10)], dict(axis=1), False), ([(2, 5, 3, 3)], dict(axis=1), False),
@@ -184,6 +187,23 @@ def test_every_registry_op_has_a_kernel_and_a_case():
     assert ops - set(lowering.LOWERINGS) - set(lowering.NO_LAUNCH) == set(), "ops without a CUDA kernel"
     assert ops - set(OP_CASES) == set(), "ops without a simulator case in OP_CASES"
     assert set(OP_CASES) - ops == set(), "cases for ops the registry does not have"
+
+
+def test_channel_slices_are_views_without_a_launch():
+    """Each channel slice sits in its input's slot at its first channel, with the input's batch stride; only the
+    concats run copies (of the views they join: rest into joined, inner and x_last into tail)."""
+    graph = models.channel_slices_around_concats()
+    lowered = numba_cuda.lower_graph(graph)
+    views = ["first", "rest", "middle", "inner", "x_last"]
+    assert lowered.plan["channel_slice_views"] == views
+    assert not {launch.node for launch in lowered.launches} & set(views)
+    assert [launch.node for launch in lowered.launches if launch.kernel.family == "strided_copy"] == \
+        ["joined", "tail", "tail"]
+    for name in views:
+        node = graph.node(name)
+        source = lowered.slots[node.inputs[0]]
+        start = node.attrs["start"] * node.shape[2] * node.shape[3]
+        assert (lowered.slots[name].at, lowered.slots[name].batch) == (source.at + start, source.batch)
 
 
 ACTIVATIONS = [dict(act="relu"), dict(act="relu6"), dict(act="leaky_relu", alpha=0.2), dict(act="tanh"),
