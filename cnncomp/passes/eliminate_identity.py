@@ -11,11 +11,14 @@ def is_identity(graph: Graph, node: Node) -> bool:
         return True
     if node.op == "flatten":
         return graph.node(node.inputs[0]).type.rank == 2
+    if node.op == "channel_slice":
+        return node.type == graph.node(node.inputs[0]).type
     return node.op == "concat" and len(node.inputs) == 1
 
 
 def eliminate_identity(graph: Graph) -> Graph:
-    """identity(x) => x, dropout(x) => x (inference), flatten(x) => x for x already N x features, concat(x) => x.
+    """identity(x) => x, dropout(x) => x (inference), flatten(x) => x for x already N x features, concat(x) => x,
+    channel_slice(x, 0, C) => x for x of C channels.
 
     Readers of the identity read x instead. Precondition: the identity is not a graph output; if it is, the
     output keeps its name by renaming x's producer to it, which needs x to be read by nothing else and to be

@@ -56,6 +56,17 @@ def test_flatten_of_a_feature_map_stays():
     assert op_counts(eliminate_identity(graph))["flatten"] == 1
 
 
+def test_a_channel_slice_of_every_channel_goes_a_narrower_one_stays():
+    b = Builder("slices")
+    x = b.input("x", (4, 3, 3))
+    y = x.conv(6, 1, name="conv")
+    graph = randomize(b.build(b.concat(y.channel_slice(0, 6, name="all"), y.channel_slice(1, 6, name="some"),
+                                       name="out")))
+    cleaned = eliminate_identity(graph)
+    assert op_counts(cleaned)["channel_slice"] == 1 and cleaned.node("out").inputs == ("conv", "some")
+    assert_same_outputs(graph, cleaned)
+
+
 def test_dead_nodes_and_their_parameters_go_unread_inputs_stay():
     b = Builder("dead")
     x = b.input("x", (3, 8, 8))
