@@ -11,6 +11,7 @@ import warnings
 
 import numpy as np
 import onnx
+import onnxruntime
 import pytest
 import torch
 import torch.nn.functional as F
@@ -301,6 +302,81 @@ def test_linear_upsampling_at_opset_9_is_refused_not_approximated():
     with pytest.raises(ModelLoadError, match=r"Upsample '.*': Resize \(mode=linear, coordinate_transformation_mode="
                                              r"asymmetric\) of 6x5 to 12x10 weighs other input pixels"):
         import_model(model)
+
+
+# ----- channel slices: DPN's dual path (Slice) and Res2Net's scales (Split) -------------------------------------
+class DualPath(nn.Module):
+    """DPN's block: the input's first 16 channels are the residual path (added to the convs' first 16), the other
+    8 the dense path (concatenated with the convs' last 8)."""
+
+    def __init__(self, residual: int = 16, dense: int = 8, width: int = 16) -> None:
+        super().__init__()
+        self.residual = residual
+        self.conv1, self.bn1 = nn.Conv2d(residual + dense, width, 1, bias=False), nn.BatchNorm2d(width)
+        self.conv2, self.bn2 = nn.Conv2d(width, width, 3, 1, 1, groups=4, bias=False), nn.BatchNorm2d(width)
+        self.conv3 = nn.Conv2d(width, residual + dense, 1, bias=False)
+
+    def forward(self, x):
+        y = self.conv3(F.relu(self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))))
+        r = self.residual
+        return F.relu(torch.cat([x[:, :r] + y[:, :r], x[:, r:], y[:, r:]], 1))
+
+
+class Res2Net(nn.Module):
+    """Res2Net's block: a 1x1 conv's channels split into 4 scales; each scale but the first is added to the previous
+    scale's output before its 3x3 conv; the last passes through; concatenated, a 1x1 conv and the residual."""
+
+    def __init__(self, channels: int = 8, width: int = 6, scales: int = 4) -> None:
+        super().__init__()
+        self.width = width
+        self.conv1, self.bn1 = nn.Conv2d(channels, width * scales, 1, bias=False), nn.BatchNorm2d(width * scales)
+        self.convs = nn.ModuleList(nn.Conv2d(width, width, 3, 1, 1, bias=False) for _ in range(scales - 1))
+        self.bns = nn.ModuleList(nn.BatchNorm2d(width) for _ in range(scales - 1))
+        self.conv3, self.bn3 = nn.Conv2d(width * scales, channels, 1, bias=False), nn.BatchNorm2d(channels)
+
+    def forward(self, x):
+        parts = torch.split(F.relu(self.bn1(self.conv1(x))), self.width, 1)
+        outputs = []
+        for i, (conv, bn) in enumerate(zip(self.convs, self.bns, strict=True)):
+            outputs.append(F.relu(bn(conv(parts[i] if i == 0 else parts[i] + outputs[-1]))))
+        return F.relu(self.bn3(self.conv3(torch.cat([*outputs, parts[-1]], 1))) + x)
+
+
+SLICE_BLOCKS = {"dual_path": (DualPath, (1, 24, 7, 6)), "res2net": (Res2Net, (1, 8, 6, 5))}
+
+
+@pytest.mark.parametrize("name", list(SLICE_BLOCKS))
+def test_dual_path_and_res2net_on_every_backend_at_O0_and_O3(name):
+    """At batch 2: the slices are views whose samples lie apart (their input's batch stride)."""
+    build, shape = SLICE_BLOCKS[name]
+    check(build(), shape, backends=BACKENDS, levels=(0, 3))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(SLICE_BLOCKS))
+def test_dual_path_and_res2net_on_numba_cuda_at_O0_and_O3(name, cuda_backend):
+    build, shape = SLICE_BLOCKS[name]
+    check(build(), shape, backends=(cuda_backend,), levels=(0, 3))
+
+
+@pytest.mark.parametrize("opset", [9, 11, 13, 18])  # Slice's bounds and Split's lengths: attributes, then inputs
+@pytest.mark.parametrize("name", list(SLICE_BLOCKS))
+def test_dual_path_and_res2net_across_opsets(name, opset):
+    build, shape = SLICE_BLOCKS[name]
+    check(build(), shape, opset)
+
+
+@pytest.mark.parametrize("name", list(SLICE_BLOCKS))
+def test_dual_path_and_res2net_agree_with_onnxruntime(name):
+    build, shape = SLICE_BLOCKS[name]
+    model = to_onnx(randomize(build()), shape)
+    graph = import_model(model).with_batch(2)
+    assert sum(node.op == "channel_slice" for node in graph.nodes) == 4
+    x = np.random.default_rng(3).standard_normal((2, *shape[1:])).astype(np.float32)
+    expected = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"x": x})[0]
+    actual = plugins.backend("numba-cpu").compile(optimize(graph, 3)[0])({"x": x})["y"]
+    np.testing.assert_allclose(actual, expected, **TOLERANCE)
 
 
 # ----- heads and blocks for the other converters ---------------------------------------------------------------

@@ -87,6 +87,24 @@ def test_concat_keeps_operand_order_like_torch_cat():
     assert_close(run_one_op("concat", [c, a]), torch.cat([T(c), T(a)], 1), atol=0, rtol=0)
 
 
+@pytest.mark.parametrize("shape,start,stop", [((2, 7, 3, 4), 2, 6), ((1, 5, 2, 2), 0, 5), ((3, 9), 4, 9),
+                                              ((2, 6, 1, 1), 5, 6)])
+def test_channel_slice_matches_torch_narrow(shape, start, stop):
+    x = random(shape, 1)
+    assert_close(run_one_op("channel_slice", [x], {"start": start, "stop": stop}),
+                 torch.narrow(T(x), 1, start, stop - start), atol=0, rtol=0)
+
+
+def test_channel_slices_of_a_split_match_torch_split():
+    """Res2Net's scales: torch.split's parts, each a channel_slice."""
+    x = random((2, 10, 3, 3), 1)
+    start = 0
+    for part in torch.split(T(x), [3, 3, 3, 1], 1):
+        stop = start + part.shape[1]
+        assert_close(run_one_op("channel_slice", [x], {"start": start, "stop": stop}), part, atol=0, rtol=0)
+        start = stop
+
+
 @pytest.mark.parametrize("mode,torch_mode", [("zeros", "constant"), ("reflect", "reflect"),
                                              ("replicate", "replicate")])
 @pytest.mark.parametrize("pads", [(1, 1, 1, 1), (0, 2, 3, 1), (2, 0, 0, 1)])

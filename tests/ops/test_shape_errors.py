@@ -91,6 +91,16 @@ def test_crop_to_a_larger_reference():
     assert "node 'y' (crop)" in message and "larger" in message
 
 
+@pytest.mark.parametrize("start,stop,error,fragment", [
+    (2, 7, ShapeError, "channels 2:7 reach past the 6 of 1x6x4x4"),
+    (3, 3, GraphError, "channels 3:3: expected 0 <= start < stop"),
+    (-1, 2, GraphError, "channels -1:2: expected 0 <= start < stop"),
+])
+def test_channel_slice_outside_the_channels(start, stop, error, fragment):
+    message = refused(lambda: one_op_graph("channel_slice", [(1, 6, 4, 4)], {"start": start, "stop": stop}), error)
+    assert "node 'y' (channel_slice)" in message and fragment in message
+
+
 def test_reflect_padding_as_large_as_the_input():
     message = refused(lambda: one_op_graph("pad", [(1, 1, 3, 3)], dict(pads=3, mode="reflect")), ShapeError)
     assert "reflect padding" in message
