@@ -8,7 +8,9 @@
 
 Every value is a `Value` whose methods add the next op; `a + b` is a residual add, `b.concat(...)` joins
 channels, `with b.scope("layer1"):` prefixes the names of what it builds (and records the block, which
-renderers draw as a cluster). Node names are chosen for you (`conv2d_1`, ...) unless you pass `name=`.
+renderers draw as a cluster). An unnamed node is named as the `.cnn` language names it: after the method that made
+it, numbered in its scope (`conv1`, `bn1`, `relu6_1`). The methods are the language's functions, one list from the
+op registry (`cnncomp.ops.method_names`): an op without a method written here gets one taking its attributes.
 Weights are initialized at `build()`, deterministically from the seed: He (std sqrt(2/fan_in)) for nets with
 ReLU-family activations, Xavier (std sqrt(2/(fan_in+fan_out))) otherwise, as the lecture's ResNet slide says;
 `weights=` loads them from an `.npz` instead.
@@ -17,9 +19,10 @@ ReLU-family activations, Xavier (std sqrt(2/(fan_in+fan_out))) otherwise, as the
 from __future__ import annotations
 
 import contextlib
+import inspect
 import math
 import zlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +31,9 @@ import numpy as np
 from cnncomp.errors import GraphError
 from cnncomp.ir import Graph, TensorType
 from cnncomp.limits import over_limit
-from cnncomp.ops import get_op
+from cnncomp.ops import get_op, method_names
 from cnncomp.ops.activation import RELU_FAMILY
+from cnncomp.ops.base import REQUIRED
 
 INITS = ("auto", "he", "xavier")
 
@@ -148,8 +152,6 @@ class Value:
     def silu(self, name: str | None = None) -> Value:
         return self._op("silu", name=name)
 
-    swish = silu
-
     def hardswish(self, name: str | None = None) -> Value:
         return self._op("hardswish", name=name)
 
@@ -182,7 +184,7 @@ class Value:
     def pad(self, pads: Any, mode: str = "zeros", name: str | None = None) -> Value:
         return self._op("pad", name=name, pads=pads, mode=mode)
 
-    def crop_to(self, reference: Value, name: str | None = None) -> Value:
+    def crop(self, reference: Value, name: str | None = None) -> Value:
         """Center crop to the height and width of `reference` (U-Net's copy-and-crop)."""
         return self._op("crop", reference, name=name)
 
@@ -215,16 +217,18 @@ class Builder:
         finally:
             self._scopes.pop()
 
+    def auto_name(self, base: str) -> str:
+        """The next free name `base1`, `base2`, ... in the current scope (without the scope's prefix)."""
+        prefix = "".join(f"{s}." for s in self._scopes)
+        while True:
+            self._counters[prefix + base] = self._counters.get(prefix + base, 0) + 1
+            local = numbered(base, self._counters[prefix + base])
+            if prefix + local not in self.graph:
+                return local
+
     def _name(self, op: str, name: str | None) -> str:
         prefix = "".join(f"{s}." for s in self._scopes)
-        if name is not None:
-            return prefix + name
-        while True:
-            key = prefix + op
-            self._counters[key] = self._counters.get(key, 0) + 1
-            candidate = f"{key}_{self._counters[key]}"
-            if candidate not in self.graph:
-                return candidate
+        return prefix + (name if name is not None else self.auto_name(get_op(op).method or op))
 
     def op(self, op: str, *operands: Value, name: str | None = None, weights: Mapping[str, Any] | None = None,
            **attrs: Any) -> Value:
@@ -257,6 +261,86 @@ class Builder:
             self.graph.load_params(weights)
         self.graph.validate()
         return self.graph
+
+
+def numbered(base: str, count: int) -> str:
+    """The name of the count-th unnamed node made by `base`: conv1, conv2; relu6_1 where base ends in a digit."""
+    return f"{base}{'_' if base[-1].isdigit() else ''}{count}"
+
+
+# Attributes whose True brings an operand, given by name like conv's residual: `residual=skip`, `gate=g`.
+OPERAND_FLAGS = ("gate", "residual")
+
+
+def _registry_method(op: str) -> Callable[..., Any]:
+    """A method making one `op` node, for an op with no method written above: `x.op(residual=skip, **attrs)`, or
+    for an op without operands (constant) `builder.op(**attrs)`; an operand flag is set by giving its operand."""
+    opdef = get_op(op)
+    flags = [flag for flag in OPERAND_FLAGS if flag in opdef.attrs]
+
+    def method(receiver: Any, name: str | None = None, weights: Any = None, **arguments: Any) -> Value:
+        operands = []
+        for flag in flags:
+            operand = arguments.pop(flag, None)
+            if operand is not None:
+                operands.append(operand)
+                arguments[flag] = True
+        if isinstance(receiver, Builder):
+            return receiver.op(op, name=name, weights=weights, **arguments)
+        return receiver.builder.op(op, receiver, *operands, name=name, weights=weights, **arguments)
+
+    positional = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    parameters = [inspect.Parameter("self", positional)]
+    for key, attr in opdef.attrs.items():
+        if key in flags:
+            parameters.append(inspect.Parameter(key, positional, default=None, annotation="Value | None"))
+        else:
+            default = attr.default
+            if isinstance(default, tuple) and len(set(default)) == 1:
+                default = default[0]  # (1, 1) is written 1, as the builder's methods take it
+            parameters.append(inspect.Parameter(key, positional, default=inspect.Parameter.empty
+                                                if default is REQUIRED else default))
+    parameters += [inspect.Parameter("name", positional, default=None),
+                   inspect.Parameter("weights", positional, default=None)]
+    method.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
+    method.__name__ = op
+    method.__qualname__ = f"{'Builder' if opdef.arity[1] == 0 else 'Value'}.{op}"
+    method.__doc__ = opdef.__doc__
+    return method
+
+
+def _alias(method: Callable[..., Any], alias: str) -> Callable[..., Any]:
+    """`method` under another name, which also names the nodes it makes (`x.bn()` makes bn1, as `bn` does in .cnn)."""
+
+    def call(receiver: Any, *args: Any, name: str | None = None, **kwargs: Any) -> Value:
+        builder = receiver if isinstance(receiver, Builder) else receiver.builder
+        return method(receiver, *args, name=name if name is not None else builder.auto_name(alias), **kwargs)
+
+    call.__signature__ = inspect.signature(method)  # type: ignore[attr-defined]
+    call.__name__ = alias
+    call.__qualname__ = f"{method.__qualname__.split('.')[0]}.{alias}"
+    call.__doc__ = method.__doc__
+    return call
+
+
+def _add_op_methods() -> None:
+    """Give Value (or Builder, for ops without operands) a method for every name of `method_names()` it lacks."""
+
+    def existing(name: str) -> Callable[..., Any] | None:
+        return getattr(Value, name, None) or getattr(Builder, name, None)
+
+    def attach(name: str, method: Callable[..., Any]) -> None:
+        setattr(Builder if method.__qualname__.startswith("Builder.") else Value, name, method)
+
+    for spelling, op in method_names().items():
+        own = get_op(op).method or op
+        if existing(own) is None:
+            attach(own, _registry_method(op))
+        if existing(spelling) is None:
+            attach(spelling, _alias(existing(own), spelling))
+
+
+_add_op_methods()
 
 
 def uses_relu(graph: Graph) -> bool:

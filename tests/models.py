@@ -45,7 +45,7 @@ def unet_level(batch: int = 1) -> Graph:
     enc = x.conv(8, 3, name="e1").relu().conv(8, 3, name="e2").relu()
     down = enc.max_pool(2).conv(16, 3, name="d1").relu()
     up = down.conv_transpose(8, 2, stride=2, name="up")
-    merged = b.concat(enc.crop_to(up), up, name="merged")
+    merged = b.concat(enc.crop(up), up, name="merged")
     return randomize(b.build(merged.conv(2, 1, name="out")))
 
 

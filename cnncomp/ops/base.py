@@ -152,6 +152,9 @@ class Op:
     attrs: ClassVar[dict[str, Attr]] = {}
     arity: ClassVar[tuple[int, int | None]] = (1, 1)  # min and max operand count (None: unbounded)
     aliases: ClassVar[tuple[str, ...]] = ()
+    # What the builder's method and the .cnn language call it, if not `name` (None: neither has it); `aliases`
+    # are other spellings of both.
+    method: ClassVar[str | None]
     # Operands read only for their shape (crop's reference): no data flows from them.
     shape_only_operands: ClassVar[tuple[int, ...]] = ()
 

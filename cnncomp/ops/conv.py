@@ -114,6 +114,7 @@ class Conv2d(ConvFamily):
     """y = epilogue(conv(x, weight) + bias); weight is (out_channels, in_channels/groups, KH, KW)."""
 
     name = "conv2d"
+    method = "conv"
     arity = (1, 2)
     attrs = {**CONV_ATTRS, **EPILOGUE_ATTRS}
 
@@ -170,6 +171,8 @@ class ConvTranspose2d(ConvFamily):
     into the output at stride S. weight is (in_channels, out_channels/groups, KH, KW), as in PyTorch."""
 
     name = "conv_transpose2d"
+    method = "conv_transpose"
+    aliases = ("upconv",)  # the lecture's name
     attrs = {**CONV_ATTRS, "output_padding": Attr("pair", (0, 0))}
 
     def finalize(self, attrs: dict[str, Any]) -> dict[str, Any]:

@@ -19,6 +19,7 @@ class BatchNorm(Op):
     learned; the running statistics are not (and are not counted as parameters)."""
 
     name = "batch_norm"
+    aliases = ("bn",)
     fusion = Fusion.BROADCAST
     attrs = {"eps": Attr("float", 1e-5)}
 

@@ -102,6 +102,7 @@ class MaxPool2d(WindowPool):
     """y = max over each window (padding never wins)."""
 
     name = "max_pool2d"
+    method = "max_pool"
     attrs = {**POOL_ATTRS, "dilation": Attr("pair", (1, 1))}
 
     def reference(self, inputs: list[np.ndarray], params: Mapping[str, np.ndarray],
@@ -147,6 +148,7 @@ class AvgPool2d(WindowPool):
     ceil_mode overhang), as PyTorch defines it."""
 
     name = "avg_pool2d"
+    method = "avg_pool"
     attrs = {**POOL_ATTRS, "count_include_pad": Attr("bool", True)}
 
     def reference(self, inputs: list[np.ndarray], params: Mapping[str, np.ndarray],
@@ -171,6 +173,7 @@ class MaxUnpool2d(Op):
     max_pool2d_indices); every other output is zero. Output size (H-1)*S - P + K unless given."""
 
     name = "max_unpool2d"
+    method = "max_unpool"
     fusion = Fusion.INJECTIVE
     arity = (2, 2)
     attrs = {
@@ -252,6 +255,7 @@ class AdaptiveAvgPool2d(Op):
     """Average pooling to a fixed output size, bins as PyTorch defines them."""
 
     name = "adaptive_avg_pool2d"
+    method = "adaptive_avg_pool"
     fusion = Fusion.REDUCE
     attrs = {"output_size": Attr("pair")}
 

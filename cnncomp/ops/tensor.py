@@ -19,6 +19,7 @@ class Input(Op):
     """A graph input; its shape includes the batch size, which is a compile parameter."""
 
     name = "input"
+    method = None  # a graph input is `input NAME: CxHxW` in .cnn and Builder.input in Python
     fusion = Fusion.OPAQUE
     arity = (0, 0)
     attrs = {"shape": Attr("shape"), "dtype": Attr("choice", "float32", choices=("float32",))}

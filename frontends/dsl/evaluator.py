@@ -25,7 +25,7 @@ from cnncomp.errors import GraphError
 from cnncomp.ir import Graph
 from cnncomp.ops import get_op
 from cnncomp.ops.base import OpError
-from frontends.builder import Builder, Value
+from frontends.builder import Builder, Value, numbered
 from frontends.dsl import syntax as s
 from frontends.dsl.errors import Diagnostic, DslError, Pos
 from frontends.dsl.ops import SIGNATURES, OpSignature, Parameter, symbols
@@ -602,12 +602,11 @@ class Evaluator:
         return local
 
     def auto_name(self, base: str) -> str:
-        """`conv1`, `conv2`, ... per scope; `stage1_1` where the base already ends in a digit."""
-        separator = "_" if base[-1].isdigit() else ""
+        """`conv1`, `conv2`, ... per scope; `stage1_1` where the base already ends in a digit (the builder's rule)."""
         key = (self.prefix, base)
         while True:
             self.counters[key] = self.counters.get(key, 0) + 1
-            local = f"{base}{separator}{self.counters[key]}"
+            local = numbered(base, self.counters[key])
             if not self.is_taken(local):
                 return local
 

@@ -1,10 +1,9 @@
 """The ops of the model language: each is a method of the Python builder, so the language and Python code make
-nodes the same way. Argument names, order and defaults come from the builder method's signature; an argument that
-is an attribute of the registry op is checked by that attribute's own rule, before the builder sees it.
-
-A registry op the builder has no method for (the ops passes lower to, constants, max-pool indices) is called by its
-registry name, with every attribute by its registry name (`REGISTRY_ONLY`), so every graph can be written as text
-(`frontends.dsl.writer`).
+nodes the same way and call them by the same names (`cnncomp.ops.method_names`). Argument names, order and
+defaults come from the builder method's signature; an argument that is an attribute of the registry op is checked
+by that attribute's own rule, before the builder sees it. Ops the builder has no hand-written method for (the ops
+passes lower to, constants, max-pool indices) take every attribute by its registry name, so every graph can be
+written as text (`frontends.dsl.writer`).
 """
 
 from __future__ import annotations
@@ -14,88 +13,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from cnncomp.ops import get_op
+from cnncomp.ops import get_op, method_names
 from cnncomp.ops.base import REQUIRED, Attr
 from frontends.builder import Builder, Value
 
-# language name: (builder method, registry op it makes). Methods of Value take the first operand as `x`.
+# language name: (builder method, registry op it makes), from the registry's one list of names: every op's
+# method and aliases are the builder's methods (Value's, or Builder's for concat, add, mul and constant).
 OPS: dict[str, tuple[Callable[..., Any], str]] = {
-    "conv": (Value.conv, "conv2d"),
-    "conv_transpose": (Value.conv_transpose, "conv_transpose2d"),
-    "upconv": (Value.conv_transpose, "conv_transpose2d"),  # the lecture's name for the transposed convolution
-    "dense": (Value.dense, "dense"),
-    "max_pool": (Value.max_pool, "max_pool2d"),
-    "avg_pool": (Value.avg_pool, "avg_pool2d"),
-    "global_avg_pool": (Value.global_avg_pool, "global_avg_pool"),
-    "adaptive_avg_pool": (Value.adaptive_avg_pool, "adaptive_avg_pool2d"),
-    "relu": (Value.relu, "relu"),
-    "relu6": (Value.relu6, "relu6"),
-    "leaky_relu": (Value.leaky_relu, "leaky_relu"),
-    "tanh": (Value.tanh, "tanh"),
-    "sigmoid": (Value.sigmoid, "sigmoid"),
-    "silu": (Value.silu, "silu"),
-    "swish": (Value.silu, "silu"),
-    "hardswish": (Value.hardswish, "hardswish"),
-    "batch_norm": (Value.batch_norm, "batch_norm"),
-    "bn": (Value.batch_norm, "batch_norm"),
-    "lrn": (Value.lrn, "lrn"),
-    "softmax": (Value.softmax, "softmax"),
-    "flatten": (Value.flatten, "flatten"),
-    "dropout": (Value.dropout, "dropout"),
-    "identity": (Value.identity, "identity"),
-    "upsample": (Value.upsample, "upsample"),
-    "pad": (Value.pad, "pad"),
-    "crop": (Value.crop_to, "crop"),
-    "channel_slice": (Value.channel_slice, "channel_slice"),
-    "max_unpool": (Value.max_unpool, "max_unpool2d"),
-    "concat": (Builder.concat, "concat"),
-    "add": (Builder.add, "add"),
-    "mul": (Builder.mul, "mul"),
+    name: (getattr(Value, name, None) or getattr(Builder, name), op) for name, op in method_names().items()
 }
-
-# Registry ops without a builder method, called by their registry name (see `_registry_method`).
-REGISTRY_ONLY = ("depthwise_conv2d", "pointwise_conv2d", "separable_conv2d", "strided_slice", "max_pool2d_indices",
-                 "constant")
-# Attributes whose True brings an operand, given by name like conv's residual: `residual=skip`, `gate=g`.
-OPERAND_FLAGS = ("gate", "residual")
-
-
-def _registry_method(op: str) -> Callable[..., Any]:
-    """A builder-like method making one `op` node: `method(x, residual=skip, **attrs)`, or for an op without
-    operands (constant) `method(builder, **attrs)`; an operand flag is set by giving its operand."""
-    opdef = get_op(op)
-    flags = [flag for flag in OPERAND_FLAGS if flag in opdef.attrs]
-
-    def method(receiver: Any, name: str | None = None, weights: Any = None, **arguments: Any) -> Value:
-        operands = []
-        for flag in flags:
-            operand = arguments.pop(flag, None)
-            if operand is not None:
-                operands.append(operand)
-                arguments[flag] = True
-        if isinstance(receiver, Builder):
-            return receiver.op(op, name=name, weights=weights, **arguments)
-        return receiver.builder.op(op, receiver, *operands, name=name, weights=weights, **arguments)
-
-    positional = inspect.Parameter.POSITIONAL_OR_KEYWORD
-    parameters = [inspect.Parameter("self", positional)]
-    for key, attr in opdef.attrs.items():
-        if key in flags:
-            parameters.append(inspect.Parameter(key, positional, default=None, annotation="Value | None"))
-        else:
-            default = attr.default
-            if isinstance(default, tuple) and len(set(default)) == 1:
-                default = default[0]  # (1, 1) is written 1, as the builder's methods take it
-            parameters.append(inspect.Parameter(key, positional, default=inspect.Parameter.empty
-                                                if default is REQUIRED else default))
-    parameters += [inspect.Parameter("name", positional, default=None), inspect.Parameter("weights", positional,
-                                                                                         default=None)]
-    method.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
-    method.__qualname__ = f"{'Builder' if opdef.arity[1] == 0 else 'Value'}.{op}"
-    return method
-
-
-OPS.update({op: (_registry_method(op), op) for op in REGISTRY_ONLY})
 
 # Ops whose weight a description may set (`weight=`): the lecture's image filters are convolutions with set kernels.
 FIXED_WEIGHT_OPS = ("conv2d", "conv_transpose2d", "dense")

@@ -99,7 +99,7 @@ def unet_level():
     enc = x.conv(4, 3, name="e1").relu().conv(4, 3, name="e2").relu()
     down = enc.max_pool(2).conv(8, 3, name="d1").relu()
     up = down.conv_transpose(4, 2, stride=2, name="up")
-    merged = b.concat(enc.crop_to(up), up, name="merged")
+    merged = b.concat(enc.crop(up), up, name="merged")
     return randomize(b.build(merged.conv(4, 3, name="out")))
 
 
@@ -141,7 +141,7 @@ def test_nan_and_inf_propagate():
     graph = b.build(b.input("x", (1, 2, 2)).conv(1, 1, name="c").relu())
     data = np.array([[[[np.nan, 1.0], [np.inf, -np.inf]]]], np.float32)
     graph.params["c.weight"][:] = 1.0
-    out = reference.run(graph, {"x": data})["relu_1"]
+    out = reference.run(graph, {"x": data})["relu1"]
     assert np.isnan(out[0, 0, 0, 0]) and out[0, 0, 1, 0] == np.inf and out[0, 0, 1, 1] == 0.0
 
 

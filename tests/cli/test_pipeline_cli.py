@@ -51,7 +51,7 @@ def test_dump_after_all_and_verbose_go_to_stderr():
     after_folding = stderr.split("# after fold_batch_norm\n")[1].split("# after")[0]
     assert "batch_norm" not in after_folding and "layer2.0.conv1 = conv2d(x) 1x1 -> 128" in after_folding
     assert "layer2.0.relu3 = pointwise_conv2d(layer2.0.conv2, layer2.0.downsample) -> 512 +residual relu" in stderr
-    assert "[fused: layer2.0.conv3, layer2.0.bn3, layer2.0.add_1]" in stderr
+    assert "[fused: layer2.0.conv3, layer2.0.bn3, layer2.0.add1]" in stderr
     lines = [line for line in stderr.splitlines() if " ms  nodes " in line]
     assert [line.split()[0] for line in lines][:3] == ["eliminate_identity", "fold_constants", "fold_batch_norm"]
     assert "fold_batch_norm" in lines[2] and "(batch_norm -4)" in lines[2]

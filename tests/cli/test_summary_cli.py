@@ -79,7 +79,7 @@ def test_python_model_with_a_shape_error(tmp_path):
         "    x = b.input('image', (3, 8, 8))\n"
         "    return b.build(x.conv(4, 3) + x)\n"
     )
-    one_line_error(cnncomp("summary", path), "bad.py", "node 'add_1' (add)", "1x4x6x6", "1x3x8x8")
+    one_line_error(cnncomp("summary", path), "bad.py", "node 'add1' (add)", "1x4x6x6", "1x3x8x8")
 
 
 def test_debug_shows_the_traceback(tmp_path):

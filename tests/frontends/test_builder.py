@@ -1,4 +1,5 @@
-"""The Python builder: naming, scopes, operators, deterministic He/Xavier initialization, weights from .npz."""
+"""The Python builder: its op names (the .cnn language's), naming unnamed nodes as .cnn does, scopes, operators,
+deterministic He/Xavier initialization, weights from .npz."""
 
 import math
 
@@ -6,7 +7,10 @@ import numpy as np
 import pytest
 
 from cnncomp.errors import ShapeError
-from frontends.builder import Builder
+from cnncomp.ops import get_op, method_names
+from frontends import dsl
+from frontends.builder import Builder, Value
+from frontends.dsl.ops import OPS
 
 
 def relu_net(seed=0, init="auto"):
@@ -91,9 +95,9 @@ def test_names_scopes_and_meta():
             z = y.relu()
             named = z.conv(4, 1, name="proj")
     w = named.relu()
-    assert (y.name, z.name, named.name, w.name) == ("layer1.conv2d_1", "layer1.0.relu_1", "layer1.0.proj", "relu_1")
+    assert (y.name, z.name, named.name, w.name) == ("layer1.conv1", "layer1.0.relu1", "layer1.0.proj", "relu1")
     assert b.graph.node("layer1.0.proj").meta == {"block": "layer1.0"}
-    assert b.graph.node("relu_1").meta == {}
+    assert b.graph.node("relu1").meta == {}
 
 
 def test_operators_and_shape_access():
@@ -116,3 +120,28 @@ def test_strict_builder_refuses_fractions():
 def test_unknown_init_is_refused():
     with pytest.raises(ValueError, match="init must be one of"):
         Builder(init="uniform")
+
+
+def test_the_builder_and_the_language_call_ops_by_the_same_names():
+    names = method_names()
+    assert {"conv", "upconv", "bn", "crop", "max_pool", "swish", "depthwise_conv2d"} <= set(names)
+    assert set(OPS) == set(names)  # the .cnn language's functions
+    for name, op in names.items():
+        method = getattr(Value, name, None) or getattr(Builder, name)
+        assert OPS[name] == (method, op)
+    assert get_op("bn").name == "batch_norm" and get_op("upconv").name == "conv_transpose2d"
+
+
+def test_the_builder_names_unnamed_nodes_as_the_language_does():
+    b = Builder("block")
+    x = b.input("image", (3, 8, 8))
+    y = x.conv(4, 3).bn().relu6().relu6()
+    b.build(b.add(y, y).upconv(2, 2).crop(y).batch_norm(name="z"))
+    text = """model block()
+input image: 3x8x8
+y = image -> conv(4, 3) -> bn -> relu6 -> relu6
+output z = y + y -> upconv(2, 2) -> crop(y) -> batch_norm
+"""
+    built_names = [node.name for node in b.graph.nodes]
+    assert built_names == ["image", "conv1", "bn1", "relu6_1", "relu6_2", "add1", "upconv1", "crop1", "z"]
+    assert [node.name for node in dsl.build_from_source(text).nodes] == built_names

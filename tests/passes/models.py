@@ -181,7 +181,7 @@ def unet_level(size: int = 20, batch: int = 1, padded: bool = False) -> Graph:
         y = skip.max_pool(2).conv(16, 3, padding=padding).relu().conv(16, 3, padding=padding).relu()
     with b.scope("up1"):
         up = y.conv_transpose(8, 2, 2, name="upconv")
-        copied = skip if padded else skip.crop_to(up, name="crop")
+        copied = skip if padded else skip.crop(up, name="crop")
         y = b.concat(copied, up, name="concat").conv(8, 3, padding=padding).relu()
         y = y.conv(8, 3, padding=padding).relu()
     return b.build(y.conv(2, 1, name="classes"))

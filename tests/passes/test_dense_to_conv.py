@@ -10,7 +10,7 @@ from cnncomp.pipeline import optimize
 from frontends.builder import Builder
 from tests.passes.models import assert_same_outputs, op_counts, randomize, vgg16
 
-POOL5, LOGITS, SCORES = "max_pool2d_5", "dense_3", "softmax_1"
+POOL5, LOGITS, SCORES = "max_pool5", "dense3", "softmax1"
 
 
 def softmax(x: np.ndarray) -> np.ndarray:
@@ -26,15 +26,15 @@ def sliding_dense_layers(graph, pool5: np.ndarray) -> np.ndarray:
     rows, cols = pool5.shape[2] - kh + 1, pool5.shape[3] - kw + 1
     windows = np.stack([np.stack([pool5[:, :, i:i + kh, j:j + kw].reshape(pool5.shape[0], -1)
                                   for j in range(cols)], axis=1) for i in range(rows)], axis=1)
-    h = np.maximum(windows @ p["dense_1.weight"].T + p["dense_1.bias"], 0)
-    h = np.maximum(h @ p["dense_2.weight"].T + p["dense_2.bias"], 0)
-    return h @ p["dense_3.weight"].T + p["dense_3.bias"]
+    h = np.maximum(windows @ p["dense1.weight"].T + p["dense1.bias"], 0)
+    h = np.maximum(h @ p["dense2.weight"].T + p["dense2.bias"], 0)
+    return h @ p["dense3.weight"].T + p["dense3.bias"]
 
 
 def check_score_map(graph, size: int, expected_cells: int) -> None:
     fcn = dense_to_conv(graph)
     assert op_counts(fcn)["dense"] == 0 and op_counts(fcn)["flatten"] == 0
-    kernel = fcn.node("dense_1").attrs["kernel"]
+    kernel = fcn.node("dense1").attrs["kernel"]
     assert kernel == graph.node(POOL5).shape[2:]  # the first FC layer's kernel covers the whole pool5 map
     large = fcn.with_input_shapes({"image": (1, 3, size, size)})
     large.set_outputs([SCORES, LOGITS, POOL5])

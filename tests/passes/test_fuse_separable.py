@@ -19,7 +19,7 @@ def test_xception_separable_convs_are_one_node_each():
     projection = result.node("entry_block.residual")
     assert projection.op == "pointwise_conv2d" and projection.attrs["residual"]
     assert result.node(projection.inputs[0]).op == "strided_slice"
-    assert projection.inputs[1] == "entry_block.max_pool2d_1"
+    assert projection.inputs[1] == "entry_block.max_pool1"
     # The middle block's last separable conv adds the block's input: the residual rides on the pointwise step.
     last = [n for n in result.nodes if n.op == "separable_conv2d"][-1]
     assert last.attrs["residual"] and last.inputs[1] == "entry_block.residual"
@@ -33,7 +33,7 @@ def test_mobilenet_keeps_bias_and_relu6_between_the_steps():
     assert op_counts(result) == {"input": 1, "pointwise_conv2d": 2, "separable_conv2d": 2}
     node = result.node("block1.project")
     assert (node.attrs["mid_bias"], node.attrs["mid_act"], node.attrs["stride"]) == (True, "relu6", (2, 2))
-    assert result.node("block2.add_1").attrs["residual"]  # block 2's output: the residual add's name stays
+    assert result.node("block2.add1").attrs["residual"]  # block 2's output: the residual add's name stays
     assert_same_outputs(graph, result)
 
 

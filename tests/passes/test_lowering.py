@@ -83,8 +83,8 @@ def test_channel_multiplier_and_residual():
     skip = x.conv(6, 3, padding=1)
     graph = randomize(b.build(x.conv(6, 3, padding=2, dilation=2, groups=3, residual=skip, act="silu")))
     lowered = lower_depthwise(graph)
-    node = lowered.node("conv2d_2")
-    assert node.op == "depthwise_conv2d" and node.attrs["multiplier"] == 2 and node.inputs == ("x", "conv2d_1")
+    node = lowered.node("conv2")
+    assert node.op == "depthwise_conv2d" and node.attrs["multiplier"] == 2 and node.inputs == ("x", "conv1")
     assert_same_outputs(graph, lowered)
 
 

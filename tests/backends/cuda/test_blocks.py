@@ -61,7 +61,7 @@ def unet_level(batch: int = 1) -> Graph:
     enc = x.conv(4, 3).relu().conv(4, 3).relu()
     down = enc.max_pool(2).conv(6, 3).relu()
     up = down.conv_transpose(4, 2, stride=2)
-    merged = b.concat(enc.crop_to(up), up)
+    merged = b.concat(enc.crop(up), up)
     return models.randomize(b.build(merged.conv(2, 1, name="out")))
 
 
