@@ -76,7 +76,12 @@ def _identity(node: OnnxNode, inputs: Sequence[np.ndarray | None], opset: int) -
 
 @folder("Cast")
 def _cast(node: OnnxNode, inputs: Sequence[np.ndarray | None], opset: int) -> list[np.ndarray]:
-    return [inputs[0].astype(onnx_dtype(node.attrs["to"]))]
+    target = onnx_dtype(node.attrs["to"])
+    if target.isbuiltin != 1 or inputs[0].dtype.isbuiltin != 1:
+        # bfloat16, float8, int4 and the like (ml_dtypes): ONNX saturates and rounds them in ways numpy's cast
+        # does not.
+        raise Unsupported(f"a Cast of {inputs[0].dtype} to {target} (cnncomp folds casts between numpy's own types)")
+    return [inputs[0].astype(target)]
 
 
 @folder("Gather")
@@ -216,6 +221,35 @@ def _arithmetic(function: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> Fol
     return fold
 
 
+@folder("Max", "Min")
+def _extremum(node: OnnxNode, inputs: Sequence[np.ndarray | None], opset: int) -> list[np.ndarray]:
+    """Max and Min take one or more operands."""
+    operands = [x for x in inputs if x is not None]
+    _broadcast(*operands)
+    function = np.maximum if node.op_type == "Max" else np.minimum
+    result = operands[0]
+    for operand in operands[1:]:
+        result = function(result, operand)
+    return [np.asarray(result).astype(np.result_type(*operands), copy=False)]
+
+
+@folder("Mod")
+def _modulo(node: OnnxNode, inputs: Sequence[np.ndarray | None], opset: int) -> list[np.ndarray]:
+    """fmod=0 (integers only) takes the divisor's sign, as numpy's mod; fmod=1 the dividend's, as C's fmod."""
+    a, b = inputs[0], inputs[1]
+    _broadcast(a, b)
+    function = np.fmod if node.attrs.get("fmod", 0) else np.mod
+    return [np.asarray(function(a, b)).astype(np.result_type(a, b), copy=False)]
+
+
+@folder("Pow")
+def _power(node: OnnxNode, inputs: Sequence[np.ndarray | None], opset: int) -> list[np.ndarray]:
+    """The result has the base's type, whatever the exponent's."""
+    base, exponent = inputs[0], inputs[1]
+    _broadcast(base, exponent)
+    return [np.asarray(np.power(base, exponent)).astype(base.dtype, copy=False)]
+
+
 def _divide(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     # Integer Div truncates toward zero in ONNX (numpy's // floors).
     if np.issubdtype(np.result_type(a, b), np.integer):
@@ -223,13 +257,7 @@ def _divide(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.true_divide(a, b)
 
 
-def _modulo(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    # Mod with fmod=0 takes the divisor's sign, like numpy's mod; fmod=1 the dividend's.
-    return np.mod(a, b)
-
-
-for _name, _function in (("Add", np.add), ("Sub", np.subtract), ("Mul", np.multiply), ("Div", _divide),
-                         ("Mod", _modulo), ("Pow", np.power), ("Max", np.maximum), ("Min", np.minimum)):
+for _name, _function in (("Add", np.add), ("Sub", np.subtract), ("Mul", np.multiply), ("Div", _divide)):
     FOLDERS[_name] = _arithmetic(_function)
 
 
@@ -274,7 +302,20 @@ def _reduce(node: OnnxNode, inputs: Sequence[np.ndarray | None], opset: int) -> 
     function = {"ReduceProd": np.prod, "ReduceSum": np.sum, "ReduceMax": np.max, "ReduceMin": np.min,
                 "ReduceMean": np.mean}[node.op_type]
     keepdims = bool(node.attrs.get("keepdims", 1))
-    return [np.asarray(function(data, axis=tuple(axes) or None, keepdims=keepdims)).astype(data.dtype)]
+    extra = {}
+    if node.op_type in ("ReduceMax", "ReduceMin"):
+        # The identity an empty reduction gives: the type's lowest value for a maximum, its highest for a minimum.
+        low, high = _type_range(data.dtype)
+        extra["initial"] = low if node.op_type == "ReduceMax" else high
+    return [np.asarray(function(data, axis=tuple(axes) or None, keepdims=keepdims, **extra)).astype(data.dtype)]
+
+
+def _type_range(dtype: np.dtype) -> tuple[object, object]:
+    if dtype == np.bool_:
+        return False, True
+    if np.issubdtype(dtype, np.integer):
+        return np.iinfo(dtype).min, np.iinfo(dtype).max
+    return -np.inf, np.inf
 
 
 def split_sizes(node: OnnxNode, inputs: Sequence[np.ndarray | None], opset: int, size: int) -> list[int]:
