@@ -82,6 +82,23 @@ def test_python_model_with_a_shape_error(tmp_path):
     one_line_error(cnncomp("summary", path), "bad.py", "node 'add1' (add)", "1x4x6x6", "1x3x8x8")
 
 
+@pytest.mark.parametrize(("line", "message"), [
+    ("x.conv(4)", "bad.py:6: Value.conv() missing 1 required positional argument: 'kernel' "
+                  "(conv(out_channels, kernel, stride=1,"),
+    ("x.conv(4, 3).batchnorm()", "bad.py:6: Value has no attribute or method 'batchnorm'; did you mean batch_norm?"),
+    ("x.conv(4, 9)", "bad.py:6: node 'conv1' (conv2d): height: kernel extent 9"),
+    ("x.conv(4, 3) +", "bad.py:6: SyntaxError: invalid syntax"),
+    ("undefined_name", "bad.py:6: NameError: name 'undefined_name' is not defined"),
+])
+def test_mistakes_in_a_python_model_name_its_file_and_line(tmp_path, line, message):
+    path = tmp_path / "bad.py"
+    path.write_text("from frontends.builder import Builder\n\n\ndef build():\n"
+                    "    b = Builder('bad'); x = b.input('image', (3, 8, 8))\n"
+                    f"    y = {line}\n"
+                    "    return b.build(y)\n")
+    assert one_line_error(cnncomp("summary", path), message).startswith(f"cnncomp: error: {path}:6: ")
+
+
 def test_debug_shows_the_traceback(tmp_path):
     result = cnncomp("--debug", "summary", tmp_path / "nope.py")
     assert result.returncode != 0 and "Traceback" in result.stderr
