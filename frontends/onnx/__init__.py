@@ -17,6 +17,9 @@
 - Everything that cannot be imported is reported in one error: op types without a converter (with counts and
   node names) and each node a converter refused, with its reason.
 
+`frontends.onnx.backend` makes cnncomp an `onnx.backend.base.Backend`, on which ONNX's own conformance tests run
+(tests/frontends/test_onnx_backend.py).
+
 onnx is an optional dependency (`pip install 'cnncomp[onnx]'`), imported only when a model is read.
 """
 
@@ -25,6 +28,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from cnncomp.errors import ModelLoadError
 from cnncomp.ir import Graph
@@ -35,15 +40,19 @@ __all__ = ["import_model", "load", "supported_ops"]
 
 
 def import_model(model: Any, name: str | None = None, input_shapes: Mapping[str, Sequence[int]] | None = None,
-                 source: str = "<onnx model>") -> Graph:
-    """An `onnx.ModelProto` as a Graph (named `name`, else the ONNX graph's name); `source` names it in errors."""
+                 source: str = "<onnx model>", input_values: Mapping[str, np.ndarray] | None = None) -> Graph:
+    """An `onnx.ModelProto` as a Graph (named `name`, else the ONNX graph's name); `source` names it in errors.
+    `input_values` gives graph inputs' values, for a model that takes its weights as inputs (as ONNX's node tests
+    do): integer inputs and inputs of fewer than two axes become constants; a converter needing a constant where
+    the model reads another input (a Conv's weight) takes its value, and the input is dropped if nothing else
+    reads it."""
     onnx = onnx_module()
     if getattr(model, "functions", None):
         import onnx.inliner
 
         model = onnx.inliner.inline_local_functions(model)
     graph_name = name or model.graph.name or "model"
-    return Importer(model, graph_name, source, input_shapes, onnx).run()
+    return Importer(model, graph_name, source, input_shapes, onnx, input_values).run()
 
 
 def load(path: str | Path, input_shapes: Mapping[str, Sequence[int]] | None = None, **params: Any) -> Graph:

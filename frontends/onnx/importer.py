@@ -63,7 +63,7 @@ class Importer:
     """Converts one ModelProto. Converters (see `converters`) call the methods of the "converter interface"."""
 
     def __init__(self, model: Any, name: str, source: str, input_shapes: Mapping[str, Sequence[int]] | None,
-                 onnx: Any) -> None:
+                 onnx: Any, input_values: Mapping[str, np.ndarray] | None = None) -> None:
         self.onnx = onnx
         self.model = model
         self.source = source
@@ -78,11 +78,22 @@ class Importer:
         self.output_names = [o.name for o in body.output]
         self.readers: Counter[str] = Counter(name for node in body.node for name in node.input if name)
         self.readers.update(self.output_names)
-        initializers = {t.name for t in body.initializer}
+        # Values of graph inputs given at import (a model taking its weights as inputs, as ONNX's node tests do):
+        # those that cannot be a graph input of ours (not float32, or fewer than two axes: shapes, scales, biases)
+        # are constants; the others stay inputs, and a converter needing a constant there reads the value.
+        self.input_values = {name: np.asarray(value) for name, value in (input_values or {}).items()}
+        self.constant_inputs = {name: value for name, value in self.input_values.items()
+                                if value.dtype != np.float32 or value.ndim < 2}
+        unknown = sorted(set(self.input_values) - {vi.name for vi in body.input})
+        if unknown:
+            raise ModelLoadError(f"{source}: a value is given for {unknown[0]!r}, which is no input of the model")
+        initializers = {t.name for t in body.initializer} | set(self.constant_inputs)
         self.input_infos = [vi for vi in body.input if vi.name not in initializers]
         self.reserved = {vi.name for vi in self.input_infos} | set(self.output_names)
         self.blocks = scope_blocks([node.name for node in body.node])
-        self.input_shapes = self._input_shapes(dict(input_shapes or {}))
+        given_shapes = {name: value.shape for name, value in self.input_values.items()
+                        if name not in self.constant_inputs}
+        self.input_shapes = self._input_shapes({**given_shapes, **(input_shapes or {})})
         # Values of x * hard_sigmoid(x) patterns: the HardSigmoid's value -> (its input, alpha, beta).
         self.hard_sigmoids: dict[str, tuple[str, float, float]] = {}
 
@@ -93,6 +104,7 @@ class Importer:
         for tensor in self.model.graph.initializer:
             self.values[tensor.name] = self._malformed_is_one_line(f"initializer {tensor.name!r}",
                                                                    self.onnx.numpy_helper.to_array, tensor)
+        self.values.update(self.constant_inputs)
         nodes = [self._malformed_is_one_line(f"node {proto.name or proto.op_type!r}", OnnxNode.from_proto, proto,
                                              self.onnx) for proto in self.model.graph.node]
         for node in nodes:
@@ -217,6 +229,10 @@ class Importer:
             return bound
         if bound is None:
             raise Unsupported(f"input {index} is missing")
+        if node.input(index) in self.constant_inputs:
+            raise Unsupported(f"input {index} ({node.input(index)!r}) is a graph input of {bound.dtype} and shape "
+                              f"{list(bound.shape)}; cnncomp computes on float32 tensors with a batch axis and at "
+                              "least one more")
         raise Unsupported(f"input {index} ({node.input(index)!r}) is {_not_a_tensor(bound)}")
 
     def const(self, node: OnnxNode, index: int, required: bool = True) -> np.ndarray | None:
@@ -226,6 +242,8 @@ class Importer:
             if required:
                 raise Unsupported(f"input {index} is missing")
             return None
+        if isinstance(bound, str) and bound in self.input_shapes and bound in self.input_values:
+            return self.input_values[bound]  # a graph input whose value was given (a weight)
         if not isinstance(bound, np.ndarray):
             raise Unsupported(f"input {index} ({node.input(index)!r}) is computed; cnncomp needs a constant there")
         return bound
@@ -291,6 +309,10 @@ class Importer:
         for name in self.output_names:
             bound = self.values.get(name)
             if not isinstance(bound, str):
+                if isinstance(bound, np.ndarray) and self.constant_inputs:
+                    raise ModelLoadError(f"{self.source}: graph output {name!r} is computed from constants only, "
+                                         "the graph inputs given as constants among them (cnncomp computes on "
+                                         "float32 tensors with a batch axis and at least one more)")
                 raise ModelLoadError(f"{self.source}: graph output {name!r} is {_not_a_tensor(bound)}")
             if bound != name:
                 bound = self.graph.add_node(name, "identity", [bound]).name
@@ -299,9 +321,11 @@ class Importer:
 
     def _remove_dead(self) -> None:
         """Drop what no output needs (a Sigmoid absorbed into a silu, a bias-free layer replaced by its biased
-        twin); graph inputs stay."""
+        twin); graph inputs stay, but for those whose given value was read as a constant only."""
         for node in reversed(self.graph.nodes):
-            if node.op != "input" and node.name not in self.graph.outputs and not self.graph.consumers(node.name):
+            if node.op == "input" and node.name not in self.input_values:
+                continue
+            if node.name not in self.graph.outputs and not self.graph.consumers(node.name):
                 self.graph.remove_node(node.name)
 
     def _check_shapes(self) -> None:
@@ -326,7 +350,8 @@ class Importer:
         light.output.extend(body.output)
         for name, shape in self.input_shapes.items():
             light.input.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, shape))
-        for tensor in body.initializer:
+        constants = [onnx.numpy_helper.from_array(value, name) for name, value in self.constant_inputs.items()]
+        for tensor in [*body.initializer, *constants]:
             if np.prod(tensor.dims, dtype=np.int64) <= SHAPE_INFERENCE_MAX_ELEMENTS:
                 light.initializer.append(tensor)
             else:
