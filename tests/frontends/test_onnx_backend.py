@@ -226,3 +226,24 @@ def test_folder_on_the_node_test_data(name):
                 np.testing.assert_allclose(result, want, rtol=case.rtol, atol=case.atol)
             else:
                 np.testing.assert_array_equal(result, want)
+
+
+def test_weights_given_as_inputs_are_constants_and_unknown_names_are_one_line():
+    from onnx import TensorProto, helper
+
+    from cnncomp.errors import ModelLoadError
+    from frontends.onnx import import_model
+
+    node = helper.make_node("Conv", ["x", "w"], ["y"], name="conv")
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 5, 5]),
+                                            helper.make_tensor_value_info("w", TensorProto.FLOAT, [3, 2, 3, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 3, 3])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    rng = np.random.default_rng(0)
+    x, w = rng.standard_normal((1, 2, 5, 5), np.float32), rng.standard_normal((3, 2, 3, 3), np.float32)
+    imported = import_model(model, input_values={"x": x, "w": w})
+    assert [n.name for n in imported.inputs] == ["x"]  # the weight became the conv's parameter
+    (y,) = ReferenceBackend.run_model(model, {"x": x, "w": w})
+    assert y.shape == (1, 3, 3, 3)
+    with pytest.raises(ModelLoadError, match="a value is given for 'b', which is no input of the model"):
+        import_model(model, input_values={"b": w})
