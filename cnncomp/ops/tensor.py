@@ -96,7 +96,8 @@ class Concat(Op):
 class ChannelSlice(Op):
     """y = x[:, start:stop]: channels start to stop - 1 of x (DPN's dual-path split, one of Res2Net's scales); for a
     flat N x features tensor, those features. The inverse of concat along axis 1: one contiguous block per
-    sample, so the memory plan makes it a view of x (no copy) where it can."""
+    sample, so the memory plan makes it a view of x (no copy) at any batch size, its samples as far apart as
+    x's; only the slice of a constant (which lives among the parameters, not in the arena) is copied."""
 
     name = "channel_slice"
     fusion = Fusion.INJECTIVE
