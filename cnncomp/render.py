@@ -9,9 +9,12 @@ svg, png, pdf or dot, atomically. `graph_text` is the one-line-per-node listing 
 
 from __future__ import annotations
 
+import bisect
+import math
 import os
 import tempfile
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -112,20 +115,38 @@ def _short(name: str, node: Node) -> str:
     return name[len(block) + 1:] if block and name.startswith(block + ".") else name
 
 
-def _operand_role(node: Node, position: int) -> str:
-    """What an operand is to its reader: "data", "residual", "gate" or "shape" (read for its shape only)."""
+def node_depths(graph: Graph) -> dict[str, int]:
+    """Each node's number of steps on the longest path from an input (inputs are 0)."""
+    depth: dict[str, int] = {}
+    for node in graph.nodes:
+        depth[node.name] = 1 + max((depth[name] for name in node.inputs), default=-1)
+    return depth
+
+
+SKIP_JOINS = ("add", "concat", "crop")  # the ops where a skip connection rejoins the main path
+SKIP_STEPS = 3  # an operand this many steps shallower than the join's deepest operand came by a skip connection
+
+
+def operand_role(node: Node, position: int, depth: dict[str, int]) -> str:
+    """What an operand is to its reader: "data", "residual" (fused), "skip" (a join's operand from far back),
+    "gate" or "shape" (read for its shape only)."""
     if position in get_op(node.op).shape_only_operands:
         return "shape"
     if node.attrs.get("gate") and position == 1:
         return "gate"
     if node.attrs.get("residual") and position == len(node.inputs) - 1:
         return "residual"
+    deepest = max(depth[name] for name in node.inputs)
+    if node.op in SKIP_JOINS and deepest - depth[node.inputs[position]] >= SKIP_STEPS:
+        return "skip"
     return "data"
 
 
+SKIP_STYLE = {"style": "dashed", "color": "#1f77b4"}
 EDGE_STYLES = {
     "data": {},
-    "residual": {"style": "dashed", "color": "#1f77b4"},
+    "residual": SKIP_STYLE,
+    "skip": SKIP_STYLE,
     "gate": {"style": "dotted", "color": "#9467bd"},
     "shape": {"style": "dotted", "color": "gray50"},
 }
@@ -148,6 +169,115 @@ def select_block(graph: Graph, block: str) -> list[Node]:
     return nodes
 
 
+# ----- layout: an encoder-decoder as a U, a long chain folded into columns ---------------------------------------
+SCREEN_HEIGHT = 1500  # points; a taller picture is folded into columns ...
+SCREEN_ASPECT = 1.0  # ... as many as bring its height / width nearest this
+
+
+@dataclass
+class Layout:
+    """Where the drawn nodes go. `side_by_side`: an encoder-decoder's levels, each drawn at one height, left to
+    right: the skip's tail, the encoder's next node, the decoder's node before the join, the join; `rising`: the
+    decoder, drawn bottom-up so that it climbs beside the encoder; `column`: each node's column when a long chain is
+    folded to fit a screen (0 when it is not), `column_heads` the first node of each."""
+
+    side_by_side: list[tuple[str, ...]]
+    rising: set[str]
+    column: dict[str, int]
+    column_heads: list[str]
+
+    def rows(self) -> list[list[str]]:
+        """Groups of nodes drawn at one height, left to right."""
+        folded = [self.column_heads] if len(self.column_heads) > 1 else []
+        return [list(level) for level in self.side_by_side] + folded
+
+    def upwards(self, tail: str, head: str) -> bool:
+        """Whether the edge climbs: into the decoder, from a node not beside its head."""
+        return head in self.rising and not any(tail in level and head in level for level in self.side_by_side)
+
+
+def plan_layout(graph: Graph, nodes: list[Node], depth: dict[str, int], cost: bool) -> Layout:
+    """A U when the drawn nodes are an encoder-decoder (skips that rejoin after an upsampling), else the chain
+    folded into as many columns as bring the picture near a screen's shape."""
+    chain = _encoder_decoder_skips(graph, nodes, depth)
+    if chain:
+        drawn = {node.name for node in nodes}
+        levels = [tuple(name for name in (tail, *_onwards(graph, tail, join),
+                                          max(graph.node(join).inputs, key=depth.__getitem__), join) if name in drawn)
+                  for tail, join in chain]
+        bottom = depth[levels[-1][-2]]  # the innermost level's upsampling: from here on the decoder climbs
+        return Layout(levels, {node.name for node in nodes if depth[node.name] >= bottom},
+                      {node.name: 0 for node in nodes}, [])
+    breaks = _column_breaks(nodes, depth, _columns_wanted(graph, nodes, depth, cost))
+    column = {node.name: bisect.bisect_left(breaks, i) for i, node in enumerate(nodes)}
+    return Layout([], set(), column, [nodes[0].name] + [nodes[i + 1].name for i in breaks])
+
+
+def _onwards(graph: Graph, tail: str, join: str) -> list[str]:
+    """The encoder's next node after a skip's tail (none if the tail is a side branch)."""
+    return [reader.name for reader in graph.consumers(tail) if reader.name != join][:1]
+
+
+def _spatial(node: Node) -> int:
+    return math.prod(node.type.shape[2:])
+
+
+def _encoder_decoder_skips(graph: Graph, nodes: list[Node], depth: dict[str, int]) -> list[tuple[str, str]]:
+    """The skip connections of an encoder-decoder, outermost first: the longest skip over an upsampling (what
+    makes a decoder; a residual block never upsamples), then the longest one inside it, and so on."""
+    drawn = {node.name for node in nodes}
+    upsampling = [depth[node.name] for node in nodes
+                  if node.inputs and _spatial(node) > max(_spatial(graph.node(name)) for name in node.inputs)]
+    skips = [(operand, node.name) for node in nodes for position, operand in enumerate(node.inputs)
+             if operand in drawn and operand_role(node, position, depth) in ("skip", "residual")
+             and any(depth[operand] < level < depth[node.name] for level in upsampling)]
+    chain: list[tuple[str, str]] = []
+    for tail, head in sorted(skips, key=lambda skip: depth[skip[1]] - depth[skip[0]], reverse=True):
+        if not chain or depth[chain[-1][0]] < depth[tail] and depth[head] < depth[chain[-1][1]]:
+            chain.append((tail, head))
+    return chain
+
+
+def _column_breaks(nodes: list[Node], depth: dict[str, int], columns: int) -> list[int]:
+    """Where to fold a chain into `columns` columns of about equal depth: positions in `nodes` after which a column
+    ends, each where one value alone is live (between two ResNet blocks, never across a residual)."""
+    last_read = {node.name: i for i, node in enumerate(nodes)}
+    for i, node in enumerate(nodes):
+        for name in node.inputs:
+            last_read[name] = i
+    cuts, reach = [], 0
+    for i, node in enumerate(nodes[:-1]):
+        if reach <= i:  # nothing before node i is read after it
+            cuts.append(i)
+        reach = max(reach, last_read[node.name])
+    between_blocks = [i for i in cuts if nodes[i].meta.get("block") != nodes[i + 1].meta.get("block")]
+    cuts = between_blocks or cuts
+    top, bottom = depth[nodes[0].name], max(depth[node.name] for node in nodes)
+    breaks: list[int] = []
+    for column in range(1, columns):
+        target = top + (bottom - top) * column / columns
+        later = [i for i in cuts if not breaks or i > breaks[-1]]
+        if later:
+            breaks.append(min(later, key=lambda i: abs(depth[nodes[i].name] - target)))
+    return breaks
+
+
+def _columns_wanted(graph: Graph, nodes: list[Node], depth: dict[str, int], cost: bool) -> int:
+    """How many columns bring a picture taller than a screen nearest a screen's shape, from its labels' sizes
+    (Helvetica 10pt: about 6pt a character, 12pt a line; about 50pt between ranks for the gap and an edge label)."""
+    heights: dict[int, float] = {}
+    widths: dict[int, float] = {}
+    for node in nodes:
+        lines = node_label(graph, node, cost).split("\n")
+        level = depth[node.name]
+        heights[level] = max(heights.get(level, 0), 12 * len(lines) + 60)
+        widths[level] = widths.get(level, 0) + 6 * max(map(len, lines)) + 40
+    height, width = sum(heights.values()), max(widths.values()) + 60  # the edges' labels beside the nodes
+    if height <= SCREEN_HEIGHT:
+        return 1
+    return max(1, round(math.sqrt(height / (width * SCREEN_ASPECT))))
+
+
 # ----- drawing ------------------------------------------------------------------------------------------------
 def _graphviz() -> Any:
     try:
@@ -163,20 +293,30 @@ def _fill(macs: int, most: int) -> str:
     return f"0.0 {0.08 + 0.82 * share:.3f} 1.0" if macs else "white"
 
 
+def _legend(most: int) -> str:
+    """What --cost's fill means: the colour at a few MAC counts, up to the most expensive node's (an HTML label)."""
+    cells = "".join(f'<td bgcolor="{_fill(macs, most)}">{_macs_text(macs)}</td>'
+                    for macs in (0, *(most * quarter // 4 for quarter in range(1, 5))))
+    return (f'<<table border="0" cellborder="1" cellspacing="0" cellpadding="4"><tr><td colspan="5">fill: the '
+            f'node\'s MACs, linear up to the most in this graph</td></tr><tr>{cells}</tr></table>>')
+
+
 def _draw(dot: Any, graph: Graph, prefix: str, cost: bool, block: str | None) -> None:
     """Add the nodes, clusters and edges of `graph` to `dot`, node ids prefixed (two graphs can share a picture)."""
     nodes = select_block(graph, block) if block else graph.nodes
     shown = {node.name for node in nodes}
     outputs = set(graph.outputs)
     most = max((node_macs(graph, node) for node in nodes), default=0) if cost else 0
+    depth = node_depths(graph)
+    layout = plan_layout(graph, nodes, depth, cost)
 
-    # Block tree: "layer1.0" sits inside "layer1".
-    clusters: dict[str, Any] = {}
-    members: dict[str, list[Node]] = {}
+    # Block tree: "layer1.0" sits inside "layer1"; a block that a fold splits has one cluster per column.
+    clusters: dict[tuple[str, int], Any] = {}
+    members: dict[tuple[str, int], list[Node]] = {}
     for node in nodes:
-        members.setdefault(node.meta.get("block", ""), []).append(node)
-    names = sorted({prefix_block for block_name in members if block_name
-                    for prefix_block in _block_prefixes(block_name)}, key=lambda b: (b.count("."), b))
+        members.setdefault((node.meta.get("block", ""), layout.column[node.name]), []).append(node)
+    keys = sorted({(prefix_block, column) for block_name, column in members if block_name
+                   for prefix_block in _block_prefixes(block_name)}, key=lambda k: (k[1], k[0].count("."), k[0]))
 
     def node_attrs(node: Node) -> dict[str, str]:
         attrs = {"label": node_label(graph, node, cost)}
@@ -190,17 +330,22 @@ def _draw(dot: Any, graph: Graph, prefix: str, cost: bool, block: str | None) ->
             attrs["peripheries"] = "2"
         return attrs
 
-    for name in names:
-        clusters[name] = _graphviz().Digraph(name=f"cluster_{prefix}{name}")
-        clusters[name].attr(label=name.rpartition(".")[2] if "." in name else name, style="rounded",
-                            color="gray60", fontname=FONT, fontsize="11", labeljust="l")
-    for block_name, block_nodes in members.items():
-        target = clusters[block_name] if block_name else dot
+    first_columns: dict[str, int] = {}
+    for name, column in keys:
+        first_columns.setdefault(name, column)
+        continued = column != first_columns[name]
+        cluster_id = f"cluster_{prefix}{name}" + (f"~{column}" if continued else "")
+        clusters[name, column] = _graphviz().Digraph(name=cluster_id)
+        label = name.rpartition(".")[2] if "." in name else name
+        clusters[name, column].attr(label=label + (" (continued)" if continued else ""), style="rounded",
+                                    color="gray60", fontname=FONT, fontsize="11", labeljust="l")
+    for (block_name, column), block_nodes in members.items():
+        target = clusters[block_name, column] if block_name else dot
         for node in block_nodes:
             target.node(prefix + node.name, **node_attrs(node))
-    for name in sorted(names, key=lambda b: -b.count(".")):  # innermost first, then into their parents
+    for name, column in sorted(keys, key=lambda k: -k[0].count(".")):  # innermost first, then into their parents
         parent = name.rpartition(".")[0]
-        clusters.get(parent, dot).subgraph(clusters[name])
+        clusters.get((parent, column), dot).subgraph(clusters[name, column])
 
     drawn = {node.name for node in nodes}
 
@@ -210,16 +355,32 @@ def _draw(dot: Any, graph: Graph, prefix: str, cost: bool, block: str | None) ->
             dot.node(prefix + name, label=f"{name}\n{graph.node(name).type}", shape="plaintext", fontcolor="gray40")
             shown.add(name)
 
+    def edge(tail: str, head: str, **attrs: str) -> None:
+        if layout.column.get(tail, 0) != layout.column.get(head, 0):
+            attrs["constraint"] = "false"  # to the top of the next column: not a step down
+        if layout.upwards(tail, head):
+            dot.edge(prefix + head, prefix + tail, dir="back", **attrs)  # drawn upwards: the decoder climbs
+        else:
+            dot.edge(prefix + tail, prefix + head, **attrs)
+
     for node in nodes:
         for position, operand in enumerate(node.inputs):
             stand_in(operand)
-            role = _operand_role(node, position)
+            role = operand_role(node, position, depth)
             label = str(graph.node(operand).type) + ("" if role == "data" else f" ({role})")
-            dot.edge(prefix + operand, prefix + node.name, label=label, **EDGE_STYLES[role])
+            edge(operand, node.name, label=label, **EDGE_STYLES[role])
         for reader in graph.consumers(node.name):
             if reader.name not in drawn:  # where the block's values go
                 stand_in(reader.name)
-                dot.edge(prefix + node.name, prefix + reader.name, label=str(node.type), style="dotted")
+                edge(node.name, reader.name, label=str(node.type), style="dotted")
+
+    if cost:
+        dot.node(prefix + "legend: MACs", label=_legend(most), shape="plaintext")
+    for group in layout.rows():
+        with dot.subgraph() as row:
+            row.attr(rank="same")
+            for left, right in zip(group, group[1:], strict=False):
+                row.edge(prefix + left, prefix + right, style="invis")  # in this order, left to right
 
 
 def _block_prefixes(block: str) -> Iterable[str]:
@@ -229,7 +390,7 @@ def _block_prefixes(block: str) -> Iterable[str]:
 
 def _new_digraph(name: str, title: str | None) -> Any:
     dot = _graphviz().Digraph(name=name)
-    dot.attr(rankdir="TB", fontname=FONT, labelloc="t", **({"label": title} if title else {}))
+    dot.attr(rankdir="TB", newrank="true", fontname=FONT, labelloc="t", **({"label": title} if title else {}))
     dot.attr("node", shape="box", style="rounded,filled", fillcolor="white", fontname=FONT, fontsize="10")
     dot.attr("edge", fontname=FONT, fontsize="8", color="gray30", fontcolor="gray30")
     return dot

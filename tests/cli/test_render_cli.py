@@ -1,6 +1,7 @@
 """`cnncomp render` through the real entry point: every format, the graph after a pipeline, before and after side
 by side, MAC shading, one block, and files that appear whole or not at all."""
 
+import re
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -39,7 +40,7 @@ def test_svg_after_O3_shows_ops_attributes_shapes_and_what_was_fused(tmp_path):
     texts = svg_texts(path)
     assert "pointwise_conv2d -> 512 +residual relu" in texts
     assert "conv2d 3x3 /2 pad 1 -> 128 relu" in texts
-    assert "fused: conv3, bn3, add_1" in texts and "fused: bn1, relu1" in texts
+    assert "fused: conv3, bn3, add1" in texts and "fused: bn1, relu1" in texts
     assert "1x512x28x28 (residual)" in texts  # edges carry shapes; the residual operand says what it is
     assert "1x256x28x28" in texts
     assert len(svg_groups(path, "node")) == 6
@@ -64,6 +65,91 @@ def test_cost_shades_by_macs(tmp_path):
     fills = {g.find(f"{SVG}title").text: g.find(f"{SVG}path").get("fill") for g in svg_groups(path, "node")
              if g.find(f"{SVG}path") is not None}  # the boxes (the input is an ellipse)
     assert fills["layer2.0.conv2"] != fills["layer2.0.downsample_slice"] == "white"
+
+
+def test_cost_has_a_legend_with_the_scale(tmp_path):
+    texts = svg_texts(render(tmp_path, "cost.svg", "-O3", "--cost"))
+    assert "fill: the node's MACs, linear up to the most in this graph" in texts
+    scale = ["0 MACs", "28.9M MACs", "57.8M MACs", "86.7M MACs", "115.6M MACs"]  # white to the most (conv2)
+    assert all(value in texts for value in scale)
+
+
+DOT_ID = r'"?([^"\s]+)"?'  # quoted or not, as the graphviz package writes it
+
+
+def dot_edges(source):
+    """(tail, head, attributes) of every drawn edge of DOT source, as written by the graphviz package."""
+    edges = re.findall(rf"^\s*{DOT_ID} -> {DOT_ID}(?: \[(.*)\])?$", source, re.MULTILINE)
+    return [(tail, head, attributes) for tail, head, attributes in edges if "invis" not in attributes]
+
+
+def test_skip_edges_are_dashed_before_and_after_fusion(tmp_path):
+    edges = dot_edges(render(tmp_path, "compare.dot", "-O3", "--compare").read_text())
+    skips = [(tail, head) for tail, head, attributes in edges if "style=dashed" in attributes]
+    assert skips == [("before/layer2.0.downsample_bn", "before/layer2.0.add1"),  # -O0: the add's far operand
+                     ("after/layer2.0.downsample", "after/layer2.0.relu3")]  # -O3: the fused conv's residual
+    assert all(("(skip)" in attributes or "(residual)" in attributes) == ("style=dashed" in attributes)
+               for _, _, attributes in edges)
+
+
+def dot_rows(source):
+    """The nodes of each `rank=same` group (drawn at one height), left to right."""
+    rows = []
+    for group in re.findall(r"\{\s*rank=same\s*(.*?)\}", source, re.DOTALL):
+        pairs = re.findall(rf"{DOT_ID} -> {DOT_ID} \[style=invis\]", group)
+        rows.append([pairs[0][0], *(head for _, head in pairs)])
+    return rows
+
+
+def svg_size(path):
+    """Width and height in points of a picture graphviz wrote."""
+    root = ET.parse(path).getroot()
+    return tuple(float(root.get(side).removesuffix("pt")) for side in ("width", "height"))
+
+
+def svg_centres(path):
+    """Each node's centre (x, y), as the mean of its label lines' positions."""
+    centres = {}
+    for group in svg_groups(path, "node"):
+        lines = list(group.iter(f"{SVG}text"))
+        centres[group.find(f"{SVG}title").text] = (sum(float(t.get("x")) for t in lines) / len(lines),
+                                                   sum(float(t.get("y")) for t in lines) / len(lines))
+    return centres
+
+
+@pytest.mark.parametrize("model", ["resnet50", "resnet152"])
+def test_a_long_chain_is_folded_to_fit_a_screen(tmp_path, model):
+    target = tmp_path / f"{model}.svg"
+    result = cnncomp("render", model, "--cost", "-o", target)
+    assert result.returncode == 0, result.stderr
+    width, height = svg_size(target)
+    assert 1 / 3 < height / width < 3  # unfolded, ResNet-50 was 496 x 15,505 points
+    assert "layer3 (continued)" in svg_texts(target)  # a block split by the fold keeps its name in each column
+
+
+def test_unet_is_drawn_as_a_u(tmp_path):
+    source = tmp_path / "unet.dot"
+    assert cnncomp("render", "unet", "-o", source).returncode == 0
+    assert dot_rows(source.read_text()) == [  # each level: encoder's output and next step, decoder's up-conv, crop
+        [f"down{level}.relu2", f"max_pool{level}", f"up{level}.upconv1", f"up{level}.crop1"] for level in (1, 2, 3, 4)]
+    target = tmp_path / "unet.svg"
+    result = cnncomp("render", "unet", "-o", target)
+    assert result.returncode == 0, result.stderr
+    centres = svg_centres(target)
+    for level in (1, 2, 3, 4):  # each encoder level's output beside the decoder's crop of it, at one height
+        (encoder_x, encoder_y), (decoder_x, decoder_y) = centres[f"down{level}.relu2"], centres[f"up{level}.crop1"]
+        assert abs(encoder_y - decoder_y) < 1 and encoder_x < decoder_x
+    assert centres["segmentation"][1] < centres["up2.crop1"][1]  # the decoder climbs
+    width, height = svg_size(target)
+    assert height < 4.5 * width  # the staircase it was: 701 x 4,913 points
+
+
+def test_fcn_skips_join_beside_the_encoder(tmp_path):
+    target = tmp_path / "fcn8s.dot"
+    result = cnncomp("render", "fcn8s", "-o", target)
+    assert result.returncode == 0, result.stderr
+    assert dot_rows(target.read_text()) == [["score_pool3", "upscore_pool4", "fuse_pool3"],  # pool3's score, beside
+                                            ["score_pool4", "upscore2", "fuse_pool4"]]  # the decoder's join
 
 
 def test_one_block_and_the_other_formats(tmp_path):
