@@ -1,10 +1,11 @@
 """Pictures and text listings of graphs: what the passes did, for people.
 
 `to_dot` draws a graph with graphviz: each node shows its op, key attributes and output shape (and what a fusion
-absorbed); edges show the tensor shapes they carry (residuals dashed, SE gates dotted); the blocks of the model
-description (`node.meta["block"]`, nested with dots) become nested clusters, so ResNet-152 or Xception stay
-legible; `cost=True` shades nodes by MACs. `compare` puts two graphs side by side, `write` saves any of them as
-svg, png, pdf or dot, atomically. `graph_text` is the one-line-per-node listing of `--dump-after`.
+absorbed); edges show the tensor shapes they carry (skip connections and fused residuals dashed, fused SE gates
+dotted); the blocks of the model description (`node.meta["block"]`, nested with dots) become nested clusters; a chain
+taller than a screen is folded into columns, and an encoder-decoder is drawn as a U (`plan_layout`); `cost=True`
+shades nodes by MACs and adds a legend of the scale. `compare` puts two graphs side by side, `write` saves any of
+them as svg, png, pdf or dot, atomically. `graph_text` is the one-line-per-node listing of `--dump-after`.
 """
 
 from __future__ import annotations
