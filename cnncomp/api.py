@@ -34,15 +34,16 @@ Shapes = tuple[tuple[str, tuple[int, ...]], ...]
 
 def load_model(model: str | Path, *, weights: str | Path | None = None, batch: int | None = None,
                input_shapes: Mapping[str, Sequence[int]] | None = None, structure_only: bool = False,
-               **params: Any) -> Graph:
+               strict: bool = False, **params: Any) -> Graph:
     """A model description (`.cnn`, `.py` or `.onnx` file) or zoo name as a Graph; `params` set the model's
     parameters, `weights` loads an `.npz` of parameters keyed `node.param` (such as a PyTorch state dict's names),
     `input_shapes` ({input: full shape, such as (1, 3, 97, 131)}) sets the inputs' sizes. `structure_only`: no
-    weights where the frontend can skip drawing them (for summaries and pictures)."""
+    weights where the frontend can skip drawing them (for summaries and pictures). `strict`: a window whose output
+    size is a fraction is an error (the lecture's "fractions are illegal"), at its line in a `.cnn` file."""
     from cnncomp.driver import load_model as load_description
 
     graph = load_description(model, batch=batch, input_shapes=input_shapes, structure_only=structure_only,
-                             **params)
+                             strict=strict, **params)
     if weights is not None:
         weights = Path(weights)
         if not weights.is_file():

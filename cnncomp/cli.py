@@ -62,10 +62,13 @@ def _input_shape(text: str) -> tuple[str, tuple[int, ...]]:
     return name.strip(), shape
 
 
-def _add_input_shape_option(parser: argparse.ArgumentParser) -> None:
+def _add_shape_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input-shape", type=_input_shape, action="append", default=[], metavar="NAME=NxCxHxW",
                         help="an input's full shape, such as image=1x3x224x224 (repeatable); an ONNX model needs it "
                              "for symbolic dimensions other than the batch")
+    parser.add_argument("--strict", action="store_true",
+                        help="refuse a conv or pool whose output size (N + 2P - F)/S + 1 is a fraction, instead of "
+                             "rounding it down (the lecture's \"fractions are illegal\")")
 
 
 def _add_pipeline_options(parser: argparse.ArgumentParser, default_level: int) -> None:
@@ -89,12 +92,13 @@ def _load_graph(args: argparse.Namespace, batch: int | None, *, structure_only: 
     shapes = dict(args.input_shape)
     weights = getattr(args, "weights", None)
     if args.fully_convolutional and shapes:
-        graph = api.load_model(args.model, weights=weights, structure_only=structure_only, **dict(args.param))
+        graph = api.load_model(args.model, weights=weights, structure_only=structure_only, strict=args.strict,
+                               **dict(args.param))
         graph = graph.with_input_shapes({name: (shape[0], *graph.node(name).type.shape[1:])
                                          for name, shape in shapes.items()})
     else:
         graph = api.load_model(args.model, weights=weights, input_shapes=shapes or None,
-                               structure_only=structure_only, **dict(args.param))
+                               structure_only=structure_only, strict=args.strict, **dict(args.param))
     return graph if batch is None else graph.with_batch(batch)
 
 
@@ -258,9 +262,9 @@ def _compiled(args: argparse.Namespace, batch: int | None, graph: Any = None, th
     from cnncomp.data import default_preprocessing, with_normalization
 
     if str(args.model).endswith(SUFFIX):
-        if args.param or args.weights or args.input_shape:
-            raise UsageError(f"{args.model}: an artifact is compiled already; --param, --weights and --input-shape "
-                             "do not apply")
+        if args.param or args.weights or args.input_shape or args.strict:
+            raise UsageError(f"{args.model}: an artifact is compiled already; --param, --weights, --input-shape and "
+                             "--strict do not apply")
         model = api.load(args.model, backend=args.backend, threads=threads)
         model.preprocessing = with_normalization(model.preprocessing, args.mean, args.std)
         return model
@@ -600,7 +604,7 @@ def build_parser() -> argparse.ArgumentParser:
     summary.add_argument("--param", type=_model_param, action="append", default=[], metavar="NAME=VALUE",
                          help="set a model parameter, such as classes=10 (repeatable)")
     summary.add_argument("--json", action="store_true", help="print machine-readable JSON instead of a table")
-    _add_input_shape_option(summary)
+    _add_shape_options(summary)
     _add_pipeline_options(summary, default_level=0)
     summary.set_defaults(run=cmd_summary)
 
@@ -619,7 +623,7 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--compare", action="store_true", help="draw the graph before (-O0) and after side by side")
     render.add_argument("--cost", action="store_true", help="shade nodes by MACs and show each node's MACs")
     render.add_argument("--block", metavar="NAME", help="draw only this block of the model (e.g. layer1.0)")
-    _add_input_shape_option(render)
+    _add_shape_options(render)
     _add_pipeline_options(render, default_level=0)
     render.set_defaults(run=cmd_render)
 
@@ -635,7 +639,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--batch", type=_positive_int, default=None, help="batch size (default: the model's)")
     export.add_argument("--param", type=_model_param, action="append", default=[], metavar="NAME=VALUE",
                         help="set a model parameter, such as classes=10 (repeatable)")
-    _add_input_shape_option(export)
+    _add_shape_options(export)
     _add_pipeline_options(export, default_level=0)
     export.set_defaults(run=cmd_export)
 
@@ -661,7 +665,7 @@ def build_parser() -> argparse.ArgumentParser:
     compile_.add_argument("--batch", type=_positive_int, default=None,
                           help="batch size (default 1, or --input-shape's; a loaded model compiles other sizes on "
                                "demand)")
-    _add_input_shape_option(compile_)
+    _add_shape_options(compile_)
     compile_.add_argument("--emit", choices=("artifact", "standalone"), default="artifact",
                           help="artifact: a .cnnx file (default); standalone: a .py program and its .npz weights")
     compile_.add_argument("--emit-source", metavar="DIR", help="also write the generated kernel modules into DIR")
@@ -698,7 +702,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--threads", type=_positive_int, default=None, metavar="N",
                      help="cores the model uses (default: all); numba-cpu, torch and onnxruntime honour it")
     _add_cluster_options(run)
-    _add_input_shape_option(run)
+    _add_shape_options(run)
     _add_model_options(run)
     _add_image_options(run)
     _add_pipeline_options(run, default_level=2)
@@ -722,7 +726,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", action="store_true", help="print machine-readable JSON")
     evaluate.set_defaults(threads=None)
     _add_cluster_options(evaluate)
-    _add_input_shape_option(evaluate)
+    _add_shape_options(evaluate)
     _add_model_options(evaluate)
     _add_image_options(evaluate)
     _add_pipeline_options(evaluate, default_level=2)

@@ -19,20 +19,24 @@ ZOOS = "cnncomp.zoos"
 
 
 def load_model(path: str | Path, batch: int | None = None, *, structure_only: bool = False,
-               input_shapes: Mapping[str, Sequence[int]] | None = None, **params: Any) -> Graph:
+               input_shapes: Mapping[str, Sequence[int]] | None = None, strict: bool = False,
+               **params: Any) -> Graph:
     """Read a model file with the frontend registered for its suffix, or a zoo model by name (a file that exists
     wins); optionally set the batch size. `params` set the model's parameters. `structure_only` asks for the graph
     without weights where the frontend can skip them (its `load_structure`), for summaries and listings:
     drawing VGG-16's 138M random weights takes seconds. `input_shapes` ({input: full shape}) sets input shapes:
     a frontend whose `load` takes `input_shapes` reads them (an ONNX model needs them for symbolic dimensions
-    before it converts); other graphs are re-inferred at them. `batch`, if given, applies after them."""
+    before it converts); other graphs are re-inferred at them. `batch`, if given, applies after them. `strict`
+    refuses a window whose output size is a fraction (the lecture's "fractions are illegal"): a frontend whose
+    `load` takes `strict` reports it at the line of the description; other graphs are checked again, node by
+    node."""
     path = Path(path)
     if not path.exists():
         zoo = _zoo_with(str(path))
         if zoo is None:
             raise ModelLoadError(_not_found(path))
-        graph = zoo.load(str(path), structure_only=structure_only, **params)
-        return _reshaped(graph, batch, input_shapes)
+        graph = zoo.load(str(path), structure_only=structure_only, **_strictly(zoo.load, strict), **params)
+        return _reshaped(graph, batch, input_shapes, strict)
     if not path.is_file():
         raise ModelLoadError(f"{path}: not a file")
     suffix = path.suffix.lstrip(".")
@@ -41,12 +45,20 @@ def load_model(path: str | Path, batch: int | None = None, *, structure_only: bo
         raise ModelLoadError(f"{path}: unknown model format {path.suffix or '(no suffix)'!r}; cnncomp reads {known}")
     frontend = plugins.frontend(suffix)
     load = getattr(frontend, "load_structure", frontend.load) if structure_only else frontend.load
+    options = _strictly(load, strict)
     if input_shapes and "input_shapes" in inspect.signature(load).parameters:
-        return _reshaped(load(path, input_shapes=input_shapes, **params), batch, None)
-    return _reshaped(load(path, **params), batch, input_shapes)
+        return _reshaped(load(path, input_shapes=input_shapes, **options, **params), batch, None, strict)
+    return _reshaped(load(path, **options, **params), batch, input_shapes, strict)
 
 
-def _reshaped(graph: Graph, batch: int | None, input_shapes: Mapping[str, Sequence[int]] | None) -> Graph:
+def _strictly(load: Any, strict: bool) -> dict[str, bool]:
+    return {"strict": True} if strict and "strict" in inspect.signature(load).parameters else {}
+
+
+def _reshaped(graph: Graph, batch: int | None, input_shapes: Mapping[str, Sequence[int]] | None,
+              strict: bool) -> Graph:
+    if strict and not graph.strict:
+        graph = graph.as_strict()
     if input_shapes:
         graph = graph.with_input_shapes({name: tuple(shape) for name, shape in input_shapes.items()})
     return graph if batch is None else graph.with_batch(batch)

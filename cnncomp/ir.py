@@ -270,13 +270,25 @@ class Graph:
         other.meta = deepcopy(self.meta)
         return other
 
+    def as_strict(self) -> Graph:
+        """The same graph in strict mode, its shapes inferred again: a window whose output size is a fraction
+        (the lecture's "fractions are illegal") is a ShapeError naming the node."""
+        other = self._reinferred({}, strict=True)
+        other.meta = deepcopy(self.meta)
+        return other
+
     def with_input_shapes(self, shapes: Mapping[str, tuple[int, ...]]) -> Graph:
         """The same graph over inputs of other shapes (another batch size or image size), shapes re-inferred.
         Graph-level `meta` (such as a memory plan) describes the old shapes and is dropped."""
         unknown = set(shapes) - {n.name for n in self.inputs}
         if unknown:
             raise GraphError(f"graph {self.name!r} has no input {sorted(unknown)[0]!r}")
-        other = Graph(self.name, self.strict)
+        other = self._reinferred(shapes, self.strict)
+        other._check_param_shapes(shapes)
+        return other
+
+    def _reinferred(self, shapes: Mapping[str, tuple[int, ...]], strict: bool) -> Graph:
+        other = Graph(self.name, strict)
         for node in self.nodes:
             attrs = dict(node.attrs)
             if node.op == "input" and node.name in shapes:
@@ -284,7 +296,6 @@ class Graph:
             other._insert(other.make_node(node.name, node.op, node.inputs, attrs, node.meta))
         other.params = dict(self.params)
         other._outputs = list(self._outputs)
-        other._check_param_shapes(shapes)
         return other
 
     def _check_param_shapes(self, shapes: Mapping[str, tuple[int, ...]]) -> None:

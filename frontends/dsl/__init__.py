@@ -37,12 +37,14 @@ __all__ = ["Diagnostic", "DslError", "Pos", "Program", "build_from_source", "loa
 
 
 def build_from_source(text: str, filename: str = "<string>", *, initialize: bool = True, batch: int = 1,
-                      **params: Any) -> Graph:
+                      strict: bool = False, **params: Any) -> Graph:
     """The graph a model description builds. `params` override the header's model parameters; text values (as
     from the command line) are read as constants of the language. `initialize=False` skips drawing the weights:
     the graph has every shape, parameter count and cost, but cannot run (see `load_structure`). `batch` is the
-    inputs' batch size (as the driver's `batch`; a constant with a batch axis needs it at build time)."""
-    return Evaluator(parse(text, filename), params, batch).run(initialize)
+    inputs' batch size (as the driver's `batch`; a constant with a batch axis needs it at build time). `strict`
+    builds in strict mode, as `model NAME(...) strict` does: a window whose output size is a fraction is an error
+    at its line."""
+    return Evaluator(parse(text, filename), params, batch, strict).run(initialize)
 
 
 def _read(path: str | Path) -> tuple[str, str]:
@@ -53,14 +55,15 @@ def _read(path: str | Path) -> tuple[str, str]:
         raise ModelLoadError(f"{path}: cannot read the model description: {exc}") from None
 
 
-def load(path: str | Path, **params: Any) -> Graph:
-    """The frontend interface: a `.cnn` file to a Graph with initialized weights."""
+def load(path: str | Path, *, strict: bool = False, **params: Any) -> Graph:
+    """The frontend interface: a `.cnn` file to a Graph with initialized weights (`strict`: see
+    `build_from_source`)."""
     text, filename = _read(path)
-    return build_from_source(text, filename, **params)
+    return build_from_source(text, filename, strict=strict, **params)
 
 
-def load_structure(path: str | Path, **params: Any) -> Graph:
+def load_structure(path: str | Path, *, strict: bool = False, **params: Any) -> Graph:
     """A `.cnn` file to a Graph without parameter values, for summaries and listings: building VGG-16 with its
     138M random weights takes seconds, its structure a fraction of one."""
     text, filename = _read(path)
-    return build_from_source(text, filename, initialize=False, **params)
+    return build_from_source(text, filename, initialize=False, strict=strict, **params)

@@ -122,9 +122,11 @@ def _is_number(value: Any) -> bool:
 
 
 class Evaluator:
-    def __init__(self, program: s.Program, overrides: Mapping[str, Any], batch: int = 1) -> None:
+    def __init__(self, program: s.Program, overrides: Mapping[str, Any], batch: int = 1,
+                 strict: bool = False) -> None:
         self.program = program
         self.batch = batch
+        self.strict = strict
         self.filename = program.filename
         self.diagnostics: dict[tuple[int, int], Diagnostic] = {}
         self.blocks: dict[str, s.BlockDef | s.SequenceDef] = {}
@@ -162,7 +164,7 @@ class Evaluator:
             pos = statements[0].pos if statements else Pos(1, 1)
             raise self.fail(pos, "a model description starts with `model NAME(parameter = default, ...)`")
         self.header = statements[0]
-        self.builder = Builder(self.header.name, batch=self.batch)
+        self.builder = Builder(self.header.name, batch=self.batch, strict=self.strict or self.header.strict)
         self.collect_blocks()
         self.check_statically(statements[1:], top_level=True)
         self.bind_model_params()

@@ -268,7 +268,8 @@ class ToSyntax(Transformer):
 
     def model_decl(self, children: list) -> s.ModelDecl:
         name, *params = _present(children)
-        return s.ModelDecl(str(name), tuple(params), _pos(name))
+        strict = bool(params) and isinstance(params[-1], Token) and params[-1].type == "STRICT"
+        return s.ModelDecl(str(name), tuple(params[:-1] if strict else params), _pos(name), strict)
 
     def shape(self, children: list) -> tuple[s.Expr, ...]:
         if len(children) == 1 and isinstance(children[0], Token) and children[0].type == "SHAPE":

@@ -142,6 +142,7 @@ class ModelDecl:
     name: str
     params: tuple[Param, ...]
     pos: Pos
+    strict: bool = False  # `model NAME(...) strict`: a window whose output size is a fraction is an error
 
 
 @dataclass(frozen=True)

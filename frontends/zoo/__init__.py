@@ -71,10 +71,11 @@ def describe(name: str) -> str:
     return ""
 
 
-def load(name: str, structure_only: bool = False, **params: Any) -> Graph:
+def load(name: str, structure_only: bool = False, *, strict: bool = False, **params: Any) -> Graph:
     """A zoo model as a Graph, named by its zoo name; `params` override the file's model parameters (and the
-    zoo's presets). `structure_only` leaves the weights out (see `frontends.dsl.load_structure`)."""
+    zoo's presets). `structure_only` leaves the weights out (see `frontends.dsl.load_structure`); `strict` builds
+    it in strict mode."""
     loader = dsl.load_structure if structure_only else dsl.load
-    graph = loader(path(name), **{**presets(name), **params})
+    graph = loader(path(name), strict=strict, **{**presets(name), **params})
     graph.name = name
     return graph

@@ -63,7 +63,7 @@ def test_compile_takes_input_shapes_in_one_command(tmp_path):
                        ).returncode == 0
     assert cnncomp.load(tmp_path / "l.cnnx").input_shapes == {"image": (4, 1, 32, 32)}
     assert_one_line_error(cnncomp_cli("run", tmp_path / "l.cnnx", "--input-shape", "image=1x1x32x32", "-i",
-                                      DIGIT_IMAGE), "--input-shape do not apply")
+                                      DIGIT_IMAGE), "--input-shape and --strict do not apply")
 
 
 def test_fully_convolutional_summary_and_export_take_a_larger_image(tmp_path):
@@ -85,3 +85,20 @@ def test_weights_that_do_not_fit_another_image_size_are_one_line(tmp_path):
     assert_one_line_error(result, "node 'f6' (dense): at input image 1x1x40x40 its weight would be 84x1080, but "
                                   "the model's is 84x120")
     assert not list(tmp_path.iterdir())
+
+
+def test_strict_refuses_fractions_in_every_kind_of_model(tmp_path):
+    assert cnncomp_cli("summary", "lenet5", "--strict").returncode == 0  # every size divides
+    result = cnncomp_cli("summary", "googlenet", "--strict")  # a .cnn model: at its line
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "googlenet.cnn:16:14: node 'conv1' (conv2d): height: " in result.stderr
+    assert "= 112.5000 is not an integer (strict mode: fractions are illegal)" in result.stderr
+    model = tmp_path / "lecture.py"  # any other model: checked again node by node
+    model.write_text("from frontends.builder import Builder\n\n\ndef build():\n    b = Builder('lecture')\n"
+                     "    return b.build(b.input('image', (1, 7, 7)).conv(1, 3, stride=3, name='c'))\n")
+    assert cnncomp_cli("summary", model).returncode == 0
+    for command in (["summary"], ["compile", "-o", tmp_path / "m.cnnx"]):
+        assert_one_line_error(cnncomp_cli(command[0], model, "--strict", *command[1:]),
+                              "node 'c' (conv2d): height: (N + 2P - D*(F-1) - 1)/S + 1 = (7 + 0 - 2 - 1)/3 + 1 "
+                              "= 2.3333 is not an integer")
+    assert not (tmp_path / "m.cnnx").exists()

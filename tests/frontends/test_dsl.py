@@ -322,3 +322,18 @@ def test_concat_takes_a_list_of_tensors():
                             ("[image, 3]", "argument 'values' must be a tensor or a list of tensors, got a list of 2")]:
         with pytest.raises(DslError, match=message.replace("(", r"\(")):
             build(f"model bad()\ninput image: 3 x 8 x 8\nfeatures = {listed}\noutput y = concat(features)\n")
+
+
+def test_strict_mode_makes_fractions_illegal_at_their_line():
+    """The lecture's N = 7, F = 3: stride 2 gives 3, stride 3 gives (7 - 3)/3 + 1 = 2.3333, "fractions are illegal"."""
+    text = "model lecture() strict\ninput image: 1x7x7\na = image -> conv(1, 3, stride=2)\n" \
+           "output b = image -> conv(1, 3, stride=3)\n"
+    with pytest.raises(DslError) as error:
+        build(text)
+    assert "test.cnn:4:21:" in str(error.value) and "(7 + 0 - 2 - 1)/3 + 1 = 2.3333 is not an integer" in str(error.value)
+    lenient = build(text.replace(") strict", ")"))  # without it, the size rounds down, as PyTorch's does
+    assert lenient.node("b").shape == (1, 1, 2, 2) and not lenient.strict
+    with pytest.raises(DslError, match="2.3333"):
+        build_from_source(text.replace(") strict", ")"), strict=True)
+    assert build("model ok(strict = 3) strict\ninput image: 1x7x7\noutput y = image -> conv(1, strict, stride=2)\n"
+                 ).node("y").shape == (1, 1, 3, 3)  # `strict` is still a name elsewhere
