@@ -91,6 +91,7 @@ def program(model: CompiledModel) -> tuple[str, dict[str, np.ndarray]]:
 
     header = HEADER.format(
         name=model.name, version=__version__, opt_level=model.opt_level,
+        batch=next(iter(model.input_shapes.values()))[0],
         inputs=_shapes(model, model.input_shapes), outputs=_shapes(model, model.output_shapes),
     )
     source = "\n\n".join([
@@ -253,7 +254,7 @@ The weights are read from the .npz beside this file (same name).
 
     python {name}.py input.npy -o output.npy      # input: .npy (or .npz by input name); output: .npy or .npz
 
-Inputs: {inputs}. Outputs: {outputs}.
+Inputs: {inputs}. Outputs: {outputs}. Any batch size is taken, {batch} at a time.
 Generated code: the kernels come from cnncomp's templates, the steps from its compiler; do not edit.
 """
 '''
@@ -292,20 +293,38 @@ class Model:
         return np.ndarray(shape, dtype, self.buffers[kind], offset, strides)
 
     def __call__(self, inputs):
+        """Any batch size N: the compiled batch at a time, the last part padded with zeros (the samples of a
+        batch are computed independently, so padding changes no other sample's result)."""
+        sizes = {{}}
         for name, view in self.inputs.items():
             if name not in inputs:
                 raise ValueError(f"missing input {{name!r}}")
             value = inputs[name]
-            if value.shape != view.shape or value.dtype != view.dtype:
+            if value.dtype != view.dtype or value.shape[1:] != view.shape[1:] or not value.shape[0]:
                 raise ValueError(f"input {{name!r}}: {{value.dtype}} {{'x'.join(map(str, value.shape))}}, expected "
-                                 f"{{view.dtype}} {{'x'.join(map(str, view.shape))}}")
-            np.copyto(view, value)
+                                 f"{{view.dtype}} Nx{{'x'.join(map(str, view.shape[1:]))}} (any batch N >= 1)")
+            sizes[name] = value.shape[0]
+        if len(set(sizes.values())) > 1:
+            raise ValueError("inputs of different batch sizes: " + ", ".join(f"{{n}} {{b}}" for n, b in sizes.items()))
+        total = next(iter(sizes.values()))
+        results = {{name: np.empty((total, *view.shape[1:]), view.dtype) for name, view in self.outputs.items()}}
+        compiled = next(iter(self.inputs.values())).shape[0]
+        for start in range(0, total, compiled):
+            count = min(compiled, total - start)
+            for name, view in self.inputs.items():
+                view[:count] = inputs[name][start:start + count]
+                view[count:] = 0
+            self.run_steps()
+            for name, view in self.outputs.items():
+                results[name][start:start + count] = view[:count]
+        return results
+
+    def run_steps(self):
         for node, kernel, args in self.steps:
             try:
                 kernel(*args)
             except ValueError as exc:
                 raise ValueError(f"node {{node!r}}: {{exc}}") from None
-        return {{name: view.copy() for name, view in self.outputs.items()}}
 
 
 def read_inputs(path):

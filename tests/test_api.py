@@ -2,6 +2,7 @@
 fully convolutional models, the lazy top-level import, and the standalone program."""
 
 import os
+import runpy
 import site
 import subprocess
 import sys
@@ -156,7 +157,7 @@ def test_standalone_program_runs_without_cnncomp(tmp_path, lenet, digits):
     assert "needs numpy, numba and scipy" in text.lower()
     assert "import cnncomp" not in text and "from backends" not in text
     assert all(f": {name} " in text for name in lenet.source)  # every generated module, inlined
-    x = digits[0][:1]
+    x = digits[0]  # all of them: the program takes any batch, one (its compiled batch) at a time
     np.save(tmp_path / "x.npy", x)
     env = without_cnncomp_env()
     probe = subprocess.run([sys.executable, "-S", "-c", "import numba, scipy; import cnncomp"], env=env,
@@ -165,14 +166,29 @@ def test_standalone_program_runs_without_cnncomp(tmp_path, lenet, digits):
     result = subprocess.run([sys.executable, "-S", str(program), "x.npy", "-o", "y.npy"], env=env,
                             capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "y.npy: logits 1x10"
-    np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), lenet(x))
+    assert result.stdout.strip() == f"y.npy: logits {len(x)}x10"
+    np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), np.concatenate([lenet(sample[None]) for sample in x]))
     np.save(tmp_path / "wrong.npy", np.zeros((1, 1, 28, 28), np.float32))
     wrong = subprocess.run([sys.executable, "-S", str(program), "wrong.npy", "-o", "z.npy"], env=env,
                            capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert wrong.returncode == 1
-    assert wrong.stderr.strip() == ("lenet5.py: error: input 'image': float32 1x1x28x28, expected float32 1x1x32x32")
+    assert wrong.stderr.strip() == ("lenet5.py: error: input 'image': float32 1x1x28x28, expected float32 "
+                                    "Nx1x32x32 (any batch N >= 1)")
     assert not (tmp_path / "z.npy").exists()
+
+
+def test_standalone_program_takes_any_batch_its_compiled_batch_at_a_time(tmp_path, digits):
+    """Compiled for 4, given 10: two whole batches and one of 2 padded with zeros, each sample as the compiled
+    model computes it."""
+    model = cnncomp.compile(cnncomp.load_model("lenet5", weights=WEIGHTS), batch=4, options={"progress": False})
+    program, weights = model.save_standalone(tmp_path / "lenet5_b4.py")
+    run = runpy.run_path(str(program))["Model"](weights)
+    x = digits[0][:10]
+    expected = np.concatenate([model(x[:4]), model(x[4:8]), model(np.concatenate([x[8:], np.zeros_like(x[:2])]))[:2]])
+    np.testing.assert_array_equal(run({"image": x})["logits"], expected)
+    np.testing.assert_array_equal(run({"image": x[:1]})["logits"], expected[:1])
+    with pytest.raises(ValueError, match="expected float32 Nx1x32x32"):
+        run({"image": x[:0]})
 
 
 @pytest.mark.slow
