@@ -262,11 +262,11 @@ UPSAMPLING = [
     {"mode": "nearest", "scale_factor": 0.5},
     {"mode": "nearest", "size": (11, 7)},
     {"mode": "bilinear", "scale_factor": 2, "align_corners": False},
-    {"mode": "bilinear", "scale_factor": 1.5, "align_corners": True},
+    {"mode": "bilinear", "scale_factor": (1.5, 2), "align_corners": True},  # whole lengths (onnx/onnx#2462)
     {"mode": "bilinear", "size": (9, 13), "align_corners": False},
     {"mode": "bilinear", "size": (9, 13), "align_corners": True},
     {"mode": "bicubic", "scale_factor": 2, "align_corners": False},
-    {"mode": "bicubic", "scale_factor": 1.5, "align_corners": True},
+    {"mode": "bicubic", "scale_factor": (1.5, 2), "align_corners": True},  # whole lengths (onnx/onnx#2462)
     {"mode": "bicubic", "size": (3, 11), "align_corners": False},
     {"mode": "bicubic", "size": (9, 13), "align_corners": True},
 ]
@@ -301,6 +301,15 @@ def test_linear_upsampling_at_opset_9_is_refused_not_approximated():
     model = to_onnx(randomize(Upsampling(mode="bilinear", scale_factor=2)), (1, 3, 6, 5), 9)
     with pytest.raises(ModelLoadError, match=r"Upsample '.*': Resize \(mode=linear, coordinate_transformation_mode="
                                              r"asymmetric\) of 6x5 to 12x10 weighs other input pixels"):
+        import_model(model)
+
+
+def test_align_corners_by_a_scale_giving_no_whole_length_is_refused():
+    """PyTorch's 5 pixels x 1.5 = 7 (floored) divides by 6, ONNX's definition by 7.5 - 1 (onnx/onnx#2462): the
+    exported file means two things, so it is refused, not imported as one of them."""
+    model = to_onnx(randomize(Upsampling(mode="bilinear", scale_factor=1.5, align_corners=True)), (1, 3, 6, 5))
+    with pytest.raises(ModelLoadError, match=r"by the scale 1.5 of 5 pixels along the width: .* length_resized = 7.5 "
+                                             r".*onnx/onnx#2462.*give `sizes` instead"):
         import_model(model)
 
 
