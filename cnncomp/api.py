@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,8 @@ from cnncomp import plugins
 from cnncomp.data import default_preprocessing
 from cnncomp.errors import CnnCompError, GraphError, InputError
 from cnncomp.ir import Graph
-from cnncomp.runtime import Executable, GraphShapes, positive_count
+from cnncomp.runtime import Executable, GraphShapes, ProfileRow, positive_count
+from cnncomp.summary import node_macs
 
 DEFAULT_BACKEND = "numba-cpu"
 
@@ -99,17 +100,80 @@ def _with_threads(options: Mapping[str, Any] | None, threads: int | None) -> dic
 
 
 class Profile(list):
-    """Per-kernel times, in execution order: rows of `node`, `kernel`, `ms`, `percent`; prints as a table."""
+    """Where a call's time goes: a row per node that ran, in execution order, of `node`, `kernel` (what ran it,
+    as the backend names it; a node that ran several, joined by "+"), `algorithm` (how, where the backend chose
+    among several ways, such as numba-cpu's "winograd F(4x4,3x3)"; else None), `ms` (the median over the
+    repeats; the sum of a node's kernels), `percent` (its share of all rows' time), `macs` (the node's, as
+    `summary` counts them) and `gflops` (2 FLOPs per MAC over `ms`; None for a node without MACs).
+
+    `end_to_end_ms` is the median of as many whole calls, timed apart: against `kernel_ms`, the rows' sum, it
+    shows the time a call spends outside the kernels (input checks, copies in and out, dispatch). Prints as a
+    table, slowest first, with those totals; `as_dict` is the same as plain data."""
+
+    def __init__(self, rows: Iterable[dict[str, Any]], end_to_end_ms: float, repeat: int) -> None:
+        super().__init__(rows)
+        self.end_to_end_ms = end_to_end_ms
+        self.repeat = repeat
+
+    @property
+    def kernel_ms(self) -> float:
+        return sum(row["ms"] for row in self)
+
+    @property
+    def outside_ms(self) -> float:
+        """The call's time outside the kernels (negative where timing noise exceeds it)."""
+        return self.end_to_end_ms - self.kernel_ms
+
+    @property
+    def gflops(self) -> float | None:
+        """All rows' MACs, 2 FLOPs each, over the kernel time."""
+        macs = sum(row["macs"] for row in self)
+        return 2 * macs / self.kernel_ms / 1e6 if macs and self.kernel_ms else None
+
+    def slowest_first(self) -> list[dict[str, Any]]:
+        return sorted(self, key=lambda row: row["ms"], reverse=True)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"repeat": self.repeat, "rows": self.slowest_first(), "kernel_ms": self.kernel_ms,
+                "gflops": self.gflops, "end_to_end_ms": self.end_to_end_ms, "outside_ms": self.outside_ms}
 
     def __str__(self) -> str:
-        total = sum(row["ms"] for row in self)
-        width = max([len("node"), *(len(row["node"]) for row in self)])
-        kernel_width = max([len("kernel"), *(len(row["kernel"]) for row in self)])
-        lines = [f"{'node':<{width}}  {'kernel':<{kernel_width}}  {'ms':>9}  {'%':>5}"]
-        lines += [f"{row['node']:<{width}}  {row['kernel']:<{kernel_width}}  {row['ms']:9.3f}  {row['percent']:5.1f}"
-                  for row in self]
-        lines.append(f"{'total':<{width}}  {'':<{kernel_width}}  {total:9.3f}  {100.0:5.1f}")
+        rows = self.slowest_first()
+        totals = [f"sum ({len(rows)} nodes)", f"end-to-end call (median of {self.repeat})", "outside the kernels"]
+        width = max(len("node"), *(len(row["node"]) for row in rows))
+        # The totals' labels span the node and kernel columns.
+        kernel_width = max(len("kernel"), *(len(row["kernel"]) for row in rows), *(len(t) - width - 2 for t in totals))
+        lead = width + 2 + kernel_width
+
+        def gflops(value: float | None) -> str:
+            return f"{value:8.1f}" if value is not None else f"{'-':>8}"
+
+        lines = [f"{'node':<{width}}  {'kernel':<{kernel_width}}  {'ms':>8}  {'%':>5}  {'GFLOP/s':>8}  algorithm"]
+        lines += [f"{row['node']:<{width}}  {row['kernel']:<{kernel_width}}  {row['ms']:8.3f}  {row['percent']:5.1f}"
+                  f"  {gflops(row['gflops'])}  {row['algorithm'] or '-'}" for row in rows]
+        share = 100 * self.outside_ms / self.end_to_end_ms if self.end_to_end_ms else 0.0
+        lines += [f"{totals[0]:<{lead}}  {self.kernel_ms:8.3f}  {100.0:5.1f}  {gflops(self.gflops)}",
+                  f"{totals[1]:<{lead}}  {self.end_to_end_ms:8.3f}",
+                  f"{totals[2]:<{lead}}  {self.outside_ms:8.3f}  {share:5.1f}% of the call"]
         return "\n".join(lines)
+
+
+def _node_rows(graph: Graph, steps: Sequence[ProfileRow]) -> list[dict[str, Any]]:
+    """The backend's profile rows (one per kernel) as Profile's rows (one per node, its kernels summed)."""
+    by_node: dict[str, list[ProfileRow]] = {}
+    for step in steps:
+        by_node.setdefault(step["node"], []).append(step)
+    total = sum(step["seconds"] for step in steps) or 1.0
+    rows = []
+    for name, parts in by_node.items():
+        seconds = sum(part["seconds"] for part in parts)
+        macs = node_macs(graph, graph.node(name))
+        algorithms = [part["algorithm"] for part in parts if part.get("algorithm")]
+        rows.append({"node": name, "kernel": "+".join(dict.fromkeys(part["kernel"] for part in parts)),
+                     "algorithm": "+".join(dict.fromkeys(algorithms)) or None, "ms": 1e3 * seconds,
+                     "percent": 100 * seconds / total, "macs": macs,
+                     "gflops": 2 * macs / seconds / 1e9 if macs and seconds else None})
+    return rows
 
 
 class CompiledModel(GraphShapes):
@@ -199,12 +263,20 @@ class CompiledModel(GraphShapes):
         return self._variant(inputs)(inputs)
 
     def profile(self, x: np.ndarray | Mapping[str, np.ndarray], repeat: int = 10) -> Profile:
-        """Each kernel's median time over `repeat` runs, in execution order (backends that can time kernels)."""
+        """Each node's kernel time, the median over `repeat` runs, in execution order, and the median of `repeat`
+        whole calls timed apart (see `Profile`); after one call that warms up (thread pools, caches). A backend
+        that runs operation by operation (reference, torch, onnxruntime) times each operation."""
+        repeat = positive_count("repeat", repeat, "runs")
         inputs = self._inputs(x)
-        rows = self._variant(inputs).profile(inputs, repeat)
-        total = sum(row["seconds"] for row in rows) or 1.0
-        return Profile({"node": row["node"], "kernel": row["kernel"], "ms": row["seconds"] * 1e3,
-                        "percent": 100 * row["seconds"] / total} for row in rows)
+        executable = self._variant(inputs)
+        executable(inputs)
+        steps = executable.profile(inputs, repeat)
+        calls = []
+        for _ in range(repeat):
+            start = time.perf_counter()
+            executable(inputs)
+            calls.append(time.perf_counter() - start)
+        return Profile(_node_rows(executable.graph, steps), 1e3 * float(np.median(calls)), repeat)
 
     def _inputs(self, x: np.ndarray | Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The inputs by name, each checked: a float32 array of the compiled shape, but for the batch size (and

@@ -22,6 +22,7 @@ from typing import Any
 from cnncomp.errors import CnnCompError
 from cnncomp.ir import Graph, Node
 from cnncomp.ops import get_op
+from cnncomp.summary import node_macs
 
 FORMATS = ("svg", "png", "pdf", "dot")
 FONT = "Helvetica"
@@ -86,10 +87,6 @@ def key_attributes(node: Node) -> str:
 
 def _activation(name: str, alpha: float) -> str:
     return f"leaky_relu({alpha:g})" if name == "leaky_relu" else name
-
-
-def node_macs(graph: Graph, node: Node) -> int:
-    return get_op(node.op).macs(node.attrs, [graph.node(i).type for i in node.inputs], node.type)
 
 
 def _macs_text(macs: int) -> str:

@@ -19,7 +19,9 @@ import numpy as np
 from cnncomp.errors import CnnCompError, InputError
 from cnncomp.ir import Graph
 
-# A profile row: {"node": name, "kernel": what ran it, "seconds": median time over the repeats}.
+# A profile row: {"node": name, "kernel": what ran it, "seconds": median time over the repeats}, and, from a
+# backend that chooses among several ways to compute an op, "algorithm": the one this kernel uses (None where
+# there was no choice), such as numba-cpu's "winograd F(4x4,3x3)" or "im2col+gemm".
 ProfileRow = dict[str, Any]
 
 
@@ -36,7 +38,8 @@ class Executable(Protocol):
       backend that allocates per operation.
     - `source`: the generated kernel modules by name ({} where nothing is generated).
     - `stats`: the backend's compile figures (plain data).
-    - `profile(inputs, repeat)`: each kernel's (or operation's) median time over `repeat` runs, in order.
+    - `profile(inputs, repeat)`: each kernel's (or operation's) median time over `repeat` runs, in order
+      (`ProfileRow`).
     """
 
     graph: Graph

@@ -6,8 +6,14 @@ import math
 from fractions import Fraction
 from typing import Any
 
-from cnncomp.ir import Graph
+from cnncomp.ir import Graph, Node
 from cnncomp.ops import get_op
+
+
+def node_macs(graph: Graph, node: Node) -> int:
+    """The node's multiply-accumulates, as the op registry counts them: weighted layers only, so a fused node
+    counts its conv (or dense) and nothing for the bias, batch norm, residual add or activation it absorbed."""
+    return get_op(node.op).macs(node.attrs, [graph.node(i).type for i in node.inputs], node.type)
 
 
 def receptive_fields(graph: Graph) -> dict[str, tuple[int, int]]:
@@ -46,7 +52,7 @@ def summarize(graph: Graph) -> dict[str, Any]:
         specs = opdef.params(node.attrs, operand_types)
         params = sum(math.prod(s.shape) for s in specs.values() if s.learnable)
         buffers = sum(math.prod(s.shape) for s in specs.values() if not s.learnable)
-        macs = opdef.macs(node.attrs, operand_types, node.type)
+        macs = node_macs(graph, node)
         total_params += params
         total_buffers += buffers
         total_macs += macs

@@ -217,7 +217,8 @@ class NumbaExecutable(GraphShapes):
         return {step.kernel.module_name: step.kernel.source for step in self.steps}
 
     def profile(self, inputs: Mapping[str, np.ndarray], repeat: int = 1) -> list[dict[str, Any]]:
-        """Per-step median time in seconds over `repeat` runs, in execution order."""
+        """Per-step median time in seconds over `repeat` runs, in execution order, with each kernel's
+        `algorithm`."""
         checked = check_inputs(self.graph, inputs)
         times = np.zeros((repeat, len(self.steps)))
         with self.pool.take() as workspace, self._threads():
@@ -229,8 +230,32 @@ class NumbaExecutable(GraphShapes):
                     self._run(step, args)
                     times[run, index] = time.perf_counter() - start
         medians = np.median(times, axis=0)
-        return [{"node": step.node, "kernel": step.kernel.family, "seconds": float(seconds)}
-                for step, seconds in zip(self.steps, medians, strict=True)]
+        return [{"node": step.node, "kernel": step.kernel.family, "algorithm": algorithm(step.kernel),
+                 "seconds": float(seconds)} for step, seconds in zip(self.steps, medians, strict=True)]
+
+
+# How each kernel family that is one of several ways to compute its op computes it (see `resolve`).
+ALGORITHMS = {
+    "conv2d_im2col": "im2col+gemm",
+    "conv2d_im2col_whole": "im2col+gemm",
+    "conv2d_pointwise": "gemm (1x1)",
+    "pointwise_conv2d_gated": "gemm (1x1, gated)",
+    "separable_conv2d": "depthwise+gemm",
+    "conv_transpose2d": "gemm+scatter",
+    "dense": "gemm",
+    "dense_rows": "gemv",
+}
+
+
+def algorithm(kernel: KernelSource) -> str | None:
+    """The algorithm a kernel computes its op with, for profiles: Winograd's tile, im2col+gemm, direct (depthwise
+    when each group has one channel), ...; None for a kernel that is the only way its op is computed."""
+    if kernel.family.startswith("conv2d_winograd_f"):
+        tile = kernel.family.removeprefix("conv2d_winograd_f").split("_")[0]
+        return f"winograd F({tile},3x3)"
+    if kernel.family == "conv2d_direct":
+        return "depthwise direct" if dict(kernel.specialization)["CG"] == 1 else "direct"
+    return ALGORITHMS.get(kernel.family)
 
 
 def _memory(graph: Graph) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, Any]]:

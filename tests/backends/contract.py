@@ -69,12 +69,13 @@ def check_contract(executable: Any, graph: Graph, repeat: int = 2) -> None:
 
 
 def check_profile(rows: list[dict[str, Any]], graph: Graph) -> None:
-    """Profile rows: `node` (a node of the graph), `kernel` (a name), `seconds` (not negative), in the graph's
-    order (a node may have several rows, one per kernel)."""
+    """Profile rows: `node` (a node of the graph), `kernel` (a name), `seconds` (not negative), perhaps
+    `algorithm` (a name or None), in the graph's order (a node may have several rows, one per kernel)."""
     order = {node.name: index for index, node in enumerate(graph.nodes) if node.op != "input"}
     assert rows, "the profile has no rows"
     for row in rows:
-        assert set(row) == {"node", "kernel", "seconds"}, f"profile row {row}"
+        assert set(row) - {"algorithm"} == {"node", "kernel", "seconds"}, f"profile row {row}"
+        assert isinstance(row.get("algorithm"), str | None), f"profile row {row}"
         assert row["node"] in order, f"profile row for {row['node']!r}, not a node of the graph"
         assert isinstance(row["kernel"], str) and row["kernel"], f"profile row {row}"
         assert isinstance(row["seconds"], float) and row["seconds"] >= 0.0, f"profile row {row}"
