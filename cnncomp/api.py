@@ -139,7 +139,8 @@ class Profile(list):
 
     def __str__(self) -> str:
         rows = self.slowest_first()
-        totals = [f"sum ({len(rows)} nodes)", f"end-to-end call (median of {self.repeat})", "outside the kernels"]
+        nodes = f"{len(rows)} node{'s' if len(rows) != 1 else ''}"
+        totals = [f"sum ({nodes})", f"end-to-end call (median of {self.repeat})", "outside the kernels"]
         width = max(len("node"), *(len(row["node"]) for row in rows))
         # The totals' labels span the node and kernel columns.
         kernel_width = max(len("kernel"), *(len(row["kernel"]) for row in rows), *(len(t) - width - 2 for t in totals))
@@ -269,12 +270,15 @@ class CompiledModel(GraphShapes):
         repeat = positive_count("repeat", repeat, "runs")
         inputs = self._inputs(x)
         executable = self._variant(inputs)
-        executable(inputs)
-        steps = executable.profile(inputs, repeat)
+        self.run(inputs)
+        try:
+            steps = executable.profile(inputs, repeat)
+        except NotImplementedError:
+            raise CnnCompError(f"backend {self.backend!r} cannot time its kernels; it has no profile") from None
         calls = []
-        for _ in range(repeat):
+        for _ in range(repeat):  # timed as `bench` times a call
             start = time.perf_counter()
-            executable(inputs)
+            self.run(inputs)
             calls.append(time.perf_counter() - start)
         return Profile(_node_rows(executable.graph, steps), 1e3 * float(np.median(calls)), repeat)
 

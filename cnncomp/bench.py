@@ -21,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -106,6 +106,13 @@ def _run_worker(job: Job, cache_dir: str, timed: bool) -> dict[str, Any]:
     return result
 
 
+def random_inputs(shapes: Mapping[str, Sequence[int]]) -> dict[str, np.ndarray]:
+    """Standard-normal float32 inputs of these shapes, the same every time (seeded): what `bench` and `profile`
+    time a model on."""
+    rng = np.random.default_rng(0)
+    return {name: rng.standard_normal(shape).astype(np.float32) for name, shape in shapes.items()}
+
+
 def worker(spec: dict[str, Any]) -> dict[str, Any]:
     """In the worker process: compile (timed), then, if `timed`, warm up once and time `repeat` runs."""
     import resource
@@ -119,8 +126,7 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
                         options={"cache_dir": spec["cache_dir"], "progress": False})
     result: dict[str, Any] = {"compile_s": time.perf_counter() - start}
     if spec["timed"]:
-        rng = np.random.default_rng(0)
-        inputs = {name: rng.standard_normal(shape).astype(np.float32) for name, shape in model.input_shapes.items()}
+        inputs = random_inputs(model.input_shapes)
         model.run(inputs)
         seconds = []
         for _ in range(spec["repeat"]):

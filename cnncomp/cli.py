@@ -547,6 +547,26 @@ def _print_errors(args: argparse.Namespace, model: Any, errors: dict[int, int], 
         print(f"top-{k} error: {100 * n / samples:.2f}% ({n} of {samples})")
 
 
+def cmd_profile(args: argparse.Namespace) -> int:
+    from cnncomp.bench import random_inputs
+
+    model = _compiled(args, args.batch if args.batch is not None or args.input_shape else 1, threads=args.threads)
+    # An artifact runs at --batch by compiling that variant (`CompiledModel` does so on demand).
+    shapes = {name: (args.batch or shape[0], *shape[1:]) for name, shape in model.input_shapes.items()}
+    profile = model.profile(random_inputs(shapes), args.repeat)
+    if args.json:
+        print(json.dumps({"model": model.name, "backend": model.backend, "opt_level": model.opt_level,
+                          "threads": model.threads, "inputs": [{"name": name, "shape": list(shape)}
+                                                               for name, shape in shapes.items()],
+                          **profile.as_dict()}, indent=1))
+        return 0
+    inputs = ", ".join(f"{name} {'x'.join(map(str, shape))}" for name, shape in shapes.items())
+    print(f"{model.name} on {model.backend}, -O{model.opt_level}, {inputs} (random), threads: "
+          f"{model.threads or 'all cores'}; median of {args.repeat} runs after one warm-up, slowest first")
+    print(profile)
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from cnncomp import bench, plugins
     from cnncomp.driver import load_model
@@ -731,6 +751,34 @@ def build_parser() -> argparse.ArgumentParser:
     _add_image_options(evaluate)
     _add_pipeline_options(evaluate, default_level=2)
     evaluate.set_defaults(run=cmd_eval)
+
+    profile = commands.add_parser(
+        "profile", help="per-kernel times, shares, GFLOP/s and algorithms, against the whole call",
+        description="Time a compiled model on random inputs (seeded): each node's kernel time (the median over "
+                    "--repeat runs, after one warm-up), its share of all kernels' time, GFLOP/s (2 FLOPs per MAC "
+                    "of the optimized node) and the algorithm the backend chose (numba-cpu: Winograd, im2col+gemm, "
+                    "direct, ...), slowest first; then the kernels' sum against the median of as many whole calls, "
+                    "timed apart, so the time outside the kernels shows. Backends that run operation by operation "
+                    "(reference, torch, onnxruntime) time each operation.",
+    )
+    profile.add_argument("model", metavar="MODEL_OR_ARTIFACT", help="a .cnnx artifact, model description or zoo name")
+    profile.add_argument("-b", "--backend", default=None, metavar="NAME",
+                         help="backend (default numba-cpu, or the artifact's)")
+    profile.add_argument("--batch", type=_positive_int, default=None,
+                         help="batch size (default 1, or --input-shape's, or the artifact's)")
+    profile.add_argument("--repeat", type=_positive_int, default=10,
+                         help="timed runs, of the kernels and of whole calls (default 10)")
+    profile.add_argument("--threads", type=_positive_int, default=None, metavar="N",
+                         help="cores the model uses (default: all); numba-cpu, torch and onnxruntime honour it")
+    profile.add_argument("--json", action="store_true",
+                         help="print {model, backend, opt_level, threads, inputs, repeat, rows (slowest first: node, "
+                              "kernel, algorithm, ms, percent, macs, gflops), kernel_ms, gflops, end_to_end_ms, "
+                              "outside_ms}")
+    profile.set_defaults(mean=None, std=None)  # random inputs: no image normalization
+    _add_shape_options(profile)
+    _add_model_options(profile)
+    _add_pipeline_options(profile, default_level=3)  # as `bench` measures our backends
+    profile.set_defaults(run=cmd_profile)
 
     bench = commands.add_parser(
         "bench", help="latency, GFLOP/s, compile time and memory on backends, against PyTorch and ONNX Runtime",

@@ -39,7 +39,7 @@ class Executable(Protocol):
     - `source`: the generated kernel modules by name ({} where nothing is generated).
     - `stats`: the backend's compile figures (plain data).
     - `profile(inputs, repeat)`: each kernel's (or operation's) median time over `repeat` runs, in order
-      (`ProfileRow`).
+      (`ProfileRow`); NotImplementedError from a backend that cannot time its kernels.
     """
 
     graph: Graph

@@ -94,8 +94,19 @@ def test_what_a_compiled_model_exposes(lenet, digits):
     profile = lenet.profile(digits[0][:1], repeat=2)
     assert [row["node"] for row in profile] == [step.node for step in lenet.executable.steps]
     assert abs(sum(row["percent"] for row in profile) - 100) < 1e-6
-    assert str(profile).splitlines()[-3].startswith(f"sum ({len(profile)} nodes)")
+    assert str(profile).splitlines()[-3].startswith("sum (8 nodes)")
     assert lenet.preprocessing == {"channels": 1, "size": [32, 32], "mean": [0.0], "std": [1.0]}
+
+
+def test_a_backend_that_cannot_time_its_kernels_says_so(digits, monkeypatch):
+    model = cnncomp.compile("lenet5", backend="reference")
+
+    def cannot(inputs, repeat):
+        raise NotImplementedError
+
+    monkeypatch.setattr(model.executable, "profile", cannot)
+    with pytest.raises(CnnCompError, match="backend 'reference' cannot time its kernels"):
+        model.profile(digits[0][:1])
 
 
 def test_the_reference_backend_generates_no_source_and_profiles_each_operation(digits):
