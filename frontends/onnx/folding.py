@@ -239,7 +239,8 @@ def _modulo(node: OnnxNode, inputs: Sequence[np.ndarray | None], opset: int) -> 
     a, b = inputs[0], inputs[1]
     _broadcast(a, b)
     function = np.fmod if node.attrs.get("fmod", 0) else np.mod
-    return [np.asarray(function(a, b)).astype(np.result_type(a, b), copy=False)]
+    with np.errstate(invalid="ignore", divide="ignore"):  # x mod 0 and inf mod y are NaN, as ONNX defines them
+        return [np.asarray(function(a, b)).astype(np.result_type(a, b), copy=False)]
 
 
 @folder("Pow")
