@@ -107,6 +107,7 @@ class Graph:
         self._dag = nx.DiGraph()
         self._order_key: dict[str, int] = {}
         self._next_key = 0
+        self._order: list[str] | None = None  # the topological order, until the graph changes
         self._outputs: list[str] = []
         # Annotations of the whole graph that passes attach for backends (plan_memory's plan): plain JSON data
         # about these shapes, so with_input_shapes does not carry them.
@@ -130,9 +131,11 @@ class Graph:
 
     @property
     def nodes(self) -> list[Node]:
-        """All nodes in a topological order; ties are broken by insertion order, so the order is stable."""
-        order = nx.lexicographical_topological_sort(self._dag, key=self._order_key.__getitem__)
-        return [self._dag.nodes[name]["node"] for name in order]
+        """All nodes in a topological order; ties are broken by insertion order, so the order is stable. The order
+        is computed once per change of the graph (passes read it often)."""
+        if self._order is None:
+            self._order = list(nx.lexicographical_topological_sort(self._dag, key=self._order_key.__getitem__))
+        return [self._dag.nodes[name]["node"] for name in self._order]
 
     @property
     def inputs(self) -> list[Node]:
@@ -190,6 +193,7 @@ class Graph:
         return Node(name, opdef.name, inputs, normalized, out_type, dict(meta or {}))
 
     def _insert(self, node: Node) -> None:
+        self._order = None
         self._dag.add_node(node.name, node=node)
         self._order_key[node.name] = self._next_key
         self._next_key += 1
@@ -234,12 +238,16 @@ class Graph:
         old = self.node(name)
         if old.type != node.type:
             raise GraphError(f"replace_node: {node.describe()} changes the type {old.type} -> {node.type}")
+        # Only a new operand can close a cycle, and only if it is the node or reads it: a walk from the node,
+        # not a check of the whole graph (passes replace nodes by the hundred).
+        for operand in set(node.inputs) - set(old.inputs):
+            if operand == name or nx.has_path(self._dag, name, operand):
+                raise GraphError(f"replace_node: {node.describe()} would make a cycle")
+        self._order = None
         for operand in set(old.inputs):
             self._dag.remove_edge(operand, name)
         self._dag.nodes[name]["node"] = node
         self._link(node)
-        if not nx.is_directed_acyclic_graph(self._dag):
-            raise GraphError(f"replace_node: {node.describe()} would make a cycle")
 
     def replace_uses(self, old: str, new: str) -> None:
         """Make every consumer of `old` (and the graph outputs) read `new` instead."""
@@ -253,6 +261,7 @@ class Graph:
         """Remove a node nobody reads, with its parameters."""
         if self.consumers(name) or name in self._outputs:
             raise GraphError(f"cannot remove node {name!r}: it is still used")
+        self._order = None
         self._dag.remove_node(name)
         del self._order_key[name]
         for key in [k for k in self.params if k.startswith(name + ".")]:
@@ -323,6 +332,7 @@ class Graph:
         """Check the invariants passes rely on; raise GraphError naming the first broken one."""
         from cnncomp.ops import get_op
 
+        self._order = None  # checked from the edges themselves
         if not nx.is_directed_acyclic_graph(self._dag):
             cycle = " -> ".join(u for u, _ in nx.find_cycle(self._dag))
             raise GraphError(f"graph {self.name!r} has a cycle: {cycle}")
