@@ -330,7 +330,8 @@ def test_strict_mode_makes_fractions_illegal_at_their_line():
            "output b = image -> conv(1, 3, stride=3)\n"
     with pytest.raises(DslError) as error:
         build(text)
-    assert "test.cnn:4:21:" in str(error.value) and "(7 + 0 - 2 - 1)/3 + 1 = 2.3333 is not an integer" in str(error.value)
+    message = str(error.value)
+    assert "test.cnn:4:21:" in message and "(7 + 0 - 2 - 1)/3 + 1 = 2.3333 is not an integer" in message
     lenient = build(text.replace(") strict", ")"))  # without it, the size rounds down, as PyTorch's does
     assert lenient.node("b").shape == (1, 1, 2, 2) and not lenient.strict
     with pytest.raises(DslError, match="2.3333"):
