@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,44 +23,29 @@ import numpy as np
 
 from cnncomp import plugins
 from cnncomp.data import default_preprocessing
+from cnncomp.driver import load_model
 from cnncomp.errors import CnnCompError, GraphError, InputError
 from cnncomp.ir import Graph
 from cnncomp.runtime import Executable, GraphShapes, ProfileRow, positive_count
 from cnncomp.summary import node_macs
 
 DEFAULT_BACKEND = "numba-cpu"
+__all__ = ["DEFAULT_BACKEND", "CompiledModel", "Profile", "compile", "load", "load_model"]
 
 Shapes = tuple[tuple[str, tuple[int, ...]], ...]
-
-
-def load_model(model: str | Path, *, weights: str | Path | None = None, batch: int | None = None,
-               input_shapes: Mapping[str, Sequence[int]] | None = None, structure_only: bool = False,
-               strict: bool = False, **params: Any) -> Graph:
-    """A model description (`.cnn`, `.py` or `.onnx` file) or zoo name as a Graph; `params` set the model's
-    parameters, `weights` loads an `.npz` of parameters keyed `node.param` (such as a PyTorch state dict's names),
-    `input_shapes` ({input: full shape, such as (1, 3, 97, 131)}) sets the inputs' sizes. `structure_only`: no
-    weights where the frontend can skip drawing them (for summaries and pictures). `strict`: a window whose output
-    size is a fraction is an error (the lecture's "fractions are illegal"), at its line in a `.cnn` file."""
-    from cnncomp.driver import load_model as load_description
-
-    graph = load_description(model, batch=batch, input_shapes=input_shapes, structure_only=structure_only,
-                             strict=strict, **params)
-    if weights is not None:
-        weights = Path(weights)
-        if not weights.is_file():
-            raise CnnCompError(f"{weights}: no such weights file")
-        graph.load_params(weights)
-    return graph
 
 
 def compile(model: Graph | str | Path, backend: str = DEFAULT_BACKEND, opt_level: int = 2,  # noqa: A001
             batch: int | None = 1, fully_convolutional: bool = False, *, disable: Sequence[str] = (),
             threads: int | None = None, preprocessing: Mapping[str, Any] | None = None,
-            options: Mapping[str, Any] | None = None) -> CompiledModel:
+            options: Mapping[str, Any] | None = None, input_shapes: Mapping[str, Sequence[int]] | None = None,
+            after_pass: Callable[[str, Graph], None] | None = None) -> CompiledModel:
     """Optimize `model` at `opt_level` (0-3, without the `disable`d passes) and compile it for `backend` at
     `batch` (None: the model's own). `threads` is how many cores one call uses (default: all; the backend's
     `threads` option). `preprocessing` says how images become its input (default: see `cnncomp.data`);
-    `options` go to the backend (numba-cpu: `progress`, `cache_dir`, `concurrent_calls`)."""
+    `options` go to the backend (numba-cpu: `progress`, `cache_dir`, `concurrent_calls`). `input_shapes` and
+    `after_pass` are `cnncomp.pipeline.optimize`'s (fully convolutional, the image size to compile for; a hook
+    after each pass); what each pass did is the result's `pass_runs`."""
     from cnncomp.pipeline import optimize
 
     options = _with_threads(options, threads)
@@ -68,9 +53,11 @@ def compile(model: Graph | str | Path, backend: str = DEFAULT_BACKEND, opt_level
     if batch is not None:
         graph = graph.with_batch(batch)
     started = time.perf_counter()
-    optimized, _ = optimize(graph, opt_level, disable, fully_convolutional)
+    optimized, runs = optimize(graph, opt_level, disable, fully_convolutional, after_pass=after_pass,
+                               input_shapes=input_shapes)
     compiled = CompiledModel(optimized, backend, opt_level, fully_convolutional=fully_convolutional,
                              disabled_passes=tuple(disable), preprocessing=preprocessing, options=options)
+    compiled.pass_runs = runs
     compiled.compile_seconds = time.perf_counter() - started
     return compiled
 
@@ -196,6 +183,7 @@ class CompiledModel(GraphShapes):
         self.preprocessing = dict(preprocessing) if preprocessing is not None else default_preprocessing(graph)
         self.options = dict(options or {})
         self.compile_seconds = 0.0
+        self.pass_runs: list[Any] = []  # what each pass did (cnncomp.pipeline.PassRun), if compiled here
         self._backend = plugins.backend(backend)
         self._memory_plan: dict[str, Any] | None = None
         self._variants: dict[Shapes, Executable] = {self._key(self.input_shapes): self._compile(graph, self.options)}

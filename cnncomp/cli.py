@@ -7,7 +7,6 @@ import contextlib
 import json
 import os
 import sys
-import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -102,41 +101,60 @@ def _load_graph(args: argparse.Namespace, batch: int | None, *, structure_only: 
     return graph if batch is None else graph.with_batch(batch)
 
 
-def _optimized(args: argparse.Namespace, graph: Any) -> Any:
-    """The graph after the pipeline the command line asks for, with --dump-after and --verbose reports."""
-    from cnncomp.pipeline import PASSES, optimize, passes_for
-    from cnncomp.render import graph_text
+def _pipeline(args: argparse.Namespace) -> list[str]:
+    """The passes the command line's pipeline runs, by name, checked once before anything is loaded: an unknown
+    --disable-pass, or a --dump-after pass that does not run, is one line."""
+    from cnncomp.pipeline import PASSES, passes_for
 
     chosen = [p.__name__ for p in passes_for(args.opt_level, args.disable_pass, args.fully_convolutional)]
     if args.dump_after not in (None, "all", *chosen):
         why = "is not a pass" if args.dump_after not in PASSES else f"does not run at -O{args.opt_level}"
         raise UsageError(f"--dump-after {args.dump_after}: {why}; this pipeline runs: {', '.join(chosen) or 'none'}")
+    return chosen
+
+
+def _pipeline_options(args: argparse.Namespace, graph: Any) -> dict[str, Any]:
+    """What `optimize` and `cnncomp.compile` take from the command line besides the level: the --dump-after hook,
+    and, fully convolutional, the image size of --input-shape (applied after dense_to_conv; the batch is the
+    graph's)."""
+    from cnncomp.render import graph_text
 
     def dump(name: str, result: Any) -> None:
         if args.dump_after in ("all", name):
             print(f"# after {name}\n{graph_text(result)}", file=sys.stderr)
 
-    # Fully convolutional, the image size of --input-shape applies after dense_to_conv (and the batch is the graph's).
     shapes = ({name: (graph.node(name).type.batch, *shape[1:]) for name, shape in args.input_shape}
               if args.fully_convolutional else None)
-    graph, runs = optimize(graph, args.opt_level, args.disable_pass, args.fully_convolutional, after_pass=dump,
-                           input_shapes=shapes)
-    if args.verbose:
-        for run in runs:
-            print(run.describe(), file=sys.stderr)
-        if "memory_plan" in graph.meta:
-            from cnncomp.passes.plan_memory import describe_plan
+    return {"after_pass": dump, "input_shapes": shapes}
 
-            print(f"memory plan: {describe_plan(graph.meta['memory_plan'])}", file=sys.stderr)
+
+def _report_passes(args: argparse.Namespace, runs: Sequence[Any], graph: Any) -> None:
+    """--verbose: each pass's time and changes, and the memory plan, on stderr."""
+    if not args.verbose:
+        return
+    for run in runs:
+        print(run.describe(), file=sys.stderr)
+    if "memory_plan" in graph.meta:
+        from cnncomp.passes.plan_memory import describe_plan
+
+        print(f"memory plan: {describe_plan(graph.meta['memory_plan'])}", file=sys.stderr)
+
+
+def _optimized(args: argparse.Namespace, graph: Any) -> Any:
+    """The graph after the pipeline the command line asks for, with --dump-after and --verbose reports."""
+    from cnncomp.pipeline import optimize
+
+    graph, runs = optimize(graph, args.opt_level, args.disable_pass, args.fully_convolutional,
+                           **_pipeline_options(args, graph))
+    _report_passes(args, runs, graph)
     return graph
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
-    from cnncomp.pipeline import passes_for
     from cnncomp.summary import format_table, summarize
 
     # With no pass to run, nothing reads the weights: skip drawing them (seconds for VGG-16's 138M).
-    structure_only = not passes_for(args.opt_level, args.disable_pass, args.fully_convolutional)
+    structure_only = not args.passes
     summary = summarize(_optimized(args, _load_graph(args, args.batch, structure_only=structure_only)))
     print(json.dumps(summary, indent=1) if args.json else format_table(summary))
     return 0
@@ -166,10 +184,8 @@ def cmd_zoo(args: argparse.Namespace) -> int:
 
 def cmd_render(args: argparse.Namespace) -> int:
     from cnncomp import render
-    from cnncomp.pipeline import passes_for
-
     # Pictures need no weights; only passes read them.
-    structure_only = not passes_for(args.opt_level, args.disable_pass, args.fully_convolutional)
+    structure_only = not args.passes
     original = _load_graph(args, args.batch, structure_only=structure_only)
     graph = _optimized(args, original)
     if args.compare:
@@ -272,14 +288,11 @@ def _compiled(args: argparse.Namespace, batch: int | None, graph: Any = None, th
         graph = _load_graph(args, batch)
     elif batch is not None:
         graph = graph.with_batch(batch)
-    started = time.perf_counter()
-    optimized = _optimized(args, graph)
     preprocessing = with_normalization(default_preprocessing(graph), args.mean, args.std)
-    model = api.CompiledModel(optimized, args.backend or api.DEFAULT_BACKEND, args.opt_level,
-                              fully_convolutional=args.fully_convolutional, disabled_passes=tuple(args.disable_pass),
-                              preprocessing=preprocessing,
-                              options={"threads": threads} if threads is not None else None)
-    model.compile_seconds = time.perf_counter() - started
+    model = api.compile(graph, args.backend or api.DEFAULT_BACKEND, args.opt_level, batch=None,
+                        fully_convolutional=args.fully_convolutional, disable=args.disable_pass, threads=threads,
+                        preprocessing=preprocessing, **_pipeline_options(args, graph))
+    _report_passes(args, model.pass_runs, model.graph)
     return model
 
 
@@ -814,6 +827,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if hasattr(args, "disable_pass"):  # a command with the pipeline options
+            args.passes = _pipeline(args)
         return args.run(args)
     except CnnCompError as exc:
         if args.debug:

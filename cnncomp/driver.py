@@ -1,4 +1,4 @@
-"""From a model description to a Graph (and, in later steps, to an executable)."""
+"""From a model description to a Graph: `load_model` (which `cnncomp.load_model` is), the zoos."""
 
 from __future__ import annotations
 
@@ -18,19 +18,29 @@ from cnncomp.ir import Graph
 ZOOS = "cnncomp.zoos"
 
 
-def load_model(path: str | Path, batch: int | None = None, *, structure_only: bool = False,
-               input_shapes: Mapping[str, Sequence[int]] | None = None, strict: bool = False,
-               **params: Any) -> Graph:
+def load_model(path: str | Path, batch: int | None = None, *, weights: str | Path | None = None,
+               structure_only: bool = False, input_shapes: Mapping[str, Sequence[int]] | None = None,
+               strict: bool = False, **params: Any) -> Graph:
     """Read a model file with the frontend registered for its suffix, or a zoo model by name (a file that exists
-    wins); optionally set the batch size. `params` set the model's parameters. `structure_only` asks for the graph
-    without weights where the frontend can skip them (its `load_structure`), for summaries and listings:
+    wins); optionally set the batch size. `params` set the model's parameters; `weights` loads an `.npz` of
+    parameters keyed `node.param` (such as a PyTorch state dict's names) over them. `structure_only` asks for the
+    graph without weights where the frontend can skip them (its `load_structure`), for summaries and listings:
     drawing VGG-16's 138M random weights takes seconds. `input_shapes` ({input: full shape}) sets input shapes:
     a frontend whose `load` takes `input_shapes` reads them (an ONNX model needs them for symbolic dimensions
     before it converts); other graphs are re-inferred at them. `batch`, if given, applies after them. `strict`
     refuses a window whose output size is a fraction (the lecture's "fractions are illegal"): a frontend whose
     `load` takes `strict` reports it at the line of the description; other graphs are checked again, node by
     node."""
-    path = Path(path)
+    graph = _loaded(Path(path), batch, structure_only, input_shapes, strict, params)
+    if weights is not None:
+        if not Path(weights).is_file():
+            raise ModelLoadError(f"{weights}: no such weights file")
+        graph.load_params(weights)
+    return graph
+
+
+def _loaded(path: Path, batch: int | None, structure_only: bool, input_shapes: Mapping[str, Sequence[int]] | None,
+            strict: bool, params: dict[str, Any]) -> Graph:
     if not path.exists():
         zoo = _zoo_with(str(path))
         if zoo is None:
