@@ -17,7 +17,10 @@ from cnncomp.limits import over_limit
 
 
 class Fusion(enum.IntEnum):
-    """Fusion classes, ordered as in TVM: a lower class can ride along inside a higher one."""
+    """Fusion classes, ordered as in TVM: a lower class can ride along inside a higher one. fuse_epilogue reads
+    them: only ELEMWISE and BROADCAST ops (activations; bias, batch-norm affine, residual add) ride in the epilogue
+    of an OUT_ELEMWISE_FUSABLE op (conv, dense), never another conv; which of them it absorbs, and how, the pass's
+    exact rewrites say."""
 
     ELEMWISE = 0
     BROADCAST = 1
@@ -157,6 +160,12 @@ class Op:
     method: ClassVar[str | None]
     # Operands read only for their shape (crop's reference): no data flows from them.
     shape_only_operands: ClassVar[tuple[int, ...]] = ()
+    # The output is the first operand's values unchanged, in their order (a new shape at most): identity,
+    # dropout at inference, flatten. A backend copies (or aliases) the bytes.
+    copies_operand: ClassVar[bool] = False
+    # The parameter whose slice along axis 0 produces output channel o (weight[o]; conv_transpose2d's weight[:, o]
+    # per group): fold_batch_norm scales it to fold a batch norm that follows. None: no such parameter.
+    output_weight: ClassVar[str | None] = None
 
     # ----- rules a subclass overrides ------------------------------------------------------------------
     def finalize(self, attrs: dict[str, Any]) -> dict[str, Any]:
@@ -180,6 +189,15 @@ class Op:
     def reference(self, inputs: list[np.ndarray], params: Mapping[str, np.ndarray],
                   attrs: Mapping[str, Any]) -> np.ndarray:
         raise NotImplementedError
+
+    def is_identity(self, attrs: Mapping[str, Any], inputs: Sequence[TensorType], output: TensorType) -> bool:
+        """Whether this node's output is its first operand, as it is (eliminate_identity drops such nodes)."""
+        return self.copies_operand and output == inputs[0]
+
+    def per_pixel(self, attrs: Mapping[str, Any]) -> bool:
+        """Whether the op computes each pixel's channel vector on its own, so it means the same on N x F as on
+        N x F x H x W (dense_to_conv turns a classifier head made of such ops into convolutions)."""
+        return False
 
     # ----- shared machinery ------------------------------------------------------------------------------
     def check(self, node: str, raw_attrs: Mapping[str, Any], inputs: Sequence[TensorType],
@@ -260,6 +278,13 @@ def require_rank(inputs: Sequence[TensorType], rank: int, what: str = "input") -
             layout = "NCHW" if rank == 4 else "N x features" if rank == 2 else f"rank {rank}"
             name = what if len(inputs) == 1 else f"operand {index}"
             raise OpError(f"{name} has shape {t}, expected a {layout} tensor")
+
+
+def require_nchw(inputs: Sequence[TensorType]) -> TensorType:
+    """The data operand (the first), checked to be NCHW, every operand checked to be float32."""
+    require_rank(inputs[:1], 4)
+    require_float(inputs)
+    return inputs[0]
 
 
 def require_float(inputs: Sequence[TensorType]) -> None:

@@ -19,8 +19,7 @@ from cnncomp.ops.base import (
     ParamSpec,
     Window,
     positive,
-    require_float,
-    require_rank,
+    require_nchw,
     window_output_size,
 )
 from cnncomp.ops.epilogue import EPILOGUE_ATTRS, apply_epilogue, check_epilogue, epilogue_params
@@ -48,6 +47,37 @@ def check_window_attrs(attrs: dict[str, Any]) -> dict[str, Any]:
     if any(p < 0 for p in attrs["padding"]):
         raise OpError(f"padding must not be negative, got {attrs['padding']}", shape=False)
     return attrs
+
+
+def window_hw(attrs: Mapping[str, Any], x: TensorType, strict: bool) -> tuple[int, int]:
+    """Output height and width of a KH x KW window sliding over x's planes (kernel, stride, padding, dilation)."""
+    top, bottom, left, right = attrs["padding"]
+    (kh, kw), (sh, sw), (dh, dw) = attrs["kernel"], attrs["stride"], attrs["dilation"]
+    return (window_output_size("height", x.shape[2], kh, sh, top, bottom, dh, strict),
+            window_output_size("width", x.shape[3], kw, sw, left, right, dw, strict))
+
+
+def sliding_windows(attrs: Mapping[str, Any]) -> tuple[Window, Window]:
+    """Receptive-field step of a (dilated) KH x KW window moving by the stride."""
+    dilation = attrs.get("dilation", (1, 1))
+    return tuple(
+        Window(Fraction(d * (k - 1) + 1), Fraction(s))
+        for k, s, d in zip(attrs["kernel"], attrs["stride"], dilation, strict=True)
+    )
+
+
+def is_depthwise(attrs: Mapping[str, Any], in_channels: int) -> bool:
+    """Whether a conv2d filters each input channel on its own (groups = in_channels, out_channels = C * M), the
+    conv depthwise_conv2d computes. A one-channel input counts (groups = C = 1)."""
+    return attrs["groups"] == in_channels
+
+
+def is_pointwise(attrs: Mapping[str, Any], any_stride: bool = False) -> bool:
+    """Whether a conv2d is a matrix product per image (pointwise_conv2d): a 1x1 kernel, one group, no padding and
+    stride 1, or any stride if `any_stride` (a strided_slice first makes it stride 1). Dilation does not matter
+    for a 1x1 kernel."""
+    return (attrs["kernel"] == (1, 1) and attrs["groups"] == 1 and not any(attrs["padding"])
+            and (any_stride or attrs["stride"] == (1, 1)))
 
 
 def conv2d_nchw(x: np.ndarray, weight: np.ndarray, stride: tuple[int, int], pads: tuple[int, int, int, int],
@@ -86,6 +116,7 @@ class ConvFamily(Op):
     """Rules shared by the convolutions: channel groups, window attributes, a weight and an optional bias."""
 
     fusion = Fusion.OUT_ELEMWISE_FUSABLE
+    output_weight = "weight"
 
     def finalize(self, attrs: dict[str, Any]) -> dict[str, Any]:
         positive(attrs["out_channels"], "out_channels")
@@ -119,15 +150,9 @@ class Conv2d(ConvFamily):
     attrs = {**CONV_ATTRS, **EPILOGUE_ATTRS}
 
     def infer(self, attrs: Mapping[str, Any], inputs: Sequence[TensorType], strict: bool) -> TensorType:
-        require_rank(inputs[:1], 4)
-        require_float(inputs)
-        x = inputs[0]
+        x = require_nchw(inputs)
         self.check_groups(attrs, x)
-        top, bottom, left, right = attrs["padding"]
-        (kh, kw), (sh, sw), (dh, dw) = attrs["kernel"], attrs["stride"], attrs["dilation"]
-        oh = window_output_size("height", x.shape[2], kh, sh, top, bottom, dh, strict)
-        ow = window_output_size("width", x.shape[3], kw, sw, left, right, dw, strict)
-        output = TensorType((x.batch, attrs["out_channels"], oh, ow))
+        output = TensorType((x.batch, attrs["out_channels"], *window_hw(attrs, x, strict)))
         check_epilogue(attrs, inputs, output)
         return output
 
@@ -142,10 +167,7 @@ class Conv2d(ConvFamily):
         return output.size * (inputs[0].channels // attrs["groups"]) * kh * kw
 
     def window(self, attrs: Mapping[str, Any], inputs: Sequence[TensorType]) -> tuple[Window, Window]:
-        return tuple(
-            Window(Fraction(d * (k - 1) + 1), Fraction(s))
-            for k, s, d in zip(attrs["kernel"], attrs["stride"], attrs["dilation"], strict=True)
-        )
+        return sliding_windows(attrs)
 
     def reference(self, inputs: list[np.ndarray], params: Mapping[str, np.ndarray],
                   attrs: Mapping[str, Any]) -> np.ndarray:
@@ -186,9 +208,7 @@ class ConvTranspose2d(ConvFamily):
         return attrs
 
     def infer(self, attrs: Mapping[str, Any], inputs: Sequence[TensorType], strict: bool) -> TensorType:
-        require_rank(inputs, 4)
-        require_float(inputs)
-        x = inputs[0]
+        x = require_nchw(inputs)
         self.check_groups(attrs, x)
         top, bottom, left, right = attrs["padding"]
         (kh, kw), (sh, sw), (dh, dw) = attrs["kernel"], attrs["stride"], attrs["dilation"]

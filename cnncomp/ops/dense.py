@@ -19,8 +19,12 @@ class Dense(Op):
 
     name = "dense"
     fusion = Fusion.OUT_ELEMWISE_FUSABLE
+    output_weight = "weight"
     arity = (1, 2)
     attrs = {"out_features": Attr("int"), "bias": Attr("bool", True), **EPILOGUE_ATTRS}
+
+    def per_pixel(self, attrs: Mapping[str, Any]) -> bool:
+        return True  # on N x F x H x W it is a 1x1 conv
 
     def finalize(self, attrs: dict[str, Any]) -> dict[str, Any]:
         positive(attrs["out_features"], "out_features")

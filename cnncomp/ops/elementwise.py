@@ -27,6 +27,9 @@ class Binary(Op):
     fusion = Fusion.BROADCAST
     arity = (2, 2)
 
+    def per_pixel(self, attrs: Mapping[str, Any]) -> bool:
+        return True
+
     def infer(self, attrs: Mapping[str, Any], inputs: Sequence[TensorType], strict: bool) -> TensorType:
         require_float(inputs)
         return broadcast_type(*inputs)

@@ -14,7 +14,7 @@ import numpy as np
 
 from cnncomp.ir import TensorType
 from cnncomp.ops.activation import ACTIVATIONS, DEFAULT_LEAKY_ALPHA, apply_activation
-from cnncomp.ops.base import Attr, OpError, ParamSpec
+from cnncomp.ops.base import Attr, Op, OpError, ParamSpec
 
 EPILOGUE_ATTRS = {
     "affine": Attr("bool", False),
@@ -22,6 +22,12 @@ EPILOGUE_ATTRS = {
     "act": Attr("choice", None, choices=tuple(ACTIVATIONS)),
     "alpha": Attr("float", DEFAULT_LEAKY_ALPHA),
 }
+
+
+def carries_epilogue(op: Op) -> bool:
+    """Whether the op carries the epilogue: its registry entry declares the epilogue's attributes. The residual
+    is then its last operand."""
+    return EPILOGUE_ATTRS.keys() <= op.attrs.keys()
 
 
 def operand_count(attrs: Mapping[str, Any]) -> int:

@@ -30,11 +30,10 @@ from cnncomp.ops.base import (
     ParamSpec,
     Window,
     positive,
-    require_float,
-    require_rank,
+    require_nchw,
     window_output_size,
 )
-from cnncomp.ops.conv import check_window_attrs
+from cnncomp.ops.conv import check_window_attrs, sliding_windows, window_hw
 from cnncomp.ops.epilogue import EPILOGUE_ATTRS, apply_epilogue, check_epilogue, epilogue_params, per_channel
 
 WINDOW_ATTRS = {
@@ -81,11 +80,7 @@ class WindowedDepthwise(Op):
         return check_window_attrs(attrs)
 
     def depthwise_type(self, attrs: Mapping[str, Any], x: TensorType, strict: bool) -> TensorType:
-        top, bottom, left, right = attrs["padding"]
-        (kh, kw), (sh, sw), (dh, dw) = attrs["kernel"], attrs["stride"], attrs["dilation"]
-        oh = window_output_size("height", x.shape[2], kh, sh, top, bottom, dh, strict)
-        ow = window_output_size("width", x.shape[3], kw, sw, left, right, dw, strict)
-        return TensorType((x.batch, x.channels * attrs["multiplier"], oh, ow))
+        return TensorType((x.batch, x.channels * attrs["multiplier"], *window_hw(attrs, x, strict)))
 
     def depthwise_weight_shape(self, attrs: Mapping[str, Any], x: TensorType) -> tuple[int, ...]:
         return (x.channels * attrs["multiplier"], 1, *attrs["kernel"])
@@ -95,10 +90,7 @@ class WindowedDepthwise(Op):
         return self.depthwise_type(attrs, x, strict=False).size * kh * kw
 
     def window(self, attrs: Mapping[str, Any], inputs: Sequence[TensorType]) -> tuple[Window, Window]:
-        return tuple(
-            Window(Fraction(d * (k - 1) + 1), Fraction(s))
-            for k, s, d in zip(attrs["kernel"], attrs["stride"], attrs["dilation"], strict=True)
-        )
+        return sliding_windows(attrs)
 
 
 @register
@@ -111,12 +103,12 @@ class DepthwiseConv2d(WindowedDepthwise):
     """
 
     name = "depthwise_conv2d"
+    output_weight = "weight"
     arity = (1, 2)
     attrs = {**WINDOW_ATTRS, "bias": Attr("bool", True), **EPILOGUE_ATTRS}
 
     def infer(self, attrs: Mapping[str, Any], inputs: Sequence[TensorType], strict: bool) -> TensorType:
-        require_rank(inputs[:1], 4)
-        require_float(inputs)
+        require_nchw(inputs)
         output = self.depthwise_type(attrs, inputs[0], strict)
         check_epilogue(attrs, inputs, output)
         return output
@@ -149,6 +141,7 @@ class PointwiseConv2d(Op):
 
     name = "pointwise_conv2d"
     fusion = Fusion.OUT_ELEMWISE_FUSABLE
+    output_weight = "weight"
     arity = (1, 3)
     attrs = {"out_channels": Attr("int"), "bias": Attr("bool", True), "gate": Attr("bool", False), **EPILOGUE_ATTRS}
 
@@ -162,9 +155,7 @@ class PointwiseConv2d(Op):
         return [operands[0], *operands[2:]] if attrs["gate"] else list(operands)
 
     def infer(self, attrs: Mapping[str, Any], inputs: Sequence[TensorType], strict: bool) -> TensorType:
-        require_rank(inputs[:1], 4)
-        require_float(inputs)
-        x = inputs[0]
+        x = require_nchw(inputs)
         if attrs["gate"]:
             if len(inputs) < 2:
                 raise OpError("expects a gate operand after the data operand (gate=True)", shape=False)
@@ -206,9 +197,7 @@ class StridedSlice(Op):
         return attrs
 
     def infer(self, attrs: Mapping[str, Any], inputs: Sequence[TensorType], strict: bool) -> TensorType:
-        require_rank(inputs, 4)
-        require_float(inputs)
-        x = inputs[0]
+        x = require_nchw(inputs)
         h, w = (window_output_size(axis, size, 1, s, 0, 0, 1, strict)
                 for axis, size, s in zip(("height", "width"), x.spatial, attrs["stride"], strict=True))
         return TensorType((x.batch, x.channels, h, w))
@@ -235,6 +224,7 @@ class SeparableConv2d(WindowedDepthwise):
     """
 
     name = "separable_conv2d"
+    output_weight = "pointwise_weight"
     arity = (1, 2)
     attrs = {
         "out_channels": Attr("int"),
@@ -247,8 +237,7 @@ class SeparableConv2d(WindowedDepthwise):
     }
 
     def infer(self, attrs: Mapping[str, Any], inputs: Sequence[TensorType], strict: bool) -> TensorType:
-        require_rank(inputs[:1], 4)
-        require_float(inputs)
+        require_nchw(inputs)
         mid = self.depthwise_type(attrs, inputs[0], strict)
         output = TensorType((mid.batch, attrs["out_channels"], *mid.spatial))
         check_epilogue(attrs, inputs, output)

@@ -9,7 +9,7 @@ import numpy as np
 
 from cnncomp.ir import TensorType
 from cnncomp.ops import register
-from cnncomp.ops.base import Attr, Fusion, Op, OpError, ParamSpec, positive, require_float, require_rank
+from cnncomp.ops.base import Attr, Fusion, Op, OpError, ParamSpec, positive, require_float, require_nchw
 from cnncomp.ops.epilogue import per_channel
 
 
@@ -22,6 +22,9 @@ class BatchNorm(Op):
     aliases = ("bn",)
     fusion = Fusion.BROADCAST
     attrs = {"eps": Attr("float", 1e-5)}
+
+    def per_pixel(self, attrs: Mapping[str, Any]) -> bool:
+        return True
 
     def finalize(self, attrs: dict[str, Any]) -> dict[str, Any]:
         if attrs["eps"] <= 0:
@@ -71,9 +74,7 @@ class LocalResponseNorm(Op):
         return attrs
 
     def infer(self, attrs: Mapping[str, Any], inputs: Sequence[TensorType], strict: bool) -> TensorType:
-        require_rank(inputs, 4)
-        require_float(inputs)
-        return inputs[0]
+        return require_nchw(inputs)
 
     def reference(self, inputs: list[np.ndarray], params: Mapping[str, np.ndarray],
                   attrs: Mapping[str, Any]) -> np.ndarray:
@@ -93,6 +94,9 @@ class Softmax(Op):
     name = "softmax"
     fusion = Fusion.OPAQUE
     attrs = {"axis": Attr("int", 1)}
+
+    def per_pixel(self, attrs: Mapping[str, Any]) -> bool:
+        return attrs["axis"] == 1  # along the channels
 
     def infer(self, attrs: Mapping[str, Any], inputs: Sequence[TensorType], strict: bool) -> TensorType:
         require_float(inputs)

@@ -19,11 +19,11 @@ from cnncomp.ops.base import (
     OpError,
     Window,
     positive,
-    require_float,
+    require_nchw,
     require_rank,
     window_output_size,
 )
-from cnncomp.ops.conv import check_window_attrs
+from cnncomp.ops.conv import check_window_attrs, sliding_windows
 
 POOL_ATTRS = {
     "kernel": Attr("pair"),
@@ -59,9 +59,7 @@ class WindowPool(Op):
         return oh, ow
 
     def infer(self, attrs: Mapping[str, Any], inputs: Sequence[TensorType], strict: bool) -> TensorType:
-        require_rank(inputs, 4)
-        require_float(inputs)
-        x = inputs[0]
+        x = require_nchw(inputs)
         hw = self.output_hw(attrs, x, strict)
         top, _, left, _ = attrs["padding"]
         for axis, size, begin, kernel, stride, dilation in zip(("height", "width"), x.spatial, (top, left),
@@ -75,11 +73,7 @@ class WindowPool(Op):
         return TensorType((x.batch, x.channels, *hw))
 
     def window(self, attrs: Mapping[str, Any], inputs: Sequence[TensorType]) -> tuple[Window, Window]:
-        dilation = attrs.get("dilation", (1, 1))
-        return tuple(
-            Window(Fraction(d * (k - 1) + 1), Fraction(s))
-            for k, s, d in zip(attrs["kernel"], attrs["stride"], dilation, strict=True)
-        )
+        return sliding_windows(attrs)
 
 
 def pool_windows(x: np.ndarray, attrs: Mapping[str, Any], fill: float, out_hw: tuple[int, int]) -> np.ndarray:
@@ -232,8 +226,7 @@ class GlobalAvgPool(Op):
     fusion = Fusion.REDUCE
 
     def infer(self, attrs: Mapping[str, Any], inputs: Sequence[TensorType], strict: bool) -> TensorType:
-        require_rank(inputs, 4)
-        require_float(inputs)
+        require_nchw(inputs)
         return TensorType((inputs[0].batch, inputs[0].channels, 1, 1))
 
     def window(self, attrs: Mapping[str, Any], inputs: Sequence[TensorType]) -> tuple[Window, Window]:
@@ -265,9 +258,7 @@ class AdaptiveAvgPool2d(Op):
         return attrs
 
     def infer(self, attrs: Mapping[str, Any], inputs: Sequence[TensorType], strict: bool) -> TensorType:
-        require_rank(inputs, 4)
-        require_float(inputs)
-        x = inputs[0]
+        x = require_nchw(inputs)
         return TensorType((x.batch, x.channels, *attrs["output_size"]))
 
     def window(self, attrs: Mapping[str, Any], inputs: Sequence[TensorType]) -> tuple[Window, Window]:

@@ -11,7 +11,7 @@ import numpy as np
 
 from cnncomp.ir import TensorType
 from cnncomp.ops import register
-from cnncomp.ops.base import Attr, Fusion, Op, OpError, Window, positive, require_float, require_rank
+from cnncomp.ops.base import Attr, Fusion, Op, OpError, Window, positive, require_nchw
 
 CUBIC_A = -0.75  # the cubic convolution constant of PyTorch and ONNX
 TAPS = {"nearest": 1, "bilinear": 2, "bicubic": 4}
@@ -90,9 +90,7 @@ class Upsample(Op):
         return attrs
 
     def infer(self, attrs: Mapping[str, Any], inputs: Sequence[TensorType], strict: bool) -> TensorType:
-        require_rank(inputs, 4)
-        require_float(inputs)
-        x = inputs[0]
+        x = require_nchw(inputs)
         if attrs["size"] is not None:
             oh, ow = attrs["size"]
         else:

@@ -11,7 +11,18 @@ import numpy as np
 
 from cnncomp.ir import TensorType
 from cnncomp.ops import register
-from cnncomp.ops.base import Attr, Fusion, Op, OpError, Window, positive, prod, require_float, require_rank
+from cnncomp.ops.base import (
+    Attr,
+    Fusion,
+    Op,
+    OpError,
+    Window,
+    positive,
+    prod,
+    require_float,
+    require_nchw,
+    require_rank,
+)
 
 
 @register
@@ -39,9 +50,13 @@ class Identity(Op):
 
     name = "identity"
     fusion = Fusion.ELEMWISE
+    copies_operand = True
 
     def infer(self, attrs: Mapping[str, Any], inputs: Sequence[TensorType], strict: bool) -> TensorType:
         return inputs[0]
+
+    def per_pixel(self, attrs: Mapping[str, Any]) -> bool:
+        return True
 
     def reference(self, inputs: list[np.ndarray], params: Mapping[str, np.ndarray],
                   attrs: Mapping[str, Any]) -> np.ndarray:
@@ -69,6 +84,12 @@ class Concat(Op):
     fusion = Fusion.INJECTIVE
     arity = (1, None)
     attrs = {"axis": Attr("int", 1)}
+
+    def per_pixel(self, attrs: Mapping[str, Any]) -> bool:
+        return attrs["axis"] == 1  # along the channels
+
+    def is_identity(self, attrs: Mapping[str, Any], inputs: Sequence[TensorType], output: TensorType) -> bool:
+        return len(inputs) == 1
 
     def infer(self, attrs: Mapping[str, Any], inputs: Sequence[TensorType], strict: bool) -> TensorType:
         require_float(inputs)
@@ -103,6 +124,9 @@ class ChannelSlice(Op):
     fusion = Fusion.INJECTIVE
     attrs = {"start": Attr("int"), "stop": Attr("int")}
 
+    def is_identity(self, attrs: Mapping[str, Any], inputs: Sequence[TensorType], output: TensorType) -> bool:
+        return output == inputs[0]  # all the channels
+
     def finalize(self, attrs: dict[str, Any]) -> dict[str, Any]:
         if not 0 <= attrs["start"] < attrs["stop"]:
             raise OpError(f"channels {attrs['start']}:{attrs['stop']}: expected 0 <= start < stop", shape=False)
@@ -126,6 +150,7 @@ class Flatten(Op):
 
     name = "flatten"
     fusion = Fusion.INJECTIVE
+    copies_operand = True
 
     def infer(self, attrs: Mapping[str, Any], inputs: Sequence[TensorType], strict: bool) -> TensorType:
         require_float(inputs)
@@ -161,9 +186,7 @@ class Pad(Op):
         return attrs
 
     def infer(self, attrs: Mapping[str, Any], inputs: Sequence[TensorType], strict: bool) -> TensorType:
-        require_rank(inputs, 4)
-        require_float(inputs)
-        x = inputs[0]
+        x = require_nchw(inputs)
         top, bottom, left, right = attrs["pads"]
         h, w = x.spatial
         if attrs["mode"] == "reflect" and (max(top, bottom) >= h or max(left, right) >= w):

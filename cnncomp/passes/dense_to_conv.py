@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 from cnncomp.ir import Graph, Node
-from cnncomp.ops.activation import ACTIVATIONS
+from cnncomp.ops import get_op
 from cnncomp.ops.epilogue import EPILOGUE_ATTRS
 from cnncomp.passes.rewrite import sole_consumer
-
-# Ops of a classifier head that mean the same on N x F and on N x F x H x W (per pixel, along the channels).
-PER_PIXEL = {*ACTIVATIONS, "dropout", "identity", "batch_norm", "add", "mul", "dense"}
-ALONG_CHANNELS = {"softmax", "concat"}  # with axis 1
 
 
 def _head(graph: Graph, flatten: Node) -> tuple[Node, set[str]] | None:
@@ -27,7 +23,7 @@ def _head(graph: Graph, flatten: Node) -> tuple[Node, set[str]] | None:
                 pending.append(consumer.name)
     for name in region:
         node = graph.node(name)
-        if node.op not in PER_PIXEL and not (node.op in ALONG_CHANNELS and node.attrs["axis"] == 1):
+        if not get_op(node.op).per_pixel(node.attrs):
             return None
         if name != first.name and any(operand not in region for operand in node.inputs):
             return None  # mixes the head with a value that stays N x F
@@ -43,8 +39,9 @@ def dense_to_conv(graph: Graph) -> Graph:
     larger inputs: at the size it was built for the output is N x classes x 1 x 1 with the same scores; on an
     input whose feature map is larger (`Graph.with_input_shapes`), a score map with one vector per window.
     Preconditions: the flatten reads an NCHW tensor and has one reader, a dense layer without residual; every
-    op downstream of it works per pixel (activations, dropout, identity, batch_norm, add, mul, dense, softmax
-    and concat along axis 1) and reads only values of the head. Graphs without such a head are returned as is.
+    op downstream of it works per pixel (its registry entry's `per_pixel`: activations, dropout, identity,
+    batch_norm, add, mul, dense, softmax and concat along axis 1) and reads only values of the head. Graphs
+    without such a head are returned as is.
     Output shapes change (N x F becomes N x F x 1 x 1), so the graph is rebuilt and its graph-level meta dropped.
     """
     flattens: dict[str, Node] = {}

@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 from cnncomp.ir import Graph, Node
+from cnncomp.ops import get_op
 from cnncomp.passes.rewrite import repeat_until_fixed, replace_op, sole_consumer
 
 
 def is_identity(graph: Graph, node: Node) -> bool:
-    if node.op in ("identity", "dropout"):
-        return True
-    if node.op == "flatten":
-        return graph.node(node.inputs[0]).type.rank == 2
-    if node.op == "channel_slice":
-        return node.type == graph.node(node.inputs[0]).type
-    return node.op == "concat" and len(node.inputs) == 1
+    """What the op's registry entry says (`Op.is_identity`) of this node."""
+    operands = [graph.node(name).type for name in node.inputs]
+    return get_op(node.op).is_identity(node.attrs, operands, node.type)
 
 
 def eliminate_identity(graph: Graph) -> Graph:

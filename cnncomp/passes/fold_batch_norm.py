@@ -5,18 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from cnncomp.ir import Graph, Node
+from cnncomp.ops import get_op
 from cnncomp.passes.rewrite import epilogue_is_empty, has_epilogue, merge, repeat_until_fixed, sole_consumer
-
-# The ops whose output channel o is produced by weight[o] (a slice along axis 0 of this parameter), or by
-# weight[:, o] within each group for the transposed conv.
-OUTPUT_WEIGHT = {
-    "conv2d": "weight",
-    "dense": "weight",
-    "depthwise_conv2d": "weight",
-    "pointwise_conv2d": "weight",
-    "separable_conv2d": "pointwise_weight",
-    "conv_transpose2d": "weight",
-}
 
 
 def batch_norm_affine(graph: Graph, bn: Node) -> tuple[np.ndarray, np.ndarray]:
@@ -40,7 +30,7 @@ def fold_into_producer(graph: Graph, layer: Node, bn: Node) -> None:
     """bn(layer(x; w, b)) => layer(x; w * s, b * s + t)."""
     scale, shift = batch_norm_affine(graph, bn)
     params = dict(graph.node_params(layer.name))
-    key = OUTPUT_WEIGHT[layer.op]
+    key = get_op(layer.op).output_weight
     params[key] = _scale_output_channels(layer, params[key], scale)
     params["bias"] = params["bias"] * scale + shift if "bias" in params else shift
     merge(graph, layer, bn, layer.op, layer.inputs, {**layer.attrs, "bias": True}, params)
@@ -69,7 +59,7 @@ def fold_into_consumer(graph: Graph, bn: Node, layer: Node) -> None:
 
 def foldable_into_producer(graph: Graph, bn: Node) -> Node | None:
     layer = graph.node(bn.inputs[0])
-    if layer.op not in OUTPUT_WEIGHT or sole_consumer(graph, layer.name) is None:
+    if get_op(layer.op).output_weight is None or sole_consumer(graph, layer.name) is None:
         return None
     if has_epilogue(layer) and not epilogue_is_empty(layer):
         return None  # an affine, residual or activation sits between the layer's product and the batch norm
@@ -92,8 +82,9 @@ def fold_batch_norm(graph: Graph) -> Graph:
         batch_norm(layer(x; w, b))  =>  layer(x; w * s, b * s + t)
         layer(batch_norm(x); w, b)  =>  layer(x; w * s_in, b + sum_in(w * t))
 
-    The first for layer in conv2d, dense, depthwise_conv2d, pointwise_conv2d, separable_conv2d (its pointwise
-    weight) and conv_transpose2d (weight[:, o] per group), scaling output channels; the second (a lone batch
+    The first for a layer whose registry entry names its `output_weight` (conv2d, dense, depthwise_conv2d,
+    pointwise_conv2d, separable_conv2d's pointwise weight, conv_transpose2d's weight[:, o] per group), scaling
+    output channels; the second (a lone batch
     norm a conv can absorb) for conv2d and dense, scaling input channels.
     Preconditions: the intermediate value has a single reader and is not a graph output; the layer's epilogue
     holds nothing after its bias (no affine, residual or activation between product and batch norm); for the

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from cnncomp.ir import Graph, Node
+from cnncomp.ops import Fusion, get_op
 from cnncomp.ops.activation import ACTIVATIONS, DEFAULT_LEAKY_ALPHA
 from cnncomp.passes.fold_batch_norm import batch_norm_affine
 from cnncomp.passes.rewrite import (
@@ -68,8 +69,8 @@ def residual_operand(graph: Graph, add: Node) -> tuple[Node, Node] | None:
 def fuse_into_layer(graph: Graph, layer: Node) -> bool:
     """Absorb the one op that reads `layer`, if it can ride along; True if it did."""
     step = sole_consumer(graph, layer.name)
-    if step is None:
-        return False
+    if step is None or get_op(step.op).fusion > Fusion.BROADCAST:
+        return False  # only elementwise and broadcast ops ride in an epilogue (TVM's rule): never another conv
     attrs, params = dict(layer.attrs), graph.node_params(layer.name)
     if step.op in ACTIVATIONS and attrs["act"] is None:
         attrs.update(act=step.op, alpha=step.attrs.get("alpha", DEFAULT_LEAKY_ALPHA))
@@ -115,7 +116,8 @@ def fuse_epilogue(graph: Graph) -> Graph:
     one step at a time, in the epilogue's order: a per-channel bias (add of a constant 1 x C x 1 x 1, the same for
     every sample) and per-channel affine (batch_norm, or mul by such a constant) while no residual or activation
     is fused; then the residual add of a tensor of the output's shape (the left operand of `a + b` when both
-    are layers that qualify); then one activation (relu, relu6, leaky_relu, sigmoid, silu, hardswish, tanh).
+    are layers that qualify); then one activation (any of `cnncomp.ops.activation.ACTIVATIONS`). The layers are
+    the ops whose registry entries carry the epilogue, the steps ops of fusion class ELEMWISE or BROADCAST.
     SE's channel-wise mul rides along as the gate of the pointwise conv that reads it (run lower_pointwise first).
     Preconditions: the layer's output has a single reader and is not a graph output (ResNet's shortcut,
     read by the next block too, stays); residual shapes are equal; bias and affine operands are per-channel

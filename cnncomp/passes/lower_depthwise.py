@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from cnncomp.ir import Graph, Node
+from cnncomp.ops.conv import is_depthwise
 from cnncomp.ops.epilogue import EPILOGUE_ATTRS
 from cnncomp.passes.rewrite import replace_op
 
 
-def is_depthwise(graph: Graph, node: Node) -> bool:
-    return node.op == "conv2d" and 1 < node.attrs["groups"] == graph.node(node.inputs[0]).type.channels
+def lowers(graph: Graph, node: Node) -> bool:
+    """A depthwise conv2d of more than one group: a conv on a one-channel image stays an ordinary conv."""
+    return (node.op == "conv2d" and node.attrs["groups"] > 1
+            and is_depthwise(node.attrs, graph.node(node.inputs[0]).type.channels))
 
 
 def lower_depthwise(graph: Graph) -> Graph:
@@ -20,7 +23,7 @@ def lower_depthwise(graph: Graph) -> Graph:
     """
     graph = graph.copy()
     for node in graph.nodes:
-        if not is_depthwise(graph, node):
+        if not lowers(graph, node):
             continue
         attrs = {key: node.attrs[key] for key in ("kernel", "stride", "padding", "dilation", "bias")}
         attrs["multiplier"] = node.attrs["out_channels"] // node.attrs["groups"]

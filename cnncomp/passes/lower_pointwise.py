@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-from cnncomp.ir import Graph, Node
+from cnncomp.ir import Graph
+from cnncomp.ops.conv import is_pointwise
 from cnncomp.ops.epilogue import EPILOGUE_ATTRS
 from cnncomp.passes.rewrite import fresh_name, replace_op
-
-
-def is_pointwise(node: Node) -> bool:
-    return (node.op == "conv2d" and node.attrs["kernel"] == (1, 1) and node.attrs["groups"] == 1
-            and not any(node.attrs["padding"]))
 
 
 def lower_pointwise(graph: Graph) -> Graph:
@@ -22,7 +18,7 @@ def lower_pointwise(graph: Graph) -> Graph:
     """
     graph = graph.copy()
     for node in graph.nodes:
-        if not is_pointwise(node):
+        if node.op != "conv2d" or not is_pointwise(node.attrs, any_stride=True):
             continue
         source = node.inputs[0]
         if node.attrs["stride"] != (1, 1):

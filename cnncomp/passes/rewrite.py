@@ -9,9 +9,8 @@ from typing import Any
 import numpy as np
 
 from cnncomp.ir import Graph, Node
-
-# Ops that carry conv2d's epilogue act(affine(y + bias) + residual); the residual is their last operand.
-EPILOGUE_OPS = ("conv2d", "dense", "depthwise_conv2d", "pointwise_conv2d", "separable_conv2d")
+from cnncomp.ops import get_op
+from cnncomp.ops.epilogue import carries_epilogue
 
 
 def sole_consumer(graph: Graph, name: str) -> Node | None:
@@ -26,7 +25,8 @@ def sole_consumer(graph: Graph, name: str) -> Node | None:
 
 
 def has_epilogue(node: Node) -> bool:
-    return node.op in EPILOGUE_OPS
+    """Whether the node's op carries conv2d's epilogue act(affine(y + bias) + residual)."""
+    return carries_epilogue(get_op(node.op))
 
 
 def epilogue_is_empty(node: Node) -> bool:
