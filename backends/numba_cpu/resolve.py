@@ -29,6 +29,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from cnncomp.ir import TensorType
+from cnncomp.ops.conv import is_pointwise
 
 WINOGRAD_TILE = {"winograd2": 2, "winograd4": 4}
 DIRECT_MAX_CHANNELS_PER_GROUP = 4
@@ -41,7 +42,7 @@ def supported_algorithms(attrs: Mapping[str, Any], x: TensorType) -> list[str]:
     """Every algorithm that can compute this conv2d (direct and im2col compute them all)."""
     algorithms = ["direct", "im2col"]
     if attrs["groups"] == 1 and attrs["dilation"] == (1, 1):
-        if attrs["kernel"] == (1, 1) and attrs["stride"] == (1, 1) and attrs["padding"] == (0, 0, 0, 0):
+        if is_pointwise(attrs):
             algorithms.append("pointwise")
         if attrs["kernel"] == (3, 3) and attrs["stride"] == (1, 1):
             algorithms += list(WINOGRAD_TILE)
