@@ -8,6 +8,7 @@ threads may call one executable at once.
 
 from __future__ import annotations
 
+import importlib
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -16,6 +17,7 @@ import numpy as np
 
 from cnncomp.errors import CnnCompError, GraphError
 from cnncomp.ir import Graph, Node
+from cnncomp.ops.activation import ACTIVATIONS, DEFAULT_LEAKY_ALPHA
 from cnncomp.runtime import OperationByOperation, ProfileRow, check_inputs, positive_count
 
 
@@ -95,11 +97,11 @@ class TorchExecutable(OperationByOperation):
         return self.F.conv2d(x, weight, bias, attrs["stride"], padding, attrs["dilation"], groups)
 
     def activation(self, x: Any, name: str | None, alpha: float) -> Any:
+        """The activation `name` (None: none) as its registry entry spells it in PyTorch."""
         if name is None:
             return x
-        if name == "leaky_relu":
-            return self.F.leaky_relu(x, alpha)
-        return ACTIVATIONS[name](self, x)
+        spelling = ACTIVATIONS[name].torch
+        return torch_function(spelling.name)(x, **spelling.arguments({"alpha": alpha}))
 
     def epilogue(self, y: Any, attrs: Mapping[str, Any], params: Mapping[str, Any], residual: Any) -> Any:
         if attrs.get("affine"):
@@ -107,17 +109,13 @@ class TorchExecutable(OperationByOperation):
             y = y * params["scale"].view(shape) + params["shift"].view(shape)
         if attrs.get("residual"):
             y = y + residual
-        return self.activation(y, attrs.get("act"), attrs.get("alpha", 0.01))
+        return self.activation(y, attrs.get("act"), attrs.get("alpha", DEFAULT_LEAKY_ALPHA))
 
 
-ACTIVATIONS: dict[str, Callable[[TorchExecutable, Any], Any]] = {
-    "relu": lambda e, x: e.F.relu(x),
-    "relu6": lambda e, x: e.F.relu6(x),
-    "tanh": lambda e, x: e.torch.tanh(x),
-    "sigmoid": lambda e, x: e.torch.sigmoid(x),
-    "silu": lambda e, x: e.F.silu(x),
-    "hardswish": lambda e, x: e.F.hardswish(x),
-}
+def torch_function(dotted: str) -> Callable[..., Any]:
+    """A torch function by its dotted name, `torch.nn.functional.relu6`."""
+    module, _, name = dotted.rpartition(".")
+    return getattr(importlib.import_module(module), name)
 
 
 def _conv2d(e: TorchExecutable, node: Node, ops: list[Any], p: Mapping[str, Any]) -> Any:
@@ -222,7 +220,7 @@ Rule = Callable[[TorchExecutable, Node, list[Any], Mapping[str, Any]], Any]
 
 
 def _activation_rule(name: str) -> Rule:
-    return lambda e, node, ops, p: ACTIVATIONS[name](e, ops[0])
+    return lambda e, node, ops, p: e.activation(ops[0], name, node.attrs.get("alpha", DEFAULT_LEAKY_ALPHA))
 
 
 # Each op's rule, with the torch function that does its work (the kernel a profile names; "none" for an op that
@@ -256,8 +254,7 @@ RULES: dict[str, tuple[str, Rule]] = {
     "crop": ("slice", _crop),
     "strided_slice": ("slice", lambda e, n, ops, p: ops[0][:, :, :: n.attrs["stride"][0], :: n.attrs["stride"][1]]),
     "constant": ("none", lambda e, n, ops, p: p["value"]),
-    "leaky_relu": ("leaky_relu", lambda e, n, ops, p: e.F.leaky_relu(ops[0], n.attrs["alpha"])),
-    **{name: (name, _activation_rule(name)) for name in ACTIVATIONS},
+    **{name: (op.torch.name.rpartition(".")[2], _activation_rule(name)) for name, op in ACTIVATIONS.items()},
 }
 
 
