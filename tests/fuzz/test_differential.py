@@ -162,7 +162,7 @@ def sigmoid_chain() -> FuzzCase:
 @pytest.fixture
 def torch_sigmoid_is_tanh(monkeypatch):
     """A planted bug: the torch backend computes sigmoid as tanh."""
-    monkeypatch.setitem(torch_eager.ACTIVATIONS, "sigmoid", lambda e, x: e.torch.tanh(x))
+    monkeypatch.setitem(torch_eager.RULES, "sigmoid", ("sigmoid", lambda e, node, ops, p: e.torch.tanh(ops[0])))
 
 
 def test_a_planted_bug_is_found_written_replayed_and_shrunk(torch_sigmoid_is_tanh, tmp_path):
