@@ -222,15 +222,14 @@ class CompiledModel(GraphShapes):
     @property
     def memory_plan(self) -> dict[str, Any]:
         """Where each tensor lives in the arena: the executable's plan, or, for a backend that allocates per
-        operation, the graph's own plan (-O3) or the one `plan_memory` makes for it."""
+        operation, the one the planner makes for the graph."""
         plan = self.executable.memory_plan
         if plan is not None:
             return plan
         if self._memory_plan is None:
-            from cnncomp.passes.plan_memory import PLAN_KEY, plan_memory
+            from cnncomp.planner import memory_plan
 
-            graph = self.graph if PLAN_KEY in self.graph.meta else plan_memory(self.graph)
-            self._memory_plan = graph.meta[PLAN_KEY]
+            self._memory_plan = memory_plan(self.graph)
         return self._memory_plan
 
     @property
@@ -312,14 +311,12 @@ class CompiledModel(GraphShapes):
             return self._variants[key]
 
     def _graph_at(self, shapes: Mapping[str, tuple[int, ...]]) -> Graph:
-        from cnncomp.passes.plan_memory import PLAN_KEY, plan_memory
-
+        """The graph at these input shapes (the backend plans its memory)."""
         try:
-            graph = self.graph.with_input_shapes(shapes)
+            return self.graph.with_input_shapes(shapes)
         except GraphError as exc:
             raise InputError(f"model {self.name!r} cannot run on inputs of shape "
                              f"{', '.join('x'.join(map(str, s)) for s in shapes.values())}: {exc}") from None
-        return plan_memory(graph) if PLAN_KEY in self.graph.meta else graph
 
     def _compile(self, graph: Graph, options: Mapping[str, Any]) -> Executable:
         executable = self._backend.compile(graph, options)
@@ -341,10 +338,11 @@ class CompiledModel(GraphShapes):
 
     def save_standalone(self, path: str | Path) -> tuple[Path, Path]:
         """Write one Python file that runs this model with numpy and numba only, and its weights beside it
-        (`model.py`, `model.npz`); numba-cpu models only. See `cnncomp.standalone`."""
-        from cnncomp import standalone
-
-        return standalone.write(self, path)
+        (`model.py`, `model.npz`), where the backend can (its plugin's `write_standalone`: numba-cpu's)."""
+        write_standalone = getattr(self._backend, "write_standalone", None)
+        if write_standalone is None:
+            raise CnnCompError(f"backend {self.backend!r} writes no standalone program; compile it with -b numba-cpu")
+        return write_standalone(self, path)
 
     def __repr__(self) -> str:
         shapes = ", ".join(f"{name}: {'x'.join(map(str, shape))}" for name, shape in self.input_shapes.items())

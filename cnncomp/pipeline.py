@@ -4,7 +4,9 @@ each, op counts recorded so a user sees which pass changed what.
     -O0: nothing
     -O1: cleanup and folding
     -O2: -O1, then lowering to the kernels backends implement, and fusion
-    -O3: -O2, then memory planning
+    -O3: the passes of -O2; the level for choices measured on this machine as they come
+
+Memory planning is no level's: every backend plans the arena of the graph it compiles (`cnncomp.planner`).
 """
 
 from __future__ import annotations
@@ -25,7 +27,6 @@ from cnncomp.passes.fuse_epilogue import fuse_epilogue
 from cnncomp.passes.fuse_separable import fuse_separable
 from cnncomp.passes.lower_depthwise import lower_depthwise
 from cnncomp.passes.lower_pointwise import lower_pointwise
-from cnncomp.passes.plan_memory import plan_memory
 
 Pass = Callable[[Graph], Graph]
 
@@ -34,7 +35,7 @@ O1: list[Pass] = [eliminate_identity, fold_constants, fold_batch_norm, eliminate
 # Lowering comes before fusion so SE's gate can ride on the pointwise conv; separable fusion last, so the
 # depthwise step has its bias and activation fused already.
 O2: list[Pass] = [*O1, lower_depthwise, lower_pointwise, fuse_epilogue, fuse_separable, eliminate_dead]
-O3: list[Pass] = [*O2, plan_memory]
+O3: list[Pass] = [*O2]
 LEVELS: list[list[Pass]] = [O0, O1, O2, O3]
 
 # Every pass by name, the ones no level runs by default included (dense_to_conv changes output shapes).

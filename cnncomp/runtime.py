@@ -34,7 +34,7 @@ class Executable(Protocol):
     - Safe to call from many threads at once (see the module docstring); `concurrent_calls` says how many calls
       run at the same time at most (None: no limit of the backend's own); more callers wait for a free slot.
     - `input_shapes`, `output_shapes`: the compiled shapes by name.
-    - `memory_plan`: where each value lives in the backend's arena (`plan_memory`'s format), or None for a
+    - `memory_plan`: where each value lives in the backend's arena (`cnncomp.planner`'s format), or None for a
       backend that allocates per operation.
     - `source`: the generated kernel modules by name ({} where nothing is generated).
     - `stats`: the backend's compile figures (plain data).

@@ -69,7 +69,7 @@ def test_the_artifact_holds_graph_weights_manifest_and_sources(lenet, saved):
     assert set(content) == {"manifest.json", *manifest["members"]}
     for name, entry in manifest["members"].items():
         assert entry == {"bytes": len(content[name]), "sha256": hashlib.sha256(content[name]).hexdigest()}
-    assert json.loads(content["graph.json"])["meta"]["memory_plan"] == lenet.memory_plan
+    assert "memory_plan" not in json.loads(content["graph.json"]).get("meta", {})  # each backend plans its own
     with np.load(io.BytesIO(content["weights.npz"]), allow_pickle=False) as weights:
         assert set(weights.files) == set(lenet.graph.params)
         np.testing.assert_array_equal(weights["c1.weight"], lenet.graph.params["c1.weight"])

@@ -75,7 +75,7 @@ from backends.numba_cpu.lowering import LoweringContext, lower
 from backends.numba_cpu.templates.common import KernelCall, Scratch
 from cnncomp.errors import GraphError
 from cnncomp.ir import Graph
-from cnncomp.passes.plan_memory import plan_memory, plan_of
+from cnncomp.planner import ALIGNMENT, aligned, memory_plan
 from cnncomp.runtime import (
     GraphShapes,
     WorkspacePool,
@@ -84,12 +84,6 @@ from cnncomp.runtime import (
     offset_in,
     positive_count,
 )
-
-ALIGNMENT = 64  # bytes: one cache line, and AVX-512 vectors
-
-
-def _aligned(size: int) -> int:
-    return -(-size // ALIGNMENT) * ALIGNMENT
 
 
 @dataclass
@@ -259,12 +253,9 @@ def algorithm(kernel: KernelSource) -> str | None:
 
 
 def _memory(graph: Graph) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, Any]]:
-    """The arena and a view of every value in it, as the graph's memory plan (from plan_memory, -O3) places
-    them; a graph without a plan is planned here the same way. Constants are views of their parameter."""
-    try:
-        plan = plan_of(graph)
-    except GraphError:
-        plan = plan_of(plan_memory(graph))
+    """The arena and a view of every value in it, as the memory plan (`cnncomp.planner`) places them. Constants
+    are views of their parameter."""
+    plan = memory_plan(graph)
     arena = aligned_buffer(plan["arena_bytes"])
     views = {}
     for node in graph.nodes:
@@ -287,7 +278,7 @@ def _resolve_scratch(calls: list[KernelCall]) -> tuple[np.ndarray, list[tuple[An
         for arg in call.args:
             if isinstance(arg, Scratch):
                 placed.append(offset)
-                offset += _aligned(int(np.prod(arg.shape)) * np.dtype(arg.dtype).itemsize)
+                offset += aligned(int(np.prod(arg.shape)) * np.dtype(arg.dtype).itemsize)
         layouts.append(placed)
         largest = max(largest, offset)
     buffer = aligned_buffer(largest)
@@ -319,6 +310,14 @@ def threading_layer() -> str:
 
     parallel._launch_threads()
     return numba.threading_layer()
+
+
+def write_standalone(model: Any, path: str | Path) -> tuple[Path, Path]:
+    """Write a model compiled for this backend as one Python program that needs only numpy, numba and scipy
+    (`path`, a `.py`), with its weights beside it (`.npz`); see `standalone`."""
+    from backends.numba_cpu import standalone
+
+    return standalone.write(model, path)
 
 
 def compile(graph: Graph, options: Mapping[str, Any] | None = None) -> NumbaExecutable:  # noqa: A001

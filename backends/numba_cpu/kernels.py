@@ -8,20 +8,20 @@ from __future__ import annotations
 import atexit
 import contextlib
 import hashlib
-import importlib.util
 import json
-import os
 import subprocess
 import sys
 import tempfile
 import threading
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import llvmlite
 import numba
 from numba.core import types
+
+from backends import numba_common
+from backends.numba_common import KernelModules, default_cache_dir, import_module
 
 _PACKAGE_DIR = Path(__file__).parent
 # Modules of this package that generated kernels import (in dependency order): a change to any of them must not
@@ -30,31 +30,10 @@ _PACKAGE_DIR = Path(__file__).parent
 RUNTIME_MODULES = ("blas", "mathlib")
 
 
-@dataclass(frozen=True)
-class KernelSource:
-    """One generated kernel module. `family` names the template; `source` defines a function `kernel`."""
+class KernelSource(numba_common.KernelSource):
+    """A numba-cpu kernel module: `source` defines an `njit` function `kernel`."""
 
-    family: str
-    source: str
-    # The constants the template was specialized on, for listings and `--emit-source` headers.
-    specialization: tuple[tuple[str, Any], ...] = field(default=())
-
-    @property
-    def key(self) -> str:
-        return hashlib.sha256(self.source.encode()).hexdigest()[:16]
-
-    @property
-    def module_name(self) -> str:
-        return f"cnncomp_kernel_{self.family}_{self.key}"
-
-
-def default_cache_dir() -> Path:
-    """`$CNNCOMP_CACHE_DIR`, else `$XDG_CACHE_HOME/cnncomp`, else `~/.cache/cnncomp`."""
-    explicit = os.environ.get("CNNCOMP_CACHE_DIR")
-    if explicit:
-        return Path(explicit)
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "cnncomp"
+    MODULE_PREFIX = "cnncomp_kernel_"
 
 
 def _toolchain_key() -> str:
@@ -64,30 +43,11 @@ def _toolchain_key() -> str:
     return digest.hexdigest()[:12]
 
 
-class KernelCache:
+class KernelCache(KernelModules):
     """Kernel modules on disk under `<root>/numba-cpu-<toolchain key>/`, imported at most once per process."""
 
     def __init__(self, root: Path | None = None) -> None:
-        self.directory = (root or default_cache_dir()) / f"numba-cpu-{_toolchain_key()}"
-
-    def path(self, kernel: KernelSource) -> Path:
-        return self.directory / f"{kernel.module_name}.py"
-
-    def write(self, kernel: KernelSource) -> Path:
-        """The kernel's module file, written if new: write then rename, so a reader never sees half a file and
-        Numba's cache stamp (mtime, size) of a finished file never changes afterwards."""
-        path = self.path(kernel)
-        if not path.exists():
-            self.directory.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=self.directory, suffix=".tmp")
-            with os.fdopen(fd, "w") as handle:
-                handle.write(kernel.source)
-            os.replace(tmp, path)
-        return path
-
-    def load(self, kernel: KernelSource) -> Any:
-        """The kernel's Numba dispatcher, importing its module (written first if new)."""
-        return _import(kernel.module_name, self.write(kernel)).kernel
+        super().__init__((root or default_cache_dir()) / f"numba-cpu-{_toolchain_key()}")
 
     def missing(self, kernel: KernelSource, signatures: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
         """The signatures this process has no machine code for, in memory or in the on-disk cache."""
@@ -175,7 +135,6 @@ class _Worker:
 
 _WORKERS: list[_Worker] = []
 _WORKERS_LOCK = threading.Lock()
-_IMPORT_LOCK = threading.Lock()  # one import of a kernel module, however many threads compile models at once
 # A worker keeps every kernel it compiled loaded; past this many it is replaced, so a long-lived process (a fuzz
 # run compiles thousands) does not grow without bound (2 GiB per worker after 1,500 graphs).
 WORKER_KERNELS = 300
@@ -214,23 +173,12 @@ def decode_type(encoded: list[Any] | str) -> Any:
     return types.Array(getattr(types, dtype), ndim, layout, readonly=not mutable)
 
 
-def _import(module_name: str, path: Path) -> Any:
-    with _IMPORT_LOCK:
-        module = sys.modules.get(module_name)
-        if module is None:
-            spec = importlib.util.spec_from_file_location(module_name, path)
-            module = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(module)
-            sys.modules[module_name] = module
-        return module
-
-
 def compile_kernel(module_name: str, path: str, signatures: list[list[Any]]) -> None:
     """Compile a kernel module's `kernel` for each encoded signature; Numba writes the machine code to its cache
     (beside `path`: a module imported earlier from another cache directory is imported again from this one)."""
     loaded = sys.modules.get(module_name)
     if loaded is not None and Path(loaded.__file__) != Path(path):
         del sys.modules[module_name]
-    dispatcher = _import(module_name, Path(path)).kernel
+    dispatcher = import_module(module_name, Path(path)).kernel
     for signature in signatures:
         dispatcher.compile(tuple(decode_type(t) for t in signature))

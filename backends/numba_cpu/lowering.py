@@ -7,11 +7,13 @@ placeholders that the executable lays out in one shared region.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import dataclasses
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
+from backends.numba_common import lowering_of, lowering_table
 from backends.numba_cpu import resolve
 from backends.numba_cpu.kernels import KernelSource
 from backends.numba_cpu.templates import conv, layers, pool, tensor
@@ -19,7 +21,6 @@ from backends.numba_cpu.templates.common import EMPTY, KernelCall, Scratch, epil
 from cnncomp.errors import GraphError
 from cnncomp.ir import Graph, Node
 from cnncomp.ops import get_op
-from cnncomp.ops.activation import ACTIVATIONS
 from cnncomp.ops.pool import adaptive_bins
 from cnncomp.ops.resize import interpolation_taps
 
@@ -125,50 +126,77 @@ def gemm_tiles(k: int, m: int, pixels: int, threads: int) -> tuple[int, int]:
 
 
 def lower_conv2d(node: Node, ctx: LoweringContext) -> list[KernelCall]:
+    """The kernel of the algorithm `resolve` chooses (or the `conv2d_algorithms` option names)."""
     x_type = ctx.graph.node(node.inputs[0]).type
     algorithm = ctx.conv2d_algorithms.get(node.name) or resolve.conv2d_algorithm(node.attrs, x_type, node.type)
     if algorithm not in resolve.supported_algorithms(node.attrs, x_type):
         raise GraphError(f"{node.describe()}: algorithm {algorithm!r} cannot compute this convolution; "
                          f"possible: {', '.join(resolve.supported_algorithms(node.attrs, x_type))}")
+    if algorithm == "direct":
+        return _conv2d_direct(node, ctx)
+    if algorithm == "pointwise":
+        return _conv2d_pointwise(node, ctx)
+    if algorithm.startswith("winograd"):
+        return _conv2d_winograd(node, ctx, resolve.WINOGRAD_TILE[algorithm])
+    return _conv2d_im2col(node, ctx)
+
+
+def _conv2d_direct(node: Node, ctx: LoweringContext) -> list[KernelCall]:
     params, attrs = ctx.params(node), node.attrs
-    x, out = ctx.value(node.inputs[0]), ctx.value(node.name)
     weight = params["weight"]
+    args = (ctx.value(node.inputs[0]), weight, *epilogue_args(params, attrs), _residual(ctx, node, False),
+            ctx.value(node.name), direct_planes(ctx, node, weight.shape[1]))
+    return [KernelCall(conv.direct(attrs, weight.shape[1]), args, node.name)]
+
+
+def _conv2d_pointwise(node: Node, ctx: LoweringContext) -> list[KernelCall]:
+    params, attrs = ctx.params(node), node.attrs
+    _, o, oh, ow = node.shape
+    channels = ctx.graph.node(node.inputs[0]).shape[1]
+    pixels_per_tile, channels_per_tile = gemm_tiles(channels, o, oh * ow, ctx.threads)
+    args = (ctx.rows(node.inputs[0]), params["weight"].reshape(o, -1), *epilogue_args(params, attrs),
+            _residual(ctx, node, True), ctx.rows(node.name), pixels_per_tile, channels_per_tile, ctx.threads)
+    return [KernelCall(conv.pointwise(attrs), args, node.name)]
+
+
+def _conv2d_winograd(node: Node, ctx: LoweringContext, m: int) -> list[KernelCall]:
+    """Winograd F(m x m, 3x3): over all tiles at once where the transformed tiles fit, else in bands of tile
+    rows."""
+    params, attrs = ctx.params(node), node.attrs
+    n, o, oh, ow = node.shape
+    points, c = (m + 2) ** 2, ctx.graph.node(node.inputs[0]).shape[1]
+    tiles_high, tiles_wide = -(-oh // m), -(-ow // m)
+    u = conv.winograd_weights(params["weight"], m)
+    common = (ctx.value(node.inputs[0]), u, *epilogue_args(params, attrs), _residual(ctx, node, False),
+              ctx.value(node.name))
+    whole_bytes = points * 4 * (c + o) * n * tiles_high * tiles_wide
+    # Wide layers do more arithmetic per byte of transformed tiles (o*c/(o+c)), so their whole transform is
+    # worth its memory traffic, and their bands would make GEMMs too narrow for the weights they read.
+    wide = o * c // (o + c) >= WINOGRAD_WIDE_CHANNELS
+    if whole_bytes <= WINOGRAD_WHOLE_BYTES or (wide and whole_bytes <= WINOGRAD_WIDE_WHOLE_BYTES):
+        padded = Scratch((n, c, m * tiles_high + 2, m * tiles_wide + 2))
+        tiles = n * tiles_high * tiles_wide
+        args = (*common, padded, Scratch((points, c, tiles)), Scratch((points, o, tiles)))
+        return [KernelCall(conv.winograd(attrs, m, whole=True), args, node.name)]
+    # Bands of tile rows that fit TILE_BYTES, but with tiles enough per GEMM to pay for reading u, and
+    # bands enough to keep every thread busy (a thread takes whole bands of one image).
+    tile_rows = max(1, min(-(-tiles_high // ctx.threads),
+                           max(TILE_BYTES // (points * 4 * (c + o) * tiles_wide),
+                               -(-MIN_WINOGRAD_TILES // tiles_wide))))
+    per_thread = tile_rows * tiles_wide
+    padded = Scratch((1, c, m * tiles_high + 2, m * tiles_wide + 2))
+    args = (*common, padded, Scratch((ctx.threads, points, c, per_thread)),
+            Scratch((ctx.threads, points, o, per_thread)), tile_rows)
+    return [KernelCall(conv.winograd(attrs, m, whole=False), args, node.name)]
+
+
+def _conv2d_im2col(node: Node, ctx: LoweringContext) -> list[KernelCall]:
+    """im2col + GEMM: one matrix per image shared by all threads where the batch leaves threads idle, else
+    tiles of output rows, each thread gathering its own."""
+    params, attrs = ctx.params(node), node.attrs
+    x, weight = ctx.value(node.inputs[0]), params["weight"]
     n, o, oh, ow = node.shape
     epilogue = epilogue_args(params, attrs)
-    if algorithm == "direct":
-        args = (x, weight, *epilogue, _residual(ctx, node, False), out, direct_planes(ctx, node, weight.shape[1]))
-        return [KernelCall(conv.direct(attrs, weight.shape[1]), args, node.name)]
-    if algorithm == "pointwise":
-        pixels = oh * ow
-        pixels_per_tile, channels_per_tile = gemm_tiles(x_type.channels, o, pixels, ctx.threads)
-        args = (ctx.rows(node.inputs[0]), weight.reshape(o, -1), *epilogue, _residual(ctx, node, True),
-                ctx.rows(node.name), pixels_per_tile, channels_per_tile, ctx.threads)
-        return [KernelCall(conv.pointwise(attrs), args, node.name)]
-    if algorithm.startswith("winograd"):
-        m = resolve.WINOGRAD_TILE[algorithm]
-        points, c = (m + 2) ** 2, x_type.channels
-        tiles_high, tiles_wide = -(-oh // m), -(-ow // m)
-        u = conv.winograd_weights(weight, m)
-        common = (x, u, *epilogue, _residual(ctx, node, False), out)
-        whole_bytes = points * 4 * (c + o) * n * tiles_high * tiles_wide
-        # Wide layers do more arithmetic per byte of transformed tiles (o*c/(o+c)), so their whole transform is
-        # worth its memory traffic, and their bands would make GEMMs too narrow for the weights they read.
-        wide = o * c // (o + c) >= WINOGRAD_WIDE_CHANNELS
-        if whole_bytes <= WINOGRAD_WHOLE_BYTES or (wide and whole_bytes <= WINOGRAD_WIDE_WHOLE_BYTES):
-            padded = Scratch((n, c, m * tiles_high + 2, m * tiles_wide + 2))
-            tiles = n * tiles_high * tiles_wide
-            args = (*common, padded, Scratch((points, c, tiles)), Scratch((points, o, tiles)))
-            return [KernelCall(conv.winograd(attrs, m, whole=True), args, node.name)]
-        # Bands of tile rows that fit TILE_BYTES, but with tiles enough per GEMM to pay for reading u, and
-        # bands enough to keep every thread busy (a thread takes whole bands of one image).
-        tile_rows = max(1, min(-(-tiles_high // ctx.threads),
-                               max(TILE_BYTES // (points * 4 * (c + o) * tiles_wide),
-                                   -(-MIN_WINOGRAD_TILES // tiles_wide))))
-        per_thread = tile_rows * tiles_wide
-        padded = Scratch((1, c, m * tiles_high + 2, m * tiles_wide + 2))
-        args = (*common, padded, Scratch((ctx.threads, points, c, per_thread)),
-                Scratch((ctx.threads, points, o, per_thread)), tile_rows)
-        return [KernelCall(conv.winograd(attrs, m, whole=False), args, node.name)]
     groups = attrs["groups"]
     k = weight.shape[1] * weight.shape[2] * weight.shape[3]
     weight_rows = np.ascontiguousarray(weight.reshape(groups, o // groups, k))
@@ -417,35 +445,7 @@ def lower_upsample(node: Node, ctx: LoweringContext) -> list[KernelCall]:
     return [KernelCall(layers.upsample(), args, node.name)]
 
 
-LOWERINGS: dict[str, Callable[[Node, LoweringContext], list[KernelCall]]] = {
-    "conv2d": lower_conv2d,
-    "conv_transpose2d": lower_conv_transpose2d,
-    "depthwise_conv2d": lower_depthwise_conv2d,
-    "pointwise_conv2d": lower_pointwise_conv2d,
-    "separable_conv2d": lower_separable_conv2d,
-    "strided_slice": lower_strided_slice,
-    "dense": lower_dense,
-    "max_pool2d": lower_max_pool2d,
-    "max_pool2d_indices": lower_max_pool2d_indices,
-    "avg_pool2d": lower_avg_pool2d,
-    "max_unpool2d": lower_max_unpool2d,
-    "global_avg_pool": lower_global_avg_pool,
-    "adaptive_avg_pool2d": lower_adaptive_avg_pool2d,
-    "batch_norm": lower_batch_norm,
-    "add": lower_binary,
-    "mul": lower_binary,
-    "concat": lower_concat,
-    "channel_slice": lower_channel_slice,
-    "identity": lower_copy,
-    "dropout": lower_copy,
-    "flatten": lower_copy,
-    "pad": lower_pad,
-    "crop": lower_crop,
-    "lrn": lower_lrn,
-    "softmax": lower_softmax,
-    "upsample": lower_upsample,
-    **{name: lower_activation for name in ACTIVATIONS},
-}
+LOWERINGS = lowering_table(globals())
 
 
 def work(node: Node, graph: Graph) -> int:
@@ -457,17 +457,13 @@ def work(node: Node, graph: Graph) -> int:
 
 def serial(kernel: KernelSource) -> KernelSource:
     """The kernel compiled without `parallel`: its prange loops run as plain loops on the calling thread."""
-    source = kernel.source.replace("@njit(parallel=True, ", "@njit(")
-    return KernelSource(kernel.family, source, kernel.specialization)
+    return dataclasses.replace(kernel, source=kernel.source.replace("@njit(parallel=True, ", "@njit("))
 
 
 def lower(node: Node, ctx: LoweringContext) -> list[KernelCall]:
     """The node's kernel calls. A node with less work than SERIAL_WORK runs on the calling thread alone: a
     parallel region costs more than it saves there, and never waits for a descheduled thread."""
-    try:
-        lowering = LOWERINGS[node.op]
-    except KeyError:
-        raise GraphError(f"{node.describe()}: the numba-cpu backend has no kernel for op {node.op!r}") from None
+    lowering = lowering_of(LOWERINGS, node, "numba-cpu")
     if ctx.threads == 1 or work(node, ctx.graph) >= SERIAL_WORK:
         return lowering(node, ctx)
     return [KernelCall(serial(call.kernel), call.args, call.node) for call in lowering(node, ctx.on_one_thread())]

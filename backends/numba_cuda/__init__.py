@@ -4,7 +4,7 @@
     outputs = executable({"image": x})
 
 The weights are copied to the device once, at compile time, and shared by every call. A call runs in a working set
-of its own: a device arena laid out by the memory plan (`plan_memory`) that holds every activation (and a copy of
+of its own: a device arena laid out by the memory plan (`cnncomp.planner`) that holds every activation (and a copy of
 the graph's constants, after the planned part), a status buffer, and a CUDA stream on which it copies each input
 in, launches every kernel (no host round trip between them) and copies each output out, then waits for that stream.
 
@@ -16,8 +16,9 @@ in the simulator their kernel launches take turns (it runs one launch at a time)
 Needs the `numba-cuda` package (`pip install 'cnncomp[cuda]'`) and a GPU; without a GPU, `NUMBA_ENABLE_CUDASIM=1`
 (set before numba is first imported) runs the same kernels in numba-cuda's simulator, plain Python threads, about
 0.5 ms per simulated thread: for tests on small shapes. `backends.numba_cuda.ptx` compiles every kernel of a graph
-to PTX without a GPU. See `lowering` (which kernel each op becomes, launched how), `templates/` (the kernel
-sources) and `kernels` (the on-disk kernel cache). This module imports `numba.cuda` only when asked to compile.
+to PTX without a GPU. See `lowering` (which kernel each op becomes, launched how), `resolve` (which convolution
+algorithm), `templates/` (the kernel sources) and `kernels` (the on-disk kernel cache). This module imports
+`numba.cuda` only when asked to compile.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from backends.numba_cuda.lowering import NO_LAUNCH, LoweringContext, Slot, lower
 from backends.numba_cuda.templates.common import Arena, Launch, Status
 from cnncomp.errors import CnnCompError, GraphError
 from cnncomp.ir import Graph
-from cnncomp.passes.plan_memory import ALIGNMENT, plan_memory, plan_of
+from cnncomp.planner import ALIGNMENT, aligned, memory_plan
 from cnncomp.progress import progress
 from cnncomp.runtime import GraphShapes, ProfileRow, WorkspacePool, check_inputs, concurrent_calls_option
 
@@ -74,10 +75,6 @@ def simulating() -> bool:
     return bool(config.ENABLE_CUDASIM)
 
 
-def _aligned(size: int) -> int:
-    return -(-size // ALIGNMENT) * ALIGNMENT
-
-
 @dataclass
 class Lowered:
     """A graph as launches, decided without a device: the memory plan, every value's arena slot (constants after
@@ -91,20 +88,16 @@ class Lowered:
 
 
 def lower_graph(graph: Graph) -> Lowered:
-    """Lay out memory as the graph's memory plan says (a graph without one is planned here, as plan_memory
-    would) and lower every node to launches."""
+    """Lay out memory as the memory plan (`cnncomp.planner`) says and lower every node to launches."""
     graph.validate()
-    try:
-        plan = plan_of(graph)
-    except GraphError:
-        plan = plan_of(plan_memory(graph))
+    plan = memory_plan(graph)
     slots: dict[str, Slot] = {}
-    end = _aligned(plan["arena_bytes"])
+    end = aligned(plan["arena_bytes"])
     for node in graph.nodes:
         itemsize = np.dtype(node.type.dtype).itemsize
         if node.op == "constant":
             slots[node.name] = Slot(end // itemsize, node.type.size // node.type.batch, node.shape, node.type.dtype)
-            end += _aligned(node.type.nbytes)
+            end += aligned(node.type.nbytes)
             continue
         slot = plan["tensors"][node.name]
         slots[node.name] = Slot(slot["offset"] // itemsize, slot["batch_stride"], node.shape, node.type.dtype)
@@ -207,7 +200,7 @@ class CudaExecutable(GraphShapes):
 
     @property
     def memory_plan(self) -> dict[str, Any]:
-        """The memory plan every working set's arena is laid out by (`plan_memory`'s format)."""
+        """The memory plan every working set's arena is laid out by (`cnncomp.planner`'s format)."""
         return self._plan
 
     @property
@@ -342,30 +335,56 @@ def compile(graph: Graph, options: Mapping[str, Any] | None = None) -> CudaExecu
     options = dict(options or {})
     concurrent_calls = concurrent_calls_option(options)
     start = time.perf_counter()
-    cuda = cuda_module()
+    weights = DeviceWeights(cuda_module())
     lowered = lower_graph(graph)
     cache = KernelCache(Path(options["cache_dir"]) if options.get("cache_dir") else None)
     stats = CompileStats(arena_bytes=lowered.arena_bytes, scratch_bytes=4 * lowered.status_slots,
                          launches=len(lowered.launches), simulator=simulating())
     status_nodes = [launch.node for launch in lowered.launches
                     if any(arg is Status.ARRAY for arg in launch.args) and launch.kernel.family.endswith("clear")]
+    steps = _steps(lowered.launches, cache, weights, stats, options.get("progress"))
+    stats.weight_bytes = weights.nbytes
+    executable = CudaExecutable(graph, steps, lowered, stats, status_nodes, weights.arrays, concurrent_calls)
+    stats.seconds = time.perf_counter() - start
+    return executable
 
-    uploaded: dict[int, tuple[np.ndarray, Any]] = {}
 
-    def device_argument(arg: Any) -> Any:
+class DeviceWeights:
+    """The host arrays among the launches' arguments, each copied to the device once, however many launches read
+    it."""
+
+    def __init__(self, cuda: Any) -> None:
+        self.cuda = cuda
+        self._uploaded: dict[int, tuple[np.ndarray, Any]] = {}  # the host array is kept, so its id stays its own
+
+    def argument(self, arg: Any) -> Any:
+        """A launch argument as the device sees it: Arena and Status stay placeholders (each working set binds its
+        own), arrays become device arrays, numbers ints."""
         if isinstance(arg, (Arena, Status)):
-            return arg  # each working set binds its own
+            return arg
         if isinstance(arg, np.ndarray):
-            if id(arg) not in uploaded:  # the host array is kept, so its id stays its own
-                uploaded[id(arg)] = (arg, cuda.to_device(arg))
-                stats.weight_bytes += arg.nbytes
-            return uploaded[id(arg)][1]
+            if id(arg) not in self._uploaded:
+                self._uploaded[id(arg)] = (arg, self.cuda.to_device(arg))
+            return self._uploaded[id(arg)][1]
         return int(arg)
 
+    @property
+    def arrays(self) -> list[Any]:
+        return [device for _, device in self._uploaded.values()]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(host.nbytes for host, _ in self._uploaded.values())
+
+
+def _steps(launches: list[Launch], cache: KernelCache, weights: DeviceWeights, stats: CompileStats,
+           progress_enabled: bool | None) -> list[Step]:
+    """Each launch as a step: its kernel loaded (on a GPU: from the disk cache or compiled, for each signature it
+    is launched with), its arguments on the device. Counts the kernels in `stats`."""
     functions: dict[str, Any] = {}
     compiled: set[tuple[str, tuple[Any, ...]]] = set()
     steps = []
-    for launch in progress(lowered.launches, len(lowered.launches), "compiling kernels", options.get("progress")):
+    for launch in progress(launches, len(launches), "compiling kernels", progress_enabled):
         kernel = launch.kernel
         if kernel.key not in functions:
             stats.kernels += 1
@@ -381,9 +400,6 @@ def compile(graph: Graph, options: Mapping[str, Any] | None = None) -> CudaExecu
             if (kernel.key, signature) not in compiled:
                 function.compile(signature)
                 compiled.add((kernel.key, signature))
-        args = tuple(device_argument(arg) for arg in launch.args)
+        args = tuple(weights.argument(arg) for arg in launch.args)
         steps.append(Step(launch.node, kernel, function, launch.grid, launch.block, args))
-    weights = [device for _, device in uploaded.values()]
-    executable = CudaExecutable(graph, steps, lowered, stats, status_nodes, weights, concurrent_calls)
-    stats.seconds = time.perf_counter() - start
-    return executable
+    return steps

@@ -9,12 +9,14 @@ tile: every kernel guards its loads and stores.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from backends.numba_common import lowering_of, lowering_table
+from backends.numba_cuda import resolve
 from backends.numba_cuda.templates import conv, layers, pool, tensor
 from backends.numba_cuda.templates.common import (
     MAX_BLOCKS,
@@ -27,9 +29,7 @@ from backends.numba_cuda.templates.common import (
     epilogue_args,
     next_power_of_two,
 )
-from cnncomp.errors import GraphError
 from cnncomp.ir import Graph, Node
-from cnncomp.ops.activation import ACTIVATIONS
 from cnncomp.ops.pool import adaptive_bins
 from cnncomp.ops.resize import interpolation_taps
 
@@ -137,16 +137,15 @@ def _depthwise(node: Node, ctx: LoweringContext, weight: np.ndarray) -> list[Lau
 
 
 def lower_conv2d(node: Node, ctx: LoweringContext) -> list[Launch]:
-    attrs, weight = node.attrs, ctx.params(node)["weight"]
+    """The kernel of the algorithm `resolve` chooses."""
+    weight = ctx.params(node)["weight"]
     c, h, w = ctx.shape(node.inputs[0])[1:]
-    groups = attrs["groups"]
-    if c // groups == 1:
+    algorithm = resolve.conv2d_algorithm(node.attrs, ctx.graph.node(node.inputs[0]).type)
+    if algorithm == "depthwise":
         return _depthwise(node, ctx, weight)
-    pointwise = (attrs["kernel"] == (1, 1) and attrs["stride"] == (1, 1) and attrs["padding"] == (0, 0, 0, 0)
-                 and groups == 1)
-    if pointwise:
+    if algorithm == "pointwise":
         return _gemm(node, ctx, "pointwise", weight, (), c, 1, (h, w))
-    return _gemm(node, ctx, "conv", weight, (), weight[0].size, groups, (h, w))
+    return _gemm(node, ctx, "conv", weight, (), weight[0].size, node.attrs["groups"], (h, w))
 
 
 def lower_depthwise_conv2d(node: Node, ctx: LoweringContext) -> list[Launch]:
@@ -377,42 +376,10 @@ def lower_upsample(node: Node, ctx: LoweringContext) -> list[Launch]:
     return _elementwise(node, layers.upsample(attrs["mode"], rows[0].shape[1]), args, n * c * oh * ow)
 
 
-LOWERINGS: dict[str, Callable[[Node, LoweringContext], list[Launch]]] = {
-    "conv2d": lower_conv2d,
-    "conv_transpose2d": lower_conv_transpose2d,
-    "depthwise_conv2d": lower_depthwise_conv2d,
-    "pointwise_conv2d": lower_pointwise_conv2d,
-    "separable_conv2d": lower_separable_conv2d,
-    "strided_slice": lower_strided_slice,
-    "dense": lower_dense,
-    "max_pool2d": lower_max_pool2d,
-    "max_pool2d_indices": lower_max_pool2d_indices,
-    "avg_pool2d": lower_avg_pool2d,
-    "max_unpool2d": lower_max_unpool2d,
-    "global_avg_pool": lower_global_avg_pool,
-    "adaptive_avg_pool2d": lower_adaptive_avg_pool2d,
-    "batch_norm": lower_batch_norm,
-    "add": lower_binary,
-    "mul": lower_binary,
-    "concat": lower_concat,
-    "channel_slice": lower_channel_slice,
-    "identity": lower_copy,
-    "dropout": lower_copy,
-    "flatten": lower_copy,
-    "pad": lower_pad,
-    "crop": lower_crop,
-    "lrn": lower_lrn,
-    "softmax": lower_softmax,
-    "upsample": lower_upsample,
-    **{name: lower_activation for name in ACTIVATIONS},
-}
+LOWERINGS = lowering_table(globals())
 # Ops that need no launch: graph inputs are copied in, constants are copied to the device once at compile time.
 NO_LAUNCH = ("input", "constant")
 
 
 def lower(node: Node, ctx: LoweringContext) -> list[Launch]:
-    try:
-        lowering = LOWERINGS[node.op]
-    except KeyError:
-        raise GraphError(f"{node.describe()}: the numba-cuda backend has no kernel for op {node.op!r}") from None
-    return lowering(node, ctx)
+    return lowering_of(LOWERINGS, node, "numba-cuda")(node, ctx)

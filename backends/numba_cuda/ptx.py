@@ -156,12 +156,12 @@ def zero_weights(graph: Graph) -> Graph:
 
 
 def zoo_graph(name: str, level: int, batch: int = 1) -> Graph:
-    """A zoo model (structure, zero weights) after the `-O level` pipeline."""
-    from cnncomp.driver import load_model
-    from cnncomp.pipeline import optimize
+    """A zoo model (structure, zero weights) after the `-O level` pipeline, through the public API as any user
+    would get it (compiled for the reference backend, which generates nothing)."""
+    import cnncomp
 
-    graph = zero_weights(load_model(name, batch=batch, structure_only=True))
-    return optimize(graph, level)[0]
+    graph = zero_weights(cnncomp.load_model(name, batch=batch, structure_only=True))
+    return cnncomp.compile(graph, backend="reference", opt_level=level, batch=None).graph
 
 
 def main(argv: Sequence[str] | None = None) -> int:

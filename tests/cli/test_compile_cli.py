@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import cnncomp
-from cnncomp import standalone
+from backends.numba_cpu import standalone
 
 ROOT = Path(__file__).parents[2]
 WEIGHTS = ROOT / "frontends" / "zoo" / "weights" / "lenet5_digits.npz"

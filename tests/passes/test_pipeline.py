@@ -41,7 +41,7 @@ def test_levels_are_plain_lists_that_grow():
     assert LEVELS[0] == []
     assert [p.__name__ for p in LEVELS[1]] == ["eliminate_identity", "fold_constants", "fold_batch_norm",
                                                "eliminate_dead"]
-    assert LEVELS[2][:len(O1)] == O1 and LEVELS[3][:len(O2)] == O2 and LEVELS[3][-1].__name__ == "plan_memory"
+    assert LEVELS[2][:len(O1)] == O1 and LEVELS[3] == O2  # -O3: measured, per-machine choices as they come
     assert set(PASSES) == {p.__name__ for p in LEVELS[3]} | {"dense_to_conv"}
 
 

@@ -11,8 +11,8 @@ from backends import reference
 from cnncomp.errors import GraphError
 from cnncomp.ir import Graph
 from cnncomp.ops import get_op
-from cnncomp.passes.plan_memory import PLAN_KEY, check_plan, describe_plan, plan_memory, plan_of
 from cnncomp.pipeline import optimize
+from cnncomp.planner import PLAN_KEY, check_plan, describe_plan, memory_plan, plan_memory, plan_of
 from frontends.builder import Builder
 from tests.models import channel_slices_around_concats, dual_path_block, res2net_block
 from tests.passes.models import (
@@ -40,7 +40,7 @@ def run_in_arena(graph: Graph, inputs: dict) -> dict:
     """Execute the graph the way a backend following the plan would: every tensor lives in its arena slot, a
     concat copies only the operands that are not already in their slice, a channel slice that is a view copies
     nothing. The arena starts full of NaNs."""
-    plan = plan_of(graph)
+    plan = memory_plan(graph)
     arena = np.full(plan["arena_bytes"] // 4 + 1, np.nan, np.float32).view(np.uint8)
     tensors = plan["tensors"]
 
@@ -99,7 +99,7 @@ def test_running_in_the_planned_arena_gives_the_reference_outputs(model, level):
 
 
 def test_resnet50_at_batch_1_is_within_1_1x_of_the_lower_bound():
-    graph, _ = optimize(resnet(), 3)
+    graph = plan_memory(optimize(resnet(), 2)[0])
     plan = plan_of(graph)
     assert plan["arena_bytes"] <= 1.1 * plan["lower_bound_bytes"], describe_plan(plan)
     assert plan["arena_bytes"] < plan["total_bytes"] / 5
@@ -110,7 +110,7 @@ def test_resnet50_at_batch_1_is_within_1_1x_of_the_lower_bound():
 
 def test_resnet50_at_32x32_runs_in_its_arena():
     graph = randomize(resnet(size=32))
-    planned, _ = optimize(graph, 3)
+    planned = plan_memory(optimize(graph, 2)[0])
     inputs = random_inputs(graph)
     expected = reference.run(graph, inputs)["fc"]
     np.testing.assert_allclose(run_in_arena(planned, inputs)["fc"], expected, rtol=1e-3,
@@ -119,7 +119,7 @@ def test_resnet50_at_32x32_runs_in_its_arena():
 
 @pytest.mark.parametrize("padded", [False, True])
 def test_unet_skip_concat_costs_no_copy(padded):
-    graph, _ = optimize(unet_level(padded=padded, size=36), 3)
+    graph = plan_memory(optimize(unet_level(padded=padded, size=36), 2)[0])
     plan = plan_of(graph)
     assert plan["in_place_concats"] == ["up1.concat"]
     copied = graph.node("up1.concat").inputs[0]
@@ -134,7 +134,7 @@ def test_unet_skip_concat_costs_no_copy(padded):
 
 
 def test_concat_views_at_batch_2_stride_over_the_whole_concat():
-    graph, _ = optimize(inception_net(batch=2), 3)
+    graph = plan_memory(optimize(inception_net(batch=2), 2)[0])
     plan = plan_of(graph)
     concat = graph.node("inception_3a.output")
     assert "inception_3a.output" in plan["in_place_concats"]
@@ -174,7 +174,7 @@ def test_constants_live_in_the_parameters():
 
 
 def test_the_plan_is_saved_and_loaded_with_the_graph():
-    graph, _ = optimize(randomize(bottleneck_stage()), 3)
+    graph = plan_memory(optimize(randomize(bottleneck_stage()), 2)[0])
     loaded = Graph.from_json(graph.to_json(), graph.params)
     assert loaded.meta == graph.meta and json.loads(graph.to_json())["meta"][PLAN_KEY]["arena_bytes"] > 0
     check_plan(loaded)
@@ -185,7 +185,7 @@ def test_the_plan_is_saved_and_loaded_with_the_graph():
 
 
 def test_a_stale_plan_is_refused():
-    graph, _ = optimize(randomize(bottleneck_stage()), 3)
+    graph = plan_memory(optimize(randomize(bottleneck_stage()), 2)[0])
     assert PLAN_KEY not in graph.with_batch(4).meta  # a plan describes the shapes it was made for
     with pytest.raises(GraphError, match="has no memory plan"):
         check_plan(graph.with_batch(4))

@@ -7,8 +7,8 @@ import pytest
 
 from backends import reference
 from cnncomp.driver import load_model, zoo_models
-from cnncomp.passes.plan_memory import describe_plan, plan_of
 from cnncomp.pipeline import optimize
+from cnncomp.planner import describe_plan, memory_plan
 from cnncomp.summary import summarize
 from tests.passes.models import assert_outputs, op_counts, random_inputs, randomize
 
@@ -92,7 +92,7 @@ def test_resnet50_after_O3_is_convs_with_fused_batch_norm_residual_and_relu(resn
 
 
 def test_resnet50_memory_plan_at_batch_1_is_within_1_1x_of_the_lower_bound(resnet50):
-    plan = plan_of(resnet50)
+    plan = memory_plan(resnet50)
     assert resnet50.node("image").shape == (1, 3, 224, 224)
     assert plan["arena_bytes"] <= 1.1 * plan["lower_bound_bytes"], describe_plan(plan)
     assert plan["lower_bound_bytes"] == (256 + 64 + 256) * 56 * 56 * 4  # layer1: residual, 3x3 out, block out
@@ -136,12 +136,12 @@ def test_googlenet_1x1_convs_are_all_lowered():
     optimized, _ = optimize(graph, 3)
     assert ones == op_counts(optimized)["pointwise_conv2d"] == 37
     assert not any(n.op == "conv2d" and n.attrs["kernel"] == (1, 1) for n in optimized.nodes)
-    assert len(plan_of(optimized)["in_place_concats"]) == 9  # each inception module's filter concatenation
+    assert len(memory_plan(optimized)["in_place_concats"]) == 9  # each inception module's filter concatenation
 
 
 def test_unet_concat_skips_cost_no_copy():
     optimized, _ = optimize(load_model("unet"), 3)
-    plan = plan_of(optimized)
+    plan = memory_plan(optimized)
     concats = [n for n in optimized.nodes if n.op == "concat"]
     assert len(concats) == 4 and sorted(plan["in_place_concats"]) == sorted(n.name for n in concats)
     for concat in concats:

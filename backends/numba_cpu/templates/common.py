@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from backends.numba_common import Dialect, Literal, activation_code
 from backends.numba_cpu.kernels import KernelSource
 
 # fastmath without 'nnan'/'ninf'/'afn': sums may be reassociated (so loops vectorize), but NaN and inf still
@@ -40,20 +41,9 @@ def render(family: str, body: str, **constants: Any) -> KernelSource:
     return KernelSource(family, source.replace("FASTMATH", FASTMATH), tuple(constants.items()))
 
 
-ACTIVATION_CODE = {
-    # Written so that NaN passes through each activation as it does through the numpy reference.
-    "relu": "{v} = {v} if not ({v} < 0.0) else np.float32(0.0)",
-    "relu6": "{v} = np.float32(0.0) if {v} < 0.0 else (np.float32(6.0) if {v} > 6.0 else {v})",
-    "leaky_relu": "{v} = {v} if not ({v} < 0.0) else {v} * np.float32({alpha})",
-    "tanh": "{v} = np.tanh({v})",
-    "sigmoid": "{v} = np.float32(1.0) / (np.float32(1.0) + fast_exp(-{v}))",
-    "silu": "{v} = {v} / (np.float32(1.0) + fast_exp(-{v}))",
-    "hardswish": "{v} = {v} * min(max({v} + np.float32(3.0), np.float32(0.0)), np.float32(6.0)) / np.float32(6.0)",
-}
-
-
-def activation_code(act: str, value: str, alpha: str = "ALPHA") -> str:
-    return ACTIVATION_CODE[act].format(v=value, alpha=alpha)
+# The activation formulas (backends.numba_common) as numba-cpu kernels write them: numpy's float32, comparisons
+# with a bare float, and mathlib's exp.
+DIALECT = Dialect(f32=Literal("np.float32({})"), cmp=Literal("{}"), tanh="np.tanh", exp="fast_exp")
 
 
 def epilogue_code(attrs: Mapping[str, Any], value: str, channel: str, residual: str, indent: int,
@@ -69,7 +59,7 @@ def epilogue_code(attrs: Mapping[str, Any], value: str, channel: str, residual: 
     if attrs.get("residual"):
         lines.append(f"{value} += {residual}")
     if attrs.get("act"):
-        lines.append(activation_code(attrs["act"], value, alpha))
+        lines.append(activation_code(DIALECT, attrs["act"], value, alpha))
     return textwrap.indent("\n".join(lines) or "pass", " " * indent)
 
 
@@ -86,10 +76,6 @@ def epilogue_loop(attrs: Mapping[str, Any], out_row: str, res_row: str, length: 
     lines += [f"for p in range({length}):", "    v = row[p]",
               epilogue_code(attrs, "v", channel, "res_row[p]", 4), "    row[p] = v"]
     return textwrap.indent("\n".join(lines), " " * indent)
-
-
-def epilogue_constants(attrs: Mapping[str, Any]) -> dict[str, Any]:
-    return {"ALPHA": float(attrs["alpha"])} if attrs.get("act") == "leaky_relu" else {}
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from backends.numba_cpu.templates.common import epilogue_code, epilogue_constants, epilogue_loop, render
+from backends.numba_common import activation_constants, epilogue_constants
+from backends.numba_cpu.templates.common import epilogue_code, epilogue_loop, render
 
 
 def _window_constants(attrs: Mapping[str, Any]) -> dict[str, int]:
@@ -482,7 +483,6 @@ def separable(attrs: Mapping[str, Any]):
     body = SEPARABLE.format(mid_statements=mid_code,
                             epilogue=epilogue_loop(attrs, "out[img, oc, r0 * ow: r1 * ow]",
                                                    "res[img, oc, r0 * ow: r1 * ow]", "pixels", "oc", 16))
-    constants = {**_window_constants(attrs), **epilogue_constants(attrs)}
-    if attrs["mid_act"] == "leaky_relu":
-        constants["MID_ALPHA"] = float(attrs["mid_alpha"])
+    constants = {**_window_constants(attrs), **epilogue_constants(attrs),
+                 **activation_constants(attrs["mid_act"], attrs, "mid_")}
     return render("separable_conv2d", body, **constants)

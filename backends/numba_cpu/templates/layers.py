@@ -6,7 +6,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from backends.numba_cpu.templates.common import epilogue_code, epilogue_constants, render
+from backends.numba_common import epilogue_constants
+from backends.numba_cpu.templates.common import epilogue_code, render
 
 DENSE = '''
 @njit(parallel=True, nogil=True, fastmath=FASTMATH, cache=True)

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from backends.numba_cpu.templates.common import activation_code, render
+from backends.numba_common import activation_code, activation_constants
+from backends.numba_cpu.templates.common import DIALECT, render
 
 UNARY = '''
 @njit(parallel=True, nogil=True, fastmath=FASTMATH, cache=True)
@@ -32,8 +33,8 @@ def unary(kind: str, attrs: dict[str, Any]):
     elif kind == "copy":
         statements, what = "pass", "x"
     else:
-        statements, what = activation_code(kind, "v"), f"{kind}(x)"
-    constants = {"ALPHA": float(attrs["alpha"])} if kind == "leaky_relu" else {}
+        statements, what = activation_code(DIALECT, kind, "v"), f"{kind}(x)"
+    constants = activation_constants(kind, attrs)
     body = UNARY.format(what=what, statements=" " * 12 + statements)
     return render(f"unary_{kind}", body, **constants)
 

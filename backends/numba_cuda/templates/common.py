@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from backends.numba_common import Dialect, Literal, activation_code
 from backends.numba_cuda.kernels import KernelSource
 
 HEADER = '''\
@@ -48,22 +49,11 @@ def render(family: str, body: str, **constants: Any) -> KernelSource:
     return KernelSource(family, source, tuple(constants.items()))
 
 
-# float32 throughout: a bare Python float literal is a float64 in Numba, and one would turn the arithmetic around
-# it into double precision (32x slower on most GPUs). The PTX tests check that no kernel does f64 arithmetic.
-ACTIVATION_CODE = {
-    # Written so that NaN passes through each activation as it does through the numpy reference.
-    "relu": "{v} = {v} if not ({v} < float32(0.0)) else float32(0.0)",
-    "relu6": "{v} = float32(0.0) if {v} < float32(0.0) else (float32(6.0) if {v} > float32(6.0) else {v})",
-    "leaky_relu": "{v} = {v} if not ({v} < float32(0.0)) else {v} * float32({alpha})",
-    "tanh": "{v} = math.tanh({v})",
-    "sigmoid": "{v} = float32(1.0) / (float32(1.0) + math.exp(-{v}))",
-    "silu": "{v} = {v} / (float32(1.0) + math.exp(-{v}))",
-    "hardswish": "{v} = {v} * min(max({v} + float32(3.0), float32(0.0)), float32(6.0)) / float32(6.0)",
-}
-
-
-def activation_code(act: str, value: str, alpha: str = "ALPHA") -> str:
-    return ACTIVATION_CODE[act].format(v=value, alpha=alpha)
+# The activation formulas (backends.numba_common) as device kernels write them: float32 throughout, comparisons
+# included. A bare Python float literal is a float64 in Numba, and one would turn the arithmetic around it into
+# double precision (32x slower on most GPUs). The PTX tests check that no kernel does f64 arithmetic.
+F32 = Literal("float32({})")
+DIALECT = Dialect(f32=F32, cmp=F32, tanh="math.tanh", exp="math.exp")
 
 
 def epilogue_code(attrs: Mapping[str, Any], value: str, channel: str, residual: str, indent: int) -> str:
@@ -77,12 +67,8 @@ def epilogue_code(attrs: Mapping[str, Any], value: str, channel: str, residual: 
     if attrs.get("residual"):
         lines.append(f"{value} += {residual}")
     if attrs.get("act"):
-        lines.append(activation_code(attrs["act"], value))
+        lines.append(activation_code(DIALECT, attrs["act"], value))
     return textwrap.indent("\n".join(lines) or "pass", " " * indent)
-
-
-def epilogue_constants(attrs: Mapping[str, Any]) -> dict[str, Any]:
-    return {"ALPHA": float(attrs["alpha"])} if attrs.get("act") == "leaky_relu" else {}
 
 
 class Arena(enum.Enum):

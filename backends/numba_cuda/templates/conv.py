@@ -20,10 +20,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from backends.numba_common import activation_code, activation_constants, epilogue_constants
 from backends.numba_cuda.templates.common import (
-    activation_code,
+    DIALECT,
     epilogue_code,
-    epilogue_constants,
     next_power_of_two,
     render,
 )
@@ -221,9 +221,8 @@ def gemm(variant: str, attrs: Mapping[str, Any], tile: GemmTile, mid: Mapping[st
         constants["M"] = attrs["multiplier"]
         mid_lines = ["v += mid_bias[k]"] if mid["mid_bias"] else []
         if mid["mid_act"]:
-            mid_lines.append(activation_code(mid["mid_act"], "v", "MID_ALPHA"))
-            if mid["mid_act"] == "leaky_relu":
-                constants["MID_ALPHA"] = float(mid["mid_alpha"])
+            mid_lines.append(activation_code(DIALECT, mid["mid_act"], "v", "MID_ALPHA"))
+            constants.update(activation_constants(mid["mid_act"], mid, "mid_"))
         load_b = load_b + ("\n" + "\n".join(mid_lines) if mid_lines else "")
         step = "depthwise(x)[img, k, pixel]" + (" + mid_bias[k]" if mid["mid_bias"] else "")
         what = f"{mid['mid_act']}({step})" if mid["mid_act"] else step

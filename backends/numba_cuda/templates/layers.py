@@ -7,7 +7,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from backends.numba_cuda.templates.common import WARP, epilogue_code, epilogue_constants, render
+from backends.numba_common import epilogue_constants
+from backends.numba_cuda.templates.common import WARP, epilogue_code, render
 
 DENSE = '''
 @cuda.jit(cache=True)

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from backends.numba_cuda.templates.common import activation_code, render
+from backends.numba_common import activation_code, activation_constants
+from backends.numba_cuda.templates.common import DIALECT, render
 
 UNARY = '''
 @cuda.jit(cache=True)
@@ -28,8 +29,8 @@ def unary(kind: str, attrs: dict[str, Any]):
     if kind == "affine":
         statements, what = "ch = within // pixels\nv = v * scale[ch] + shift[ch]", "x * scale + shift (per channel)"
     else:
-        statements, what = activation_code(kind, "v"), f"{kind}(x)"
-    constants = {"ALPHA": float(attrs["alpha"])} if kind == "leaky_relu" else {}
+        statements, what = activation_code(DIALECT, kind, "v"), f"{kind}(x)"
+    constants = activation_constants(kind, attrs)
     body = UNARY.format(what=what, statements="\n".join(" " * 8 + line for line in statements.splitlines()))
     return render(f"unary_{kind}", body, **constants)
 

@@ -18,6 +18,7 @@ import cnncomp
 from cnncomp.errors import CnnCompError, GraphError
 from cnncomp.ir import Graph
 from cnncomp.pipeline import optimize
+from cnncomp.planner import memory_plan
 from cnncomp.runtime import CONCURRENT_CALLS
 from frontends.builder import Builder
 from tests import models
@@ -73,7 +74,7 @@ def test_the_executable_provides_the_contract():
     check_contract(executable, graph)
     assert executable.input_shapes == {"x": (1, 3, 4, 4)} and executable.output_shapes == {"out": (1, 3, 4, 4)}
     assert executable.concurrent_calls == CONCURRENT_CALLS
-    assert executable.memory_plan == graph.meta["memory_plan"]
+    assert executable.memory_plan == memory_plan(graph)
     stats = executable.stats
     assert json.loads(json.dumps(stats)) == stats
     assert stats["launches"] == len(executable.steps) and stats["simulator"] == numba_cuda.simulating()

@@ -16,6 +16,7 @@ from backends import reference
 from cnncomp.errors import GraphError, InputError
 from cnncomp.ir import Graph
 from cnncomp.pipeline import optimize
+from cnncomp.planner import memory_plan
 from frontends.builder import Builder
 from tests import models
 from tests.backends.cuda.harness import assert_same_as_reference, op_graph, random_inputs
@@ -67,7 +68,7 @@ def test_a_call_copies_each_input_in_and_each_output_out_once(monkeypatch, cuda)
     if not numba_cuda.simulating():
         pytest.skip("counts the simulator's copies")
     graph = two_branches()
-    assert graph.meta["memory_plan"]["in_place_concats"] == ["out"]
+    assert memory_plan(graph)["in_place_concats"] == ["out"]
     executable = numba_cuda.compile(graph)
     inputs = random_inputs(graph)
     counter = CopyCounter(monkeypatch, cuda)
@@ -95,7 +96,7 @@ def test_weights_are_copied_to_the_device_once_at_compile_time(monkeypatch, cuda
 
 def test_activations_live_in_one_arena_laid_out_by_the_memory_plan():
     graph, _ = optimize(inception_module(), 3)
-    plan = graph.meta["memory_plan"]
+    plan = memory_plan(graph)
     executable = assert_same_as_reference(graph)
     assert executable.stats["arena_bytes"] == plan["arena_bytes"]
     for name, slot in executable.slots.items():
@@ -106,11 +107,11 @@ def test_activations_live_in_one_arena_laid_out_by_the_memory_plan():
     assert [step.node for step in executable.steps if step.node == "out"] == []
 
 
-def test_a_graph_without_a_plan_is_planned_like_plan_memory_would():
+def test_the_backend_plans_the_memory_of_the_graph_it_compiles():
     graph, _ = optimize(unet_level(), 2)
     assert "memory_plan" not in graph.meta
     executable = assert_same_as_reference(graph)
-    assert executable.stats["arena_bytes"] == optimize(unet_level(), 3)[0].meta["memory_plan"]["arena_bytes"]
+    assert executable.memory_plan == memory_plan(graph)
 
 
 def inputs_and_outputs_inside_a_concat() -> Graph:
@@ -215,7 +216,7 @@ def test_stats_describe_the_compile():
     assert stats["launches"] == len(executable.steps) > 0
     assert stats["kernels"] == len({step.kernel.key for step in executable.steps})
     assert stats["simulator"] == numba_cuda.simulating()
-    assert stats["arena_bytes"] == graph.meta["memory_plan"]["arena_bytes"]
+    assert stats["arena_bytes"] == memory_plan(graph)["arena_bytes"]
     assert stats["seconds"] > 0
 
 

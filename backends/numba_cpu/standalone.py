@@ -4,6 +4,8 @@ only (no cnncomp), and its weights in an `.npz` beside it.
     cnncomp compile lenet5 --emit standalone -o lenet5.py      # writes lenet5.py and lenet5.npz
     python lenet5.py input.npy -o output.npy
 
+`cnncomp.api.CompiledModel.save_standalone` reaches it through the backend's `write_standalone`.
+
 The file holds, in order: the runtime modules the kernels call (backends/numba_cpu/blas.py and mathlib.py, inlined),
 every generated kernel module of the model (inlined, each module's names given the suffix `_k<i>` so that the
 modules' `kernel` functions and specialization constants do not collide), the memory layout (arena and scratch
@@ -26,16 +28,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cnncomp import __version__, plugins
+from backends.numba_cpu.kernels import RUNTIME_MODULES
+from cnncomp import __version__
 from cnncomp.data import write_atomically
 from cnncomp.errors import CnnCompError
 from cnncomp.runtime import offset_in
 
 if TYPE_CHECKING:
     from cnncomp.api import CompiledModel
-
-BACKEND = "numba-cpu"
-
 
 class StandaloneError(CnnCompError):
     """A model that cannot be written as a standalone program."""
@@ -55,13 +55,9 @@ def write(model: CompiledModel, path: str | Path) -> tuple[Path, Path]:
 
 
 def program(model: CompiledModel) -> tuple[str, dict[str, np.ndarray]]:
-    """The program's source and the arrays its `.npz` must hold."""
-    if model.backend != BACKEND:
-        raise StandaloneError(f"a standalone program holds numba-cpu kernels; model {model.name!r} is compiled for "
-                              f"{model.backend} (compile it with -b {BACKEND})")
+    """The program's source and the arrays its `.npz` must hold, for a model compiled for numba-cpu."""
     executable = model.executable
-    backend = plugins.backend(BACKEND)
-    runtime = [importlib.import_module(f"{backend.__name__}.{name}") for name in backend.kernels.RUNTIME_MODULES]
+    runtime = [importlib.import_module(f"backends.numba_cpu.{name}") for name in RUNTIME_MODULES]
     inlined = {module.__name__ for module in runtime}
     runtime_modules = [_Module(inspect.getsource(module), module.__name__) for module in runtime]
     imports = _Imports()

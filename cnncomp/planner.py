@@ -1,5 +1,11 @@
-"""plan_memory: place every activation in one arena, reusing the memory of dead tensors, with concat operands
-written straight into their slice of the concat's output and channel slices read straight from their input."""
+"""The memory planner, a library the backends call: place every activation in one arena, reusing the memory of
+dead tensors, with concat operands written straight into their slice of the concat's output and channel slices
+read straight from their input.
+
+    plan = memory_plan(graph)  # the graph's own plan if it still fits the graph, else one made now
+
+Not a pass: every backend that runs the graph over an arena plans it the same way, so no opt level needs to.
+`plan_memory` attaches a plan to a copy of the graph (saved with it), `plan_of` reads it back checked."""
 
 from __future__ import annotations
 
@@ -14,7 +20,12 @@ from cnncomp.limits import over_limit
 
 PLAN_KEY = "memory_plan"
 PLAN_VERSION = 2  # 2: channel slices are views of their input (`channel_slice_views`)
-ALIGNMENT = 64  # bytes: a cache line, and what vector loads like
+ALIGNMENT = 64  # bytes: a cache line, and what vector loads like (AVX-512 vectors); every arena and scratch region
+
+
+def aligned(size: int) -> int:
+    """`size` bytes rounded up to a whole number of ALIGNMENT blocks."""
+    return -(-size // ALIGNMENT) * ALIGNMENT
 
 
 @dataclass
@@ -27,10 +38,6 @@ class Buffer:
     start: int  # the first step at which the block holds data
     end: int  # the last step at which it is read
     offset: int = 0
-
-
-def _align(size: int) -> int:
-    return -(-size // ALIGNMENT) * ALIGNMENT
 
 
 def _slice_views(graph: Graph, planned: set[str]) -> dict[str, tuple[str, int]]:
@@ -87,8 +94,8 @@ def _place(buffers: list[Buffer]) -> int:
 
 
 def plan_memory(graph: Graph) -> Graph:
-    """Attach a memory plan: each activation (every value but constants, which live in the parameters) gets a
-    byte offset in one arena; tensors whose lifetimes do not overlap share memory.
+    """A copy of the graph with its memory plan attached: each activation (every value but constants, which live
+    in the parameters) gets a byte offset in one arena; tensors whose lifetimes do not overlap share memory.
 
         lifetime(v) = [step of v's producer, last step reading v]  (graph outputs: to the last step)
         offset(v)   = lowest aligned offset clear of every placed tensor whose lifetime meets v's, largest first
@@ -102,8 +109,8 @@ def plan_memory(graph: Graph) -> Graph:
     `offset + (n * batch_stride + i) * itemsize`; `batch_stride` is the per-sample size for tensors of their
     own and the concat's per-sample size for views (`view_of`: the concat they are a slice of, or for a channel
     slice the input it is a view of; the block's owner gives `batch_stride` either way). Steps are the
-    positions in `order`, which backends must follow. Preconditions: the graph is final (a rewrite after this
-    pass invalidates the plan; `check_plan` tells) and every concat operand slot is read by that concat only
+    positions in `order`, which backends must follow. Preconditions: the graph is final (a rewrite after
+    planning invalidates the plan; `check_plan` tells) and every concat operand slot is read by that concat only
     once. Reports `arena_bytes` against `total_bytes` (every tensor its own memory) and `lower_bound_bytes`
     (the most bytes live at one step; no arena can be smaller).
     """
@@ -133,7 +140,7 @@ def plan_memory(graph: Graph) -> Graph:
         if node.name not in planned:
             continue
         owner, _ = root(node.name)
-        buffer = buffers.setdefault(owner, Buffer(owner, _align(graph.node(owner).type.nbytes), step[node.name],
+        buffer = buffers.setdefault(owner, Buffer(owner, aligned(graph.node(owner).type.nbytes), step[node.name],
                                                   end[node.name]))
         buffer.start, buffer.end = min(buffer.start, step[node.name]), max(buffer.end, end[node.name])
     arena = _place(list(buffers.values()))
@@ -183,6 +190,15 @@ def _lower_bound(buffers: list[Buffer], graph: Graph, steps: int) -> int:
     return int(max(np.cumsum(live[:-1]), default=0))
 
 
+def memory_plan(graph: Graph) -> dict[str, Any]:
+    """The plan a backend lays its arena out by: the one saved with the graph while it still fits the graph, else
+    one made now."""
+    try:
+        return plan_of(graph)
+    except GraphError:
+        return plan_of(plan_memory(graph))
+
+
 def plan_of(graph: Graph) -> dict[str, Any]:
     """The graph's memory plan, checked against the graph; GraphError if there is none or it is stale."""
     check_plan(graph)
@@ -194,7 +210,7 @@ def check_plan(graph: Graph) -> None:
     every slot inside the arena."""
     plan = graph.meta.get(PLAN_KEY)
     if plan is None:
-        raise GraphError(f"graph {graph.name!r} has no memory plan; run plan_memory (-O3)")
+        raise GraphError(f"graph {graph.name!r} has no memory plan; make one with plan_memory")
     _check_arena(graph, plan["arena_bytes"])
     if plan["order"] != [node.name for node in graph.nodes]:
         raise GraphError(f"graph {graph.name!r}: the memory plan was made for another node order; "
