@@ -89,7 +89,7 @@ def _load_graph(args: argparse.Namespace, batch: int | None, *, structure_only: 
     from cnncomp import api
 
     shapes = dict(args.input_shape)
-    weights = getattr(args, "weights", None)
+    weights = args.weights
     if args.fully_convolutional and shapes:
         graph = api.load_model(args.model, weights=weights, structure_only=structure_only, strict=args.strict,
                                **dict(args.param))
@@ -621,99 +621,109 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+MODEL_HELP = "model description (a .cnn file, a .py file defining build(), an .onnx file) or zoo model name"
+ARTIFACT_HELP = "a .cnnx artifact, model description or zoo name"
+THREADS_HELP = "cores the model uses (default: all); numba-cpu, torch and onnxruntime honour it"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cnncomp", description="A graph-IR compiler for convolutional networks.")
     parser.add_argument("--version", action="version", version=f"cnncomp {__version__}")
     parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for add_command in (_summary_command, _render_command, _export_command, _zoo_command, _compile_command,
+                        _run_command, _eval_command, _profile_command, _bench_command):
+        add_command(commands)
+    return parser
 
-    summary = commands.add_parser(
-        "summary", help="per-layer table: output shape, params, MACs, receptive field",
-        description="Print each layer's output shape, parameter count, MACs and receptive field, with totals.",
-    )
-    summary.add_argument("model", metavar="MODEL",
-                         help="model description (a .cnn file, a .py file defining build()) or zoo model name")
+
+def _command(commands: Any, name: str, run: Any, help: str, description: str) -> argparse.ArgumentParser:  # noqa: A002
+    command = commands.add_parser(name, help=help, description=description)
+    command.set_defaults(run=run)
+    return command
+
+
+def _add_backend_option(parser: argparse.ArgumentParser, artifact: bool = True) -> None:
+    default = "numba-cpu, or the artifact's" if artifact else "numba-cpu"
+    parser.add_argument("-b", "--backend", default=None, metavar="NAME", help=f"backend (default {default})")
+
+
+def _summary_command(commands: Any) -> None:
+    summary = _command(commands, "summary", cmd_summary, "per-layer table: output shape, params, MACs, receptive field",
+                       "Print each layer's output shape, parameter count, MACs and receptive field, with totals.")
+    summary.add_argument("model", metavar="MODEL", help=MODEL_HELP)
     summary.add_argument("--batch", type=_positive_int, default=None, help="batch size (default: the model's)")
-    summary.add_argument("--param", type=_model_param, action="append", default=[], metavar="NAME=VALUE",
-                         help="set a model parameter, such as classes=10 (repeatable)")
     summary.add_argument("--json", action="store_true", help="print machine-readable JSON instead of a table")
+    _add_model_options(summary)
     _add_shape_options(summary)
     _add_pipeline_options(summary, default_level=0)
-    summary.set_defaults(run=cmd_summary)
 
-    render = commands.add_parser(
-        "render", help="draw the graph (svg, png, pdf or dot) with graphviz",
-        description="Draw the graph after an optimization pipeline: ops with key attributes and output shapes, "
-                    "tensor shapes on edges, what fused nodes absorbed, blocks as clusters.",
-    )
-    render.add_argument("model", metavar="MODEL",
-                        help="model description (a .cnn file, a .py file defining build()) or zoo model name")
+
+def _render_command(commands: Any) -> None:
+    render = _command(commands, "render", cmd_render, "draw the graph (svg, png, pdf or dot) with graphviz",
+                      "Draw the graph after an optimization pipeline: ops with key attributes and output shapes, "
+                      "tensor shapes on edges, what fused nodes absorbed, blocks as clusters.")
+    render.add_argument("model", metavar="MODEL", help=MODEL_HELP)
     render.add_argument("-o", "--output", required=True, metavar="FILE",
                         help="picture to write; its suffix picks the format: .svg, .png, .pdf or .dot")
     render.add_argument("--batch", type=_positive_int, default=None, help="batch size (default: the model's)")
-    render.add_argument("--param", type=_model_param, action="append", default=[], metavar="NAME=VALUE",
-                        help="set a model parameter, such as classes=10 (repeatable)")
     render.add_argument("--compare", action="store_true", help="draw the graph before (-O0) and after side by side")
     render.add_argument("--cost", action="store_true", help="shade nodes by MACs and show each node's MACs")
     render.add_argument("--block", metavar="NAME", help="draw only this block of the model (e.g. layer1.0)")
+    _add_model_options(render)
     _add_shape_options(render)
     _add_pipeline_options(render, default_level=0)
-    render.set_defaults(run=cmd_render)
 
-    export = commands.add_parser(
-        "export", help="write the model as an ONNX file (weights included)",
-        description="Write the graph, after the pipeline -O asks for (default -O0: as written), as an ONNX model "
-                    "with its weights as initializers, checked with onnx.checker; ONNX Runtime and other ONNX tools "
-                    "run exactly this model. Needs the onnx package (pip install 'cnncomp[onnx]').",
-    )
-    export.add_argument("model", metavar="MODEL",
-                        help="model description (a .cnn, .py or .onnx file) or zoo model name")
+
+def _export_command(commands: Any) -> None:
+    export = _command(commands, "export", cmd_export, "write the model as an ONNX file (weights included)",
+                      "Write the graph, after the pipeline -O asks for (default -O0: as written), as an ONNX model "
+                      "with its weights as initializers, checked with onnx.checker; ONNX Runtime and other ONNX "
+                      "tools run exactly this model. Needs the onnx package (pip install 'cnncomp[onnx]').")
+    export.add_argument("model", metavar="MODEL", help=MODEL_HELP)
     export.add_argument("-o", "--output", required=True, metavar="FILE.onnx", help="the ONNX file to write")
     export.add_argument("--batch", type=_positive_int, default=None, help="batch size (default: the model's)")
-    export.add_argument("--param", type=_model_param, action="append", default=[], metavar="NAME=VALUE",
-                        help="set a model parameter, such as classes=10 (repeatable)")
+    _add_model_options(export)
     _add_shape_options(export)
     _add_pipeline_options(export, default_level=0)
-    export.set_defaults(run=cmd_export)
 
-    zoo = commands.add_parser(
-        "zoo", help="list the zoo's models: input shape, params, MACs",
-        description="List the model zoo (the lecture's architectures as .cnn files): each model's input shape, "
-                    "parameter count and MACs. Every command takes a zoo name where it takes a model file.",
-    )
+
+def _zoo_command(commands: Any) -> None:
+    zoo = _command(commands, "zoo", cmd_zoo, "list the zoo's models: input shape, params, MACs",
+                   "List the model zoo (the lecture's architectures as .cnn files): each model's input shape, "
+                   "parameter count and MACs. Every command takes a zoo name where it takes a model file.")
     zoo.add_argument("--json", action="store_true", help="print machine-readable JSON instead of a table")
-    zoo.set_defaults(run=cmd_zoo)
 
-    compile_ = commands.add_parser(
-        "compile", help="compile a model into an artifact (.cnnx) or a standalone Python program",
-        description="Optimize a model and compile it for a backend; write the artifact (graph, weights, manifest, "
-                    "kernel sources) or, with --emit standalone, one Python file that needs only numpy, numba "
-                    "and scipy, with its weights in an .npz beside it.",
-    )
-    compile_.add_argument("model", metavar="MODEL",
-                          help="model description (a .cnn file, a .py file defining build()) or zoo model name")
+
+def _compile_command(commands: Any) -> None:
+    compile_ = _command(commands, "compile", cmd_compile,
+                        "compile a model into an artifact (.cnnx) or a standalone Python program",
+                        "Optimize a model and compile it for a backend; write the artifact (graph, weights, "
+                        "manifest, kernel sources) or, with --emit standalone, one Python file that needs only "
+                        "numpy, numba and scipy, with its weights in an .npz beside it.")
+    compile_.add_argument("model", metavar="MODEL", help=MODEL_HELP)
     compile_.add_argument("-o", "--output", metavar="FILE",
                           help="where to write (default: MODEL_NAME.cnnx, or MODEL_NAME.py with --emit standalone)")
-    compile_.add_argument("-b", "--backend", default=None, metavar="NAME", help="backend (default numba-cpu)")
+    _add_backend_option(compile_, artifact=False)
     compile_.add_argument("--batch", type=_positive_int, default=None,
                           help="batch size (default 1, or --input-shape's; a loaded model compiles other sizes on "
                                "demand)")
-    _add_shape_options(compile_)
     compile_.add_argument("--emit", choices=("artifact", "standalone"), default="artifact",
                           help="artifact: a .cnnx file (default); standalone: a .py program and its .npz weights")
     compile_.add_argument("--emit-source", metavar="DIR", help="also write the generated kernel modules into DIR")
+    _add_shape_options(compile_)
     _add_model_options(compile_)
     _add_image_options(compile_)
     _add_pipeline_options(compile_, default_level=2)
-    compile_.set_defaults(run=cmd_compile)
 
-    run = commands.add_parser(
-        "run", help="run a model on an array or an image: top-k classes, output array, class map",
-        description="Run a model (an artifact, a model description or a zoo name) on a .npy/.npz array or a PNG/JPEG "
-                    "image (resized and normalized as the model says); print the top-k classes with their "
-                    "probabilities, write the output array and, for segmentation models, a PNG of the class map.",
-    )
-    run.add_argument("model", metavar="MODEL_OR_ARTIFACT", help="a .cnnx artifact, model description or zoo name")
+
+def _run_command(commands: Any) -> None:
+    run = _command(commands, "run", cmd_run,
+                   "run a model on an array or an image: top-k classes, output array, class map",
+                   "Run a model (an artifact, a model description or a zoo name) on a .npy/.npz array or a "
+                   "PNG/JPEG image (resized and normalized as the model says); print the top-k classes with their "
+                   "probabilities, write the output array and, for segmentation models, a PNG of the class map.")
+    run.add_argument("model", metavar="MODEL_OR_ARTIFACT", help=ARTIFACT_HELP)
     run.add_argument("-i", "--input", required=True, action="extend", nargs="+", metavar="INPUT",
                      help=".npy (one input), .npz (an array per input name) or a .png/.jpg image; with --out, "
                           "any number of files, folders (sorted) and glob patterns")
@@ -730,31 +740,27 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-outputs", action="store_true", help="with --out, do not write outputs.npy")
     run.add_argument("--top-k", type=_positive_int, default=5, metavar="K", help="classes to print (default 5)")
     run.add_argument("--labels", metavar="FILE", help="class names, one per line (line k names class k)")
-    run.add_argument("-b", "--backend", default=None, metavar="NAME",
-                     help="backend (default numba-cpu, or the artifact's)")
-    run.add_argument("--threads", type=_positive_int, default=None, metavar="N",
-                     help="cores the model uses (default: all); numba-cpu, torch and onnxruntime honour it")
+    _add_backend_option(run)
+    run.add_argument("--threads", type=_positive_int, default=None, metavar="N", help=THREADS_HELP)
     _add_cluster_options(run)
     _add_shape_options(run)
     _add_model_options(run)
     _add_image_options(run)
     _add_pipeline_options(run, default_level=2)
-    run.set_defaults(run=cmd_run)
 
-    evaluate = commands.add_parser(
-        "eval", help="top-1 and top-5 error of a classifier over a labelled set",
-        description="The lecture's top-k error over a labelled set: the share of samples whose label is not among "
-                    "the k classes the model scores highest. DATA is an .npz with 'x' (N inputs, float32) and 'y' "
-                    "(N integer labels).",
-    )
-    evaluate.add_argument("model", metavar="MODEL_OR_ARTIFACT", help="a .cnnx artifact, model description or zoo name")
+
+def _eval_command(commands: Any) -> None:
+    evaluate = _command(commands, "eval", cmd_eval, "top-1 and top-5 error of a classifier over a labelled set",
+                        "The lecture's top-k error over a labelled set: the share of samples whose label is not "
+                        "among the k classes the model scores highest. DATA is an .npz with 'x' (N inputs, "
+                        "float32) and 'y' (N integer labels).")
+    evaluate.add_argument("model", metavar="MODEL_OR_ARTIFACT", help=ARTIFACT_HELP)
     evaluate.add_argument("-d", "--data", required=True, metavar="DATA.npz|DIR",
                           help="labelled set: an .npz with arrays x and y, or a folder of class subfolders "
                                "(DIR/<class>/<image>; class k is the k-th subfolder name in sorted order)")
     evaluate.add_argument("--top-k", type=_csv(_positive_int, "positive integers"), default=[1, 5], metavar="K,...",
                           help="which top-k errors (default 1,5)")
-    evaluate.add_argument("-b", "--backend", default=None, metavar="NAME",
-                          help="backend (default numba-cpu, or the artifact's)")
+    _add_backend_option(evaluate)
     evaluate.add_argument("--batch", type=_positive_int, default=64, help="samples per run (default 64)")
     evaluate.add_argument("--json", action="store_true", help="print machine-readable JSON")
     evaluate.set_defaults(threads=None)
@@ -763,26 +769,24 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(evaluate)
     _add_image_options(evaluate)
     _add_pipeline_options(evaluate, default_level=2)
-    evaluate.set_defaults(run=cmd_eval)
 
-    profile = commands.add_parser(
-        "profile", help="per-kernel times, shares, GFLOP/s and algorithms, against the whole call",
-        description="Time a compiled model on random inputs (seeded): each node's kernel time (the median over "
-                    "--repeat runs, after one warm-up), its share of all kernels' time, GFLOP/s (2 FLOPs per MAC "
-                    "of the optimized node) and the algorithm the backend chose (numba-cpu: Winograd, im2col+gemm, "
-                    "direct, ...), slowest first; then the kernels' sum against the median of as many whole calls, "
-                    "timed apart, so the time outside the kernels shows. Backends that run operation by operation "
-                    "(reference, torch, onnxruntime) time each operation.",
-    )
-    profile.add_argument("model", metavar="MODEL_OR_ARTIFACT", help="a .cnnx artifact, model description or zoo name")
-    profile.add_argument("-b", "--backend", default=None, metavar="NAME",
-                         help="backend (default numba-cpu, or the artifact's)")
+
+def _profile_command(commands: Any) -> None:
+    profile = _command(commands, "profile", cmd_profile,
+                       "per-kernel times, shares, GFLOP/s and algorithms, against the whole call",
+                       "Time a compiled model on random inputs (seeded): each node's kernel time (the median over "
+                       "--repeat runs, after one warm-up), its share of all kernels' time, GFLOP/s (2 FLOPs per "
+                       "MAC of the optimized node) and the algorithm the backend chose (numba-cpu: Winograd, "
+                       "im2col+gemm, direct, ...), slowest first; then the kernels' sum against the median of as "
+                       "many whole calls, timed apart, so the time outside the kernels shows. Backends that run "
+                       "operation by operation (reference, torch, onnxruntime) time each operation.")
+    profile.add_argument("model", metavar="MODEL_OR_ARTIFACT", help=ARTIFACT_HELP)
+    _add_backend_option(profile)
     profile.add_argument("--batch", type=_positive_int, default=None,
                          help="batch size (default 1, or --input-shape's, or the artifact's)")
     profile.add_argument("--repeat", type=_positive_int, default=10,
                          help="timed runs, of the kernels and of whole calls (default 10)")
-    profile.add_argument("--threads", type=_positive_int, default=None, metavar="N",
-                         help="cores the model uses (default: all); numba-cpu, torch and onnxruntime honour it")
+    profile.add_argument("--threads", type=_positive_int, default=None, metavar="N", help=THREADS_HELP)
     profile.add_argument("--json", action="store_true",
                          help="print {model, backend, opt_level, threads, inputs, repeat, rows (slowest first: node, "
                               "kernel, algorithm, ms, percent, macs, gflops), kernel_ms, gflops, end_to_end_ms, "
@@ -791,16 +795,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_shape_options(profile)
     _add_model_options(profile)
     _add_pipeline_options(profile, default_level=3)  # as `bench` measures our backends
-    profile.set_defaults(run=cmd_profile)
 
-    bench = commands.add_parser(
-        "bench", help="latency, GFLOP/s, compile time and memory on backends, against PyTorch and ONNX Runtime",
-        description="Benchmark models on backends: a warm-up, then repeated timed runs, each model, backend and batch "
-                    "in fresh processes over an empty kernel cache (compile time cold, then warm). Prints min, "
-                    "median and max latency (a wide spread shows an unstable run), images/s, GFLOP/s (2 FLOPs per "
-                    "MAC), the share of this machine's numpy matmul rate, compile times and peak memory; --peers "
-                    "adds PyTorch eager and ONNX Runtime on the same graph and weights, with the ratio to each.",
-    )
+
+def _bench_command(commands: Any) -> None:
+    bench = _command(commands, "bench", cmd_bench,
+                     "latency, GFLOP/s, compile time and memory on backends, against PyTorch and ONNX Runtime",
+                     "Benchmark models on backends: a warm-up, then repeated timed runs, each model, backend and "
+                     "batch in fresh processes over an empty kernel cache (compile time cold, then warm). Prints "
+                     "min, median and max latency (a wide spread shows an unstable run), images/s, GFLOP/s (2 "
+                     "FLOPs per MAC), the share of this machine's numpy matmul rate, compile times and peak memory; "
+                     "--peers adds PyTorch eager and ONNX Runtime on the same graph and weights, with the ratio to "
+                     "each.")
     bench.add_argument("models", nargs="+", metavar="MODEL", help="model descriptions or zoo names")
     bench.add_argument("-b", "--backend", type=_csv(str, "backend names"), default=["numba-cpu"], metavar="NAME,...",
                        help="backends to measure (default numba-cpu)")
@@ -819,8 +824,6 @@ def build_parser() -> argparse.ArgumentParser:
                             "min_ms, max_ms, images_per_s, gflops, peak_fraction, compile_cold_s, compile_warm_s, "
                             "peak_rss_mb}")
     _add_model_options(bench)
-    bench.set_defaults(run=cmd_bench)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -57,6 +57,18 @@ def test_export_writes_a_model_onnx_runtime_runs_like_the_reference(tmp_path):
     np.testing.assert_allclose(actual, reference.run(graph, {"image": x})[graph.outputs[0]], atol=1e-5, rtol=1e-5)
 
 
+def test_export_and_summary_take_trained_weights(tmp_path):
+    weights = ROOT / "frontends" / "zoo" / "weights" / "lenet5_digits.npz"
+    result = cnncomp("export", "lenet5", "--weights", weights, "-o", tmp_path / "trained.onnx")
+    assert result.returncode == 0, result.stderr
+    exported = {t.name: onnx.numpy_helper.to_array(t) for t in onnx.load(tmp_path / "trained.onnx").graph.initializer}
+    with np.load(weights) as trained:
+        assert set(exported) == set(trained.files)
+        for key in trained.files:
+            np.testing.assert_array_equal(exported[key], trained[key])
+    assert summary_json("lenet5", "--weights", weights)["params"] == 61_706
+
+
 def test_the_summary_of_an_exported_model_is_the_originals(tmp_path):
     target = tmp_path / "resnet18.onnx"
     assert cnncomp("export", "resnet18", "-o", target).returncode == 0
