@@ -200,15 +200,17 @@ def cmd_render(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from cnncomp.onnx_export import OPSET, export
+    from cnncomp import plugins
 
+    onnx_export = plugins.exporter("onnx")
     output = Path(args.output)
     if output.suffix != ".onnx":
         raise UsageError(f"{output}: an ONNX model is written as .onnx")
     graph = _optimized(args, _load_graph(args, args.batch))
-    model = export(graph, output)
+    model = onnx_export.export(graph, output)
     parameters = sum(value.size for value in graph.params.values())
-    print(f"{graph.name}: {len(model.graph.node)} ONNX nodes (opset {OPSET}), {parameters:,} parameters in "
+    opset = model.opset_import[0].version
+    print(f"{graph.name}: {len(model.graph.node)} ONNX nodes (opset {opset}), {parameters:,} parameters in "
           f"{len(graph.params)} initializers -> {output} ({_megabytes(output.stat().st_size)})")
     return 0
 

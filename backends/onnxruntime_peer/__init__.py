@@ -1,4 +1,5 @@
-"""ONNX Runtime as a backend: the graph exported to ONNX (`cnncomp.onnx_export`), run by an InferenceSession on
+"""ONNX Runtime as a backend: the graph exported to ONNX (the ONNX frontend's exporter, `frontends.onnx.export`,
+found through the plugin registry: a backend imports no frontend), run by an InferenceSession on
 the CPU with the same weights.
 
 It is a benchmark peer (`cnncomp bench --peers`) and a third oracle. onnx and onnxruntime are optional
@@ -12,16 +13,21 @@ import json
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
 
+from cnncomp import plugins
 from cnncomp.errors import CnnCompError
 from cnncomp.ir import Graph
-from cnncomp.onnx_export import onnx_module, to_onnx
 from cnncomp.runtime import OperationByOperation, ProfileRow, check_inputs, positive_count
 
 KERNEL_EVENT = "_kernel_time"  # ONNX Runtime's trace names a node's run `<node name>_kernel_time`
+
+
+def _onnx_export() -> ModuleType:
+    return plugins.exporter("onnx")
 
 
 def _onnxruntime() -> Any:
@@ -41,7 +47,7 @@ class OnnxRuntimeExecutable(OperationByOperation):
         self.graph = graph
         self.threads = threads
         self.optimize = optimize
-        self.model = to_onnx(graph)
+        self.model = _onnx_export().to_onnx(graph)
         self.session = self._session(self._options())
 
     @property
@@ -72,7 +78,8 @@ class OnnxRuntimeExecutable(OperationByOperation):
             for _ in range(repeat):
                 session.run(self.graph.outputs, feeds)
             trace = json.loads(Path(session.end_profiling()).read_text())
-            owners = _owners(self.graph, self.model, onnx_module().load(options.optimized_model_filepath))
+            optimized = _onnx_export().onnx_module().load(options.optimized_model_filepath)
+            owners = _owners(self.graph, self.model, optimized)
         seconds: dict[str, np.ndarray] = {}
         kernels: dict[str, list[str]] = {}
         runs: dict[str, int] = {}  # how many runs of each ONNX Runtime node the trace has shown so far

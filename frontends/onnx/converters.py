@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from cnncomp.ops.activation import ACTIVATIONS, Activation
 from frontends.onnx.folding import reshape_target, slice_bounds, split_sizes
 from frontends.onnx.graph import FlatIndices, OnnxNode, Overhanging, PendingSlice, Unsupported
 from frontends.onnx.resize import ResizeSpec, upsample_attrs
@@ -363,21 +364,35 @@ def _softmax_axis(cx: Importer, node: OnnxNode) -> str:
 
 
 # ----- activations ------------------------------------------------------------------------------------------------
-def _simple(op: str) -> Converter:
+def _onnx_default(cx: Importer, node: OnnxNode, name: str) -> Any:
+    """The value ONNX's definition gives an attribute the node leaves out (None: no default)."""
+    attribute = cx.onnx.defs.get_schema(node.op_type, cx.opset).attributes[name].default_value
+    return cx.onnx.helper.get_attribute_value(attribute) if attribute.type else None
+
+
+def _activation(op: Activation) -> Converter:
+    """The ONNX operator of an activation's registry entry, with the attributes its definition fixes, as the
+    activation; its other attributes become ours."""
+    spelling = op.onnx
+
     def convert(cx: Importer, node: OnnxNode) -> str:
-        return cx.emit(node, op, [cx.value(node, 0)])
+        for name, value in spelling.fixed.items():
+            given = node.attrs.get(name, _onnx_default(cx, node, name))
+            if given != value:
+                raise Unsupported(f"a {node.op_type} with {name}={_shown(given)} (cnncomp's {op.name} has "
+                                  f"{name}={_shown(value)})")
+        attrs = {ours: node.attrs[theirs] for theirs, ours in spelling.attrs.items() if theirs in node.attrs}
+        return cx.emit(node, op.name, [cx.value(node, 0)], attrs)
 
     return convert
 
 
-for _onnx_op, _our_op, _since in (("Relu", "relu", 1), ("Sigmoid", "sigmoid", 1), ("Tanh", "tanh", 1),
-                                  ("HardSwish", "hardswish", 14)):
-    converter(_onnx_op, since=_since)(_simple(_our_op))
+def _shown(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-@converter("LeakyRelu")
-def _leaky_relu(cx: Importer, node: OnnxNode) -> str:
-    return cx.emit(node, "leaky_relu", [cx.value(node, 0)], {"alpha": float(node.attrs.get("alpha", 0.01))})
+# x * gate(x) as one activation (x * Sigmoid(x) is silu): {gate: activation}.
+SELF_GATED = {op.self_gated_by: name for name, op in ACTIVATIONS.items() if op.self_gated_by is not None}
 
 
 @converter("PRelu")
@@ -386,14 +401,6 @@ def _prelu(cx: Importer, node: OnnxNode) -> str:
     if slope.size == 0 or not np.all(slope == slope.reshape(-1)[0]):
         raise Unsupported("a PRelu with a slope per channel (cnncomp's leaky_relu has one slope)")
     return cx.emit(node, "leaky_relu", [cx.value(node, 0)], {"alpha": float(slope.reshape(-1)[0])})
-
-
-@converter("Swish", since=24)
-def _swish(cx: Importer, node: OnnxNode) -> str:
-    alpha = float(node.attrs.get("alpha", 1.0))
-    if alpha != 1.0:
-        raise Unsupported(f"a Swish with alpha={alpha:g} (cnncomp's silu is x * sigmoid(x))")
-    return cx.emit(node, "silu", [cx.value(node, 0)])
 
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)
@@ -430,6 +437,13 @@ def _hard_sigmoid(cx: Importer, node: OnnxNode) -> str:
     result = cx.unit_affine(node, clipped, np.float32(1 / 6), np.float32(0))
     cx.hard_sigmoids[result] = (x, alpha, beta)
     return result
+
+
+# Every activation's ONNX operator, unless the operator has a converter of its own above (Clip, which is relu6 or
+# relu by its bounds).
+for _op in ACTIVATIONS.values():
+    if _op.onnx.name not in CONVERTERS:
+        converter(_op.onnx.name, since=_op.onnx.since)(_activation(_op))
 
 
 # ----- elementwise arithmetic -------------------------------------------------------------------------------------
@@ -496,8 +510,8 @@ def _between_values(cx: Importer, node: OnnxNode, a: str, b: str) -> str:
     if op == "Mul":
         for x, gate in ((a, b), (b, a)):
             producer = cx.graph.node(gate)
-            if producer.op == "sigmoid" and producer.inputs[0] == x:
-                return cx.emit(node, "silu", [x])
+            if producer.op in SELF_GATED and producer.inputs[0] == x:
+                return cx.emit(node, SELF_GATED[producer.op], [x])
             pattern = cx.hard_sigmoids.get(gate)
             if pattern is not None and pattern[0] == x and np.isclose(pattern[1], 1 / 6) and pattern[2] == 0.5:
                 return cx.emit(node, "hardswish", [x])

@@ -14,9 +14,9 @@ import pytest
 
 from backends import reference
 from cnncomp.driver import load_model, zoo_models
-from cnncomp.onnx_export import to_onnx
 from cnncomp.pipeline import optimize
 from frontends.onnx import import_model
+from frontends.onnx.export import to_onnx
 
 ATOL = 1e-4
 RTOL = 1e-3

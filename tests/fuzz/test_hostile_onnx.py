@@ -1,5 +1,5 @@
 """Hostile ONNX files for the importer (frontends/onnx): named attacks, random byte mutations and random structural
-mutations of exported models (zoo models and fuzz graphs, `cnncomp.onnx_export`). Each runs in a sandbox child
+mutations of exported models (zoo models and fuzz graphs, `frontends.onnx.export`). Each runs in a sandbox child
 under a time limit; the only outcomes allowed are a graph or a one-line `CnnCompError` (ModelLoadError): no other
 exception, no hang, no dead interpreter, no file read outside the model's folder."""
 
@@ -157,7 +157,7 @@ def source_models() -> dict[str, bytes]:
     from hypothesis import HealthCheck, Phase, given, settings
 
     from cnncomp.driver import load_model
-    from cnncomp.onnx_export import to_onnx
+    from frontends.onnx.export import to_onnx
     from tests.fuzz.graphs import WIDE, fuzz_cases
 
     sources = {name: to_onnx(load_model(name, batch=1)).SerializeToString()

@@ -6,14 +6,18 @@ stand for (depthwise as a grouped Conv, pointwise as a 1x1 Conv, separable as tw
 Slice), a fused epilogue becomes the Mul/Add/activation nodes it absorbed, and the ops whose ONNX counterpart
 differs are spelled out exactly: crop as a Slice with static starts, max_pool2d_indices (PyTorch's per-plane
 indices h*W + w) as MaxPool's flat indices modulo the plane size, max_unpool2d as MaxUnpool on flat indices,
-relu6 as Clip(0, 6), silu as x * Sigmoid(x), LRN of even size (whose window ONNX centers the other way) as a
-band convolution of the squares, non-uniform adaptive pooling as two averaging matrices.
+LRN of even size (whose window ONNX centers the other way) as a band convolution of the squares, non-uniform
+adaptive pooling as two averaging matrices. Activations are written as their registry entries spell them in
+ONNX (relu6 as Clip(0, 6)); one whose operator is newer than opset 17 as x * gate(x) where the entry says so
+(silu as x * Sigmoid(x)), otherwise at the opset that defines it (the model's opset is then that one).
 
 Names: an ONNX value (and the node producing it) is named like our node, so graph inputs and outputs keep their
 names; each parameter is an initializer named by its key (`conv1.weight`); the intermediate values of a node
 spelled out as several ONNX nodes are `name/step`. Shapes are static, as in the graph.
 
-onnx is an optional dependency (`pip install 'cnncomp[onnx]'`), imported only when a graph is exported.
+onnx is an optional dependency (`pip install 'cnncomp[onnx]'`), imported only when a graph is exported. The
+CLI (`cnncomp export`) and the onnxruntime backend reach this module through the plugin registry
+(`cnncomp.plugins.exporter("onnx")`).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import numpy as np
 
 from cnncomp.errors import CnnCompError, GraphError
 from cnncomp.ir import Graph, Node
+from cnncomp.ops.activation import ACTIVATIONS
 from cnncomp.ops.pool import adaptive_bins
 
 OPSET = 17
@@ -83,6 +88,7 @@ class _Writer:
         self.initializers: list[Any] = []
         self.used: set[str] = {node.name for node in graph.nodes}
         self.pools = _IndexedPools(graph)
+        self.opset = OPSET  # raised by an activation whose ONNX operator is newer
 
     def fresh(self, name: str) -> str:
         """`name`, or `name_1`, `name_2`, ... if a value of the graph or of the export already has it."""
@@ -125,13 +131,15 @@ class _Writer:
 
     # ----- shared spellings -----------------------------------------------------------------------------
     def activation(self, x: str, act: str, alpha: float, output: str) -> str:
-        if act == "relu6":
-            return self.emit("Clip", [x, self.scalar(f"{output}/min", 0.0), self.scalar(f"{output}/max", 6.0)], output)
-        if act == "leaky_relu":
-            return self.emit("LeakyRelu", [x], output, alpha=float(alpha))
-        if act == "silu":
-            return self.emit("Mul", [x, self.emit("Sigmoid", [x], self.step(output, "sigmoid"))], output)
-        return self.emit(SIMPLE_ACTIVATIONS[act], [x], output)
+        """The activation as its registry entry spells it in ONNX."""
+        op = ACTIVATIONS[act]
+        spelling = op.onnx
+        if spelling.since > OPSET and op.self_gated_by is not None:
+            gate = self.activation(x, op.self_gated_by, alpha, self.step(output, op.self_gated_by))
+            return self.emit("Mul", [x, gate], output)
+        self.opset = max(self.opset, spelling.since)
+        constants = [self.scalar(f"{output}/{name}", value) for name, value in spelling.inputs]
+        return self.emit(spelling.name, [x, *constants], output, **spelling.arguments({"alpha": alpha}))
 
     def epilogue(self, node: Node, layer: Callable[[str], str], y: str, residual: str | None) -> None:
         """`y = layer(x) + bias` is emitted by `layer` (a function of its output name); the epilogue
@@ -161,14 +169,11 @@ class _Writer:
 
         body = helper.make_graph(self.nodes, graph.name, [info(n.name) for n in graph.inputs],
                                  [info(name) for name in graph.outputs], self.initializers)
-        model = helper.make_model(body, producer_name=PRODUCER, opset_imports=[helper.make_opsetid("", OPSET)])
+        model = helper.make_model(body, producer_name=PRODUCER, opset_imports=[helper.make_opsetid("", self.opset)])
         from cnncomp import __version__
 
         model.producer_version = __version__
         return model
-
-
-SIMPLE_ACTIVATIONS = {"relu": "Relu", "tanh": "Tanh", "sigmoid": "Sigmoid", "hardswish": "HardSwish"}
 
 
 def _elem_type(onnx: Any, dtype: str) -> int:
@@ -589,5 +594,5 @@ RULES: dict[str, Callable[[_Writer, Node], None]] = {
     "channel_slice": _channel_slice,
     "strided_slice": _strided_slice,
     "constant": _constant,
-    **{name: _activation(name) for name in ("relu", "relu6", "leaky_relu", "tanh", "sigmoid", "silu", "hardswish")},
+    **{name: _activation(name) for name in ACTIVATIONS},
 }
