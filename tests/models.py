@@ -6,15 +6,7 @@ import numpy as np
 
 from cnncomp.ir import Graph
 from frontends.builder import Builder
-
-
-def randomize(graph: Graph, seed: int = 0) -> Graph:
-    """Random weights and batch-norm statistics, so no parameter hides behind a neutral initial value."""
-    rng = np.random.default_rng(seed)
-    for key, value in graph.params.items():
-        fresh = rng.standard_normal(value.shape).astype(np.float32) * 0.3
-        graph.params[key] = np.abs(fresh) + 0.5 if key.endswith("running_var") else fresh
-    return graph
+from tests.helpers import randomize
 
 
 def basic_block(batch: int = 1) -> Graph:

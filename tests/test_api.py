@@ -15,8 +15,7 @@ import cnncomp
 from backends import reference
 from cnncomp.errors import CnnCompError, InputError
 from frontends.builder import Builder
-from tests.helpers import assert_close
-from tests.models import randomize
+from tests.helpers import assert_close, randomize
 
 ROOT = Path(__file__).parents[1]
 WEIGHTS = ROOT / "frontends" / "zoo" / "weights" / "lenet5_digits.npz"

@@ -39,9 +39,10 @@ from tests.fuzz.differential import (  # noqa: E402
     check,
     fragile,
 )
-from tests.fuzz.graphs import PROFILES, TINY, FuzzCase, fuzz_cases, random_inputs  # noqa: E402
+from tests.fuzz.graphs import PROFILES, TINY, FuzzCase, fuzz_cases  # noqa: E402
 from tests.fuzz.reduce import reduce  # noqa: E402
 from tests.fuzz.reproduce import failures_folder, load_reproducer, replay, write_reproducer  # noqa: E402
+from tests.helpers import random_inputs  # noqa: E402
 
 
 class Campaign:

@@ -18,17 +18,11 @@ import numpy as np
 from cnncomp.api import CompiledModel
 from cnncomp.ir import Graph
 from cnncomp.runtime import Executable
+from tests.helpers import random_inputs
 
 Call = Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]
 
 BARRIER_SECONDS = 60.0  # how long a thread waits for the others to start: a bound on a broken run, not a pace
-
-
-def random_inputs(graph: Graph, seed: int = 0, batch: int | None = None) -> dict[str, np.ndarray]:
-    """Standard normal inputs of the graph's shapes (with another batch size if given)."""
-    rng = np.random.default_rng(seed)
-    return {node.name: rng.standard_normal((batch or node.shape[0], *node.shape[1:])).astype(node.type.dtype)
-            for node in graph.inputs}
 
 
 def check_contract(executable: Any, graph: Graph, repeat: int = 2) -> None:

@@ -17,8 +17,8 @@ from tests.backends.contract import (
     check_contract,
     check_profile,
     check_variant_compiled_during_calls,
-    random_inputs,
 )
+from tests.helpers import random_inputs
 
 BACKENDS = ["reference", "torch", "onnxruntime", "numba-cpu"]
 OPTIONS = {"numba-cpu": {"progress": False}}

@@ -14,8 +14,8 @@ import cnncomp
 from backends.reference import run as run_reference
 from cnncomp.errors import CnnCompError
 from tests import models
-from tests.backends.contract import check_concurrent, random_inputs
-from tests.backends.test_numba_cpu import op_graph
+from tests.backends.contract import check_concurrent
+from tests.helpers import random_inputs, random_op_graph
 
 
 def _inputs(graph, count: int) -> list[dict[str, np.ndarray]]:
@@ -52,7 +52,7 @@ def test_each_workspace_has_its_own_memory_and_the_same_argument_types():
 def test_two_concurrent_calls_overlap_in_time():
     """Each call runs one long kernel on one thread; the kernel intervals of two calls started together must
     intersect. A kernel holding the GIL, or a lock around calls, would run them one after the other."""
-    graph = op_graph("conv2d", [(1, 64, 96, 96)], dict(out_channels=64, kernel=5, padding=2))
+    graph = random_op_graph("conv2d", [(1, 64, 96, 96)], dict(out_channels=64, kernel=5, padding=2))
     executable = numba_cpu.compile(graph, {"threads": 1, "conv2d_algorithms": {"y": "direct"}})
     (step,) = executable.steps
     kernel = step.function
@@ -78,7 +78,7 @@ def test_two_concurrent_calls_overlap_in_time():
 
 def test_kernels_release_the_gil():
     """While a call runs, another Python thread keeps running."""
-    graph = op_graph("conv2d", [(1, 64, 96, 96)], dict(out_channels=64, kernel=5, padding=2))
+    graph = random_op_graph("conv2d", [(1, 64, 96, 96)], dict(out_channels=64, kernel=5, padding=2))
     executable = numba_cpu.compile(graph, {"threads": 1, "conv2d_algorithms": {"y": "direct"}})
     (x,) = _inputs(graph, 1)
     executable(x)

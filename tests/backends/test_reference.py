@@ -12,19 +12,10 @@ from torch import nn
 from backends import reference
 from cnncomp.errors import InputError
 from frontends.builder import Builder
-from tests.helpers import assert_close, one_op_graph, random
+from tests.helpers import assert_close, one_op_graph, random, randomize
 
 EXAMPLES = Path(__file__).parents[2] / "examples"
 T = torch.from_numpy
-
-
-def randomize(graph, seed=0):
-    """Random weights and batch-norm statistics, so no parameter hides behind a neutral initial value."""
-    rng = np.random.default_rng(seed)
-    for key, value in graph.params.items():
-        fresh = rng.standard_normal(value.shape).astype(np.float32) * 0.3
-        graph.params[key] = np.abs(fresh) + 0.5 if key.endswith("running_var") else fresh
-    return graph
 
 
 def test_lenet5_matches_torch():

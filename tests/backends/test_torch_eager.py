@@ -1,27 +1,17 @@
 """The torch backend (benchmark peer and second oracle) agrees with the reference on ops and whole blocks."""
 
-import numpy as np
 import pytest
 import torch
 
 import backends.torch_eager as torch_eager
-from backends import reference
 from tests import models
-from tests.backends.test_numba_cpu import op_graph, random_inputs
-
-
-def assert_agrees(graph):
-    inputs = random_inputs(graph)
-    expected = reference.run(graph, inputs)
-    actual = torch_eager.compile(graph)(inputs)
-    for name in graph.outputs:
-        np.testing.assert_allclose(actual[name], expected[name], atol=1e-4, rtol=1e-4)
+from tests.helpers import assert_same_as_reference, random_inputs, random_op_graph
 
 
 @pytest.mark.parametrize("build", [models.basic_block, models.inception_module, models.unet_level, models.mbconv,
                                    models.separable_stack, models.dual_path_block, models.res2net_block])
 def test_blocks(build):
-    assert_agrees(build(2))
+    assert_same_as_reference(build(2), torch_eager)
 
 
 @pytest.mark.parametrize("op,shapes,attrs", [
@@ -41,7 +31,7 @@ def test_blocks(build):
     ("channel_slice", [(2, 6, 3, 3)], dict(start=1, stop=5)),
 ])
 def test_ops(op, shapes, attrs):
-    assert_agrees(op_graph(op, shapes, attrs))
+    assert_same_as_reference(random_op_graph(op, shapes, attrs), torch_eager)
 
 
 def test_threads_are_set_once_at_compile_time_and_calls_leave_them_alone():

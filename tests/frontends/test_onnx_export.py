@@ -14,13 +14,13 @@ from backends import reference
 from cnncomp import plugins
 from cnncomp.errors import CnnCompError
 from cnncomp.ir import Graph
+from cnncomp.onnx_export import OPSET, RULES, export, to_onnx
 from cnncomp.ops import op_names
 from cnncomp.pipeline import optimize
-from frontends.builder import Builder, initialize_params
+from frontends.builder import Builder
 from frontends.onnx import import_model
-from frontends.onnx.export import OPSET, RULES, export, to_onnx
 from tests import models
-from tests.helpers import one_op_graph, random
+from tests.helpers import assert_same_as_reference, random, random_inputs, random_op_graph
 
 TOLERANCE = {"atol": 1e-5, "rtol": 1e-5}
 
@@ -105,30 +105,18 @@ CASES = [
 ]
 
 
-def graph_of(op, shapes, attrs):
-    graph = one_op_graph(op, shapes, attrs)
-    initialize_params(graph)
-    return models.randomize(graph)
-
-
 def inputs_of(graph):
     # Values of several units, so relu6 and hardswish saturate somewhere.
-    return {node.name: random(node.shape, seed=i, scale=4.0) for i, node in enumerate(graph.inputs)}
+    return {name: value * 4 for name, value in random_inputs(graph).items()}
 
 
 def assert_same_outputs(graph, tolerance=TOLERANCE):
-    inputs = inputs_of(graph)
-    expected = reference.run(graph, inputs)
-    actual = onnxruntime_peer.compile(graph)(inputs)
-    assert list(actual) == graph.outputs
-    for name in graph.outputs:
-        assert actual[name].dtype == expected[name].dtype, name
-        np.testing.assert_allclose(actual[name], expected[name], **tolerance, err_msg=name)
+    assert_same_as_reference(graph, onnxruntime_peer, **tolerance, inputs=inputs_of(graph))
 
 
 @pytest.mark.parametrize("op,shapes,attrs", CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)])
 def test_every_op_runs_on_onnxruntime_like_the_reference(op, shapes, attrs):
-    assert_same_outputs(graph_of(op, shapes, attrs))
+    assert_same_outputs(random_op_graph(op, shapes, attrs))
 
 
 def test_every_registry_op_has_an_onnx_form_and_a_case():
@@ -263,7 +251,7 @@ def test_onnxruntime_backend_checks_inputs():
         executable({"x": np.zeros((1, 16, 12, 13), np.float32)})
 
 
-@pytest.mark.parametrize("module", ["frontends.onnx.export", "backends.onnxruntime_peer", "frontends.onnx"])
+@pytest.mark.parametrize("module", ["cnncomp.onnx_export", "backends.onnxruntime_peer", "frontends.onnx"])
 def test_onnx_and_onnxruntime_are_imported_only_when_used(module):
     import subprocess
 

@@ -30,7 +30,8 @@ from cnncomp import plugins
 from cnncomp.errors import CnnCompError
 from cnncomp.ir import Graph
 from cnncomp.pipeline import optimize
-from tests.fuzz.graphs import FuzzCase, random_inputs
+from tests.fuzz.graphs import FuzzCase
+from tests.helpers import random_inputs
 
 ATOL = 1e-4
 RTOL = 1e-3

@@ -13,25 +13,25 @@ Attribute values come from a `Profile`: `CI` keeps kernels, strides, paddings, a
 sets, so the Numba kernels the CI job needs (a kernel is specialized on them) stay few and come from the kernel
 cache after the first run; `WIDE`, for the long run (`tools/fuzz.py`), draws from wider ranges.
 
-Weights are random (`randomize`): each parameter drawn from its own stream (the seed and the parameter's name), so
-a graph's weights depend only on its structure and the seed; batch norms get non-trivial statistics.
+Weights are random (`tests.helpers.randomize`, with `shared_constants`): each parameter drawn from its own stream
+(the seed and the parameter's name), so a graph's weights depend only on its structure and the seed; batch norms get
+non-trivial statistics.
 """
 
 from __future__ import annotations
 
 import math
-import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 from hypothesis import strategies as st
 
 from cnncomp.errors import GraphError
 from cnncomp.ir import Graph, Node, TensorType
 from cnncomp.ops import get_op, op_names
 from cnncomp.ops.base import REQUIRED, Attr, Op
+from tests.helpers import randomize
 
 # Attributes whose `True` brings an operand: the residual (the output's shape) and SE's gate (N x C x 1 x 1).
 OPERAND_FLAGS = ("gate", "residual")
@@ -93,38 +93,6 @@ class FuzzCase:
         ops = ", ".join(f"{n.name}={n.op}({', '.join(n.inputs)})" for n in self.graph.nodes if n.op != "input")
         inputs = ", ".join(f"{n.name}: {n.type}" for n in self.graph.inputs)
         return f"FuzzCase(seed={self.seed}, inputs [{inputs}], nodes [{ops}], outputs {self.graph.outputs})"
-
-
-# ----- weights and inputs ------------------------------------------------------------------------------------
-def randomize(graph: Graph, seed: int) -> Graph:
-    """Give every parameter the graph's ops declare random values, each from its own stream (seed, name): weights
-    normal with std 1/sqrt(fan in), so activations keep their scale through chains; biases, shifts, constants and
-    batch-norm means normal (a per-channel constant is the same for every sample half of the time); scales,
-    batch-norm gammas and variances in [0.5, 1.5]. In place; returns the graph."""
-    for node in graph.nodes:
-        specs = get_op(node.op).params(node.attrs, [graph.node(i).type for i in node.inputs])
-        values = {}
-        for local, spec in specs.items():
-            rng = np.random.default_rng([seed, zlib.crc32(f"{node.name}.{local}".encode())])
-            if spec.init == "weight":
-                fan_in = math.prod(spec.shape[1:]) if len(spec.shape) > 1 else 1
-                value = rng.standard_normal(spec.shape) / math.sqrt(fan_in)
-            elif spec.init == "ones":
-                value = rng.uniform(0.5, 1.5, spec.shape)
-            else:
-                value = rng.standard_normal(spec.shape) * 0.5
-                if node.op == "constant" and value.ndim == 4 and value.shape[2:] == (1, 1) and rng.random() < 0.5:
-                    value = np.broadcast_to(value[:1], value.shape)  # the same for every sample: a bias passes fold
-            values[local] = value.astype(np.float32)
-        if values:
-            graph.set_node_params(node.name, values)
-    return graph
-
-
-def random_inputs(graph: Graph, seed: int) -> dict[str, np.ndarray]:
-    """Standard normal float32 inputs, one stream per input name."""
-    return {node.name: np.random.default_rng([seed, zlib.crc32(node.name.encode())])
-            .standard_normal(node.shape).astype(np.float32) for node in graph.inputs}
 
 
 # ----- the builder state ---------------------------------------------------------------------------------------
@@ -506,6 +474,6 @@ def fuzz_cases(draw: Draw, profile: Profile = CI) -> FuzzCase:
         outputs.append(draw(st.sampled_from(read)))
     order = {n.name: i for i, n in enumerate(graph.nodes)}
     graph.set_outputs(sorted(outputs, key=order.__getitem__))
-    randomize(graph, seed)
+    randomize(graph, seed, shared_constants=True)
     graph.validate()
     return FuzzCase(graph, seed)

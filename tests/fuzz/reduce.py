@@ -17,7 +17,8 @@ from cnncomp.errors import GraphError
 from cnncomp.ir import Graph
 from cnncomp.ops import get_op
 from cnncomp.ops.base import REQUIRED
-from tests.fuzz.graphs import FuzzCase, randomize
+from tests.fuzz.graphs import FuzzCase
+from tests.helpers import randomize
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,7 @@ class Spec:
                 graph.add_node(name, op, inputs, dict(attrs))
             position = {name: index for index, (name, _, _, _) in enumerate(self.nodes)}
             graph.set_outputs(sorted(self.outputs, key=position.__getitem__))
-            randomize(graph, seed)
+            randomize(graph, seed, shared_constants=True)
             graph.validate()
         except GraphError:
             return None

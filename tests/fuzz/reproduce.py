@@ -24,7 +24,8 @@ from cnncomp.errors import CnnCompError
 from frontends.dsl import build_from_source
 from frontends.dsl.writer import write
 from tests.fuzz.differential import CUDA, CudaRunner, Mismatch, Report, check
-from tests.fuzz.graphs import FuzzCase, randomize
+from tests.fuzz.graphs import FuzzCase
+from tests.helpers import randomize
 
 HEADER = re.compile(r"# fuzz: seed=(\d+) batch=(\d+) backend=(\S+) level=(\d)")
 FAILURES_ENV = "CNNCOMP_FUZZ_FAILURES"
@@ -59,7 +60,7 @@ def load_reproducer(path: Path | str) -> tuple[FuzzCase, str, int]:
         raise CnnCompError(f"{path}: no `# fuzz: seed=... batch=... backend=... level=...` line; not a reproducer")
     seed, batch, backend, level = int(found[1]), int(found[2]), found[3], int(found[4])
     graph = build_from_source(text, str(path), initialize=False, batch=batch)
-    return FuzzCase(randomize(graph, seed), seed), backend, level
+    return FuzzCase(randomize(graph, seed, shared_constants=True), seed), backend, level
 
 
 def replay(path: Path | str) -> Report:

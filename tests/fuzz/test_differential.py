@@ -21,9 +21,10 @@ from backends import torch_eager
 from cnncomp.ir import Graph
 from tests.fuzz import differential
 from tests.fuzz.differential import CUDA, IN_PROCESS, LEVELS, CudaRunner, check, compare, fragile
-from tests.fuzz.graphs import CI, MOTIFS, TINY, FuzzCase, fuzz_cases, fuzz_ops, random_inputs, randomize
+from tests.fuzz.graphs import CI, MOTIFS, TINY, FuzzCase, fuzz_cases, fuzz_ops
 from tests.fuzz.reduce import reduce
 from tests.fuzz.reproduce import load_reproducer, replay, write_reproducer
+from tests.helpers import random_inputs, randomize
 
 EXAMPLES = int(os.environ.get("CNNCOMP_FUZZ_EXAMPLES", "200"))
 CUDA_EXAMPLES = int(os.environ.get("CNNCOMP_FUZZ_CUDA_EXAMPLES", "8"))
@@ -156,7 +157,7 @@ def sigmoid_chain() -> FuzzCase:
     graph.add_node("n7", "flatten", ["n6"])
     graph.add_node("n8", "dense", ["n7"], {"out_features": 3})
     graph.set_outputs(["n8"])
-    return FuzzCase(randomize(graph, 11), 11)
+    return FuzzCase(randomize(graph, 11, shared_constants=True), 11)
 
 
 @pytest.fixture

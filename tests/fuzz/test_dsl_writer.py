@@ -12,7 +12,8 @@ from cnncomp.ir import Graph
 from cnncomp.pipeline import optimize
 from frontends.dsl import build_from_source
 from frontends.dsl.writer import write
-from tests.fuzz.graphs import CI, WIDE, fuzz_cases, randomize
+from tests.fuzz.graphs import CI, WIDE, fuzz_cases
+from tests.helpers import randomize
 
 
 def quick(examples: int) -> settings:

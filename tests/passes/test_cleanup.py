@@ -8,7 +8,8 @@ from cnncomp.passes.eliminate_identity import eliminate_identity
 from cnncomp.passes.fold_constants import fold_constants
 from cnncomp.passes.fuse_epilogue import fuse_epilogue
 from frontends.builder import Builder
-from tests.passes.models import assert_same_outputs, inception_net, op_counts, randomize
+from tests.helpers import randomize
+from tests.passes.models import assert_same_outputs, inception_net, op_counts
 
 
 def test_identities_of_every_kind_are_removed():

@@ -8,7 +8,8 @@ from backends import reference
 from cnncomp.passes.dense_to_conv import dense_to_conv
 from cnncomp.pipeline import optimize
 from frontends.builder import Builder
-from tests.passes.models import assert_same_outputs, op_counts, randomize, vgg16
+from tests.helpers import randomize
+from tests.passes.models import assert_same_outputs, op_counts, vgg16
 
 POOL5, LOGITS, SCORES = "max_pool5", "dense3", "softmax1"
 

@@ -7,14 +7,8 @@ from cnncomp.passes.fold_batch_norm import fold_batch_norm
 from cnncomp.passes.lower_depthwise import lower_depthwise
 from cnncomp.passes.lower_pointwise import lower_pointwise
 from frontends.builder import Builder
-from tests.passes.models import (
-    assert_same_outputs,
-    bottleneck_stage,
-    mobile_blocks,
-    op_counts,
-    randomize,
-    xception_blocks,
-)
+from tests.helpers import randomize
+from tests.passes.models import assert_same_outputs, bottleneck_stage, mobile_blocks, op_counts, xception_blocks
 
 
 def test_resnet_stage_loses_every_batch_norm():

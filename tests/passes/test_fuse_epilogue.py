@@ -8,14 +8,8 @@ from cnncomp.passes.fold_batch_norm import fold_batch_norm
 from cnncomp.passes.fuse_epilogue import fuse_epilogue
 from cnncomp.passes.lower_pointwise import lower_pointwise
 from frontends.builder import Builder
-from tests.passes.models import (
-    assert_same_outputs,
-    bottleneck_stage,
-    mobile_blocks,
-    op_counts,
-    randomize,
-    resnet,
-)
+from tests.helpers import randomize
+from tests.passes.models import assert_same_outputs, bottleneck_stage, mobile_blocks, op_counts, resnet
 
 
 def test_resnet_stage_becomes_convs_only():

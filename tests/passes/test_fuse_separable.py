@@ -3,7 +3,8 @@
 from cnncomp.pipeline import optimize
 from cnncomp.summary import summarize
 from frontends.builder import Builder
-from tests.passes.models import assert_same_outputs, mobile_blocks, op_counts, randomize, xception_blocks
+from tests.helpers import randomize
+from tests.passes.models import assert_same_outputs, mobile_blocks, op_counts, xception_blocks
 
 
 def test_xception_separable_convs_are_one_node_each():

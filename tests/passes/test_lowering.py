@@ -8,14 +8,8 @@ from cnncomp.passes.lower_depthwise import lower_depthwise
 from cnncomp.passes.lower_pointwise import lower_pointwise
 from cnncomp.summary import summarize
 from frontends.builder import Builder
-from tests.passes.models import (
-    assert_same_outputs,
-    bottleneck_stage,
-    inception_net,
-    mobile_blocks,
-    op_counts,
-    randomize,
-)
+from tests.helpers import randomize
+from tests.passes.models import assert_same_outputs, bottleneck_stage, inception_net, mobile_blocks, op_counts
 
 
 def test_inception_1x1_convs_become_pointwise():

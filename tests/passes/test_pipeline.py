@@ -9,6 +9,7 @@ from cnncomp.passes.dense_to_conv import dense_to_conv
 from cnncomp.passes.fold_batch_norm import fold_batch_norm
 from cnncomp.pipeline import LEVELS, O1, O2, PASSES, optimize, passes_for
 from cnncomp.summary import summarize
+from tests.helpers import random_inputs, randomize
 from tests.passes.models import (
     assert_outputs,
     assert_same_outputs,
@@ -16,8 +17,6 @@ from tests.passes.models import (
     inception_net,
     mobile_blocks,
     op_counts,
-    random_inputs,
-    randomize,
     resnet,
     unet_level,
     vgg16,

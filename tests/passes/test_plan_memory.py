@@ -14,17 +14,9 @@ from cnncomp.ops import get_op
 from cnncomp.pipeline import optimize
 from cnncomp.planner import PLAN_KEY, check_plan, describe_plan, memory_plan, plan_memory, plan_of
 from frontends.builder import Builder
+from tests.helpers import random_inputs, randomize
 from tests.models import channel_slices_around_concats, dual_path_block, res2net_block
-from tests.passes.models import (
-    bottleneck_stage,
-    inception_net,
-    mobile_blocks,
-    random_inputs,
-    randomize,
-    resnet,
-    unet_level,
-    xception_blocks,
-)
+from tests.passes.models import bottleneck_stage, inception_net, mobile_blocks, resnet, unet_level, xception_blocks
 
 
 def arena_view(arena: np.ndarray, slot: dict, node) -> np.ndarray:

@@ -10,7 +10,8 @@ from cnncomp.driver import load_model, zoo_models
 from cnncomp.pipeline import optimize
 from cnncomp.planner import describe_plan, memory_plan
 from cnncomp.summary import summarize
-from tests.passes.models import assert_outputs, op_counts, random_inputs, randomize
+from tests.helpers import random_inputs, randomize
+from tests.passes.models import assert_outputs, op_counts
 
 # name: (model parameters, input shape or None for the model's own at batch 2). Models that end in dense layers
 # after a flatten keep their size; the others run smaller.

@@ -15,7 +15,7 @@ from cnncomp.ir import Graph
 from cnncomp.pipeline import optimize
 from frontends.builder import Builder
 from tests import models
-from tests.backends.cuda.harness import random_inputs
+from tests.helpers import random_inputs, randomize
 
 ATOL = 1e-4
 RTOL = 1e-3
@@ -28,7 +28,7 @@ def residual_stage(batch: int = 1) -> Graph:
     y = x.conv(6, 3, stride=2, padding=1, bias=False).batch_norm().relu().conv(6, 3, padding=1, bias=False)
     x = (y.batch_norm() + x.conv(6, 1, stride=2, bias=False).batch_norm()).relu()
     y = x.conv(6, 3, padding=1, bias=False).batch_norm().relu().conv(6, 3, padding=1, bias=False).batch_norm()
-    return models.randomize(b.build((y + x).relu(name="out")))
+    return randomize(b.build((y + x).relu(name="out")))
 
 
 def inception_module(batch: int = 1) -> Graph:
@@ -40,7 +40,7 @@ def inception_module(batch: int = 1) -> Graph:
         x.conv(2, 1).relu().conv(3, 5, padding=2).relu(),
         x.max_pool(3, 1, 1).conv(2, 1).relu(),
     ]
-    return models.randomize(b.build(b.concat(*branches, name="out")))
+    return randomize(b.build(b.concat(*branches, name="out")))
 
 
 def mbconv(batch: int = 1) -> Graph:
@@ -51,7 +51,7 @@ def mbconv(batch: int = 1) -> Graph:
     y = y.conv(8, 3, padding=1, groups=8, bias=False).batch_norm().silu()
     gate = y.global_avg_pool().conv(2, 1).silu().conv(8, 1).sigmoid()
     y = (y * gate).conv(4, 1, bias=False).batch_norm()
-    return models.randomize(b.build(y + x))
+    return randomize(b.build(y + x))
 
 
 def unet_level(batch: int = 1) -> Graph:
@@ -62,7 +62,7 @@ def unet_level(batch: int = 1) -> Graph:
     down = enc.max_pool(2).conv(6, 3).relu()
     up = down.conv_transpose(4, 2, stride=2)
     merged = b.concat(enc.crop(up), up)
-    return models.randomize(b.build(merged.conv(2, 1, name="out")))
+    return randomize(b.build(merged.conv(2, 1, name="out")))
 
 
 def separable_stack(batch: int = 1) -> Graph:
@@ -71,7 +71,7 @@ def separable_stack(batch: int = 1) -> Graph:
     x = b.input("x", (4, 6, 6))
     y = x.relu().conv(4, 3, padding=1, groups=4, bias=False).conv(6, 1, bias=False).batch_norm().relu()
     y = y.conv(6, 3, padding=1, groups=6, bias=False).conv(6, 1, bias=False).batch_norm()
-    return models.randomize(b.build(y + x.conv(6, 1, bias=False).batch_norm()))
+    return randomize(b.build(y + x.conv(6, 1, bias=False).batch_norm()))
 
 
 def fcn_head(batch: int = 1) -> Graph:
@@ -85,7 +85,7 @@ def fcn_head(batch: int = 1) -> Graph:
     score = pool5.conv(8, 1).relu().dropout(0.5).conv(8, 1).relu().conv(3, 1)
     score = score.conv_transpose(3, 4, stride=2, padding=1, bias=False) + pool4.conv(3, 1)
     score = score.conv_transpose(3, 4, stride=2, padding=1, bias=False) + pool3.conv(3, 1)
-    return models.randomize(b.build(score.conv_transpose(3, 4, stride=2, padding=1, bias=False).softmax()))
+    return randomize(b.build(score.conv_transpose(3, 4, stride=2, padding=1, bias=False).softmax()))
 
 
 BLOCKS = [residual_stage, inception_module, mbconv, unet_level, separable_stack, fcn_head]

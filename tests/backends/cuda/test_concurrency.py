@@ -21,11 +21,10 @@ from cnncomp.pipeline import optimize
 from cnncomp.planner import memory_plan
 from cnncomp.runtime import CONCURRENT_CALLS
 from frontends.builder import Builder
-from tests import models
 from tests.backends.contract import check_concurrent, check_contract, check_variant_compiled_during_calls
-from tests.backends.cuda.harness import random_inputs
 from tests.backends.cuda.test_executable import inputs_and_outputs_inside_a_concat, two_branches, unpooling
 from tests.backends.cuda.test_ops import constant_scale
+from tests.helpers import random_inputs, randomize
 
 THREADS = 4
 CALLS = 3  # per thread
@@ -36,7 +35,7 @@ def tiny_block() -> Graph:
     b = Builder("tiny_block")
     x = b.input("x", (3, 4, 4))
     y = x.conv(3, 3, padding=1, bias=False).batch_norm().relu().conv(3, 3, padding=1, bias=False).batch_norm()
-    graph, _ = optimize(models.randomize(b.build((y + x).relu(name="out"))), 3)
+    graph, _ = optimize(randomize(b.build((y + x).relu(name="out"))), 3)
     return graph
 
 

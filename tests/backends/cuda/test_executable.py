@@ -6,7 +6,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
-import tracemalloc
 
 import numpy as np
 import pytest
@@ -19,16 +18,22 @@ from cnncomp.pipeline import optimize
 from cnncomp.planner import memory_plan
 from frontends.builder import Builder
 from tests import models
-from tests.backends.cuda.harness import assert_same_as_reference, op_graph, random_inputs
 from tests.backends.cuda.test_blocks import inception_module, unet_level
-from tests.helpers import random
+from tests.helpers import (
+    assert_memory_steady,
+    assert_same_as_reference,
+    random,
+    random_inputs,
+    random_op_graph,
+    randomize,
+)
 
 
 def small_net(batch: int = 1) -> Graph:
     b = Builder("small", batch=batch)
     x = b.input("x", (3, 4, 4))
     y = x.conv(4, 3, padding=1).batch_norm().relu().max_pool(2)
-    return models.randomize(b.build(y.flatten().dense(5).softmax()))
+    return randomize(b.build(y.flatten().dense(5).softmax()))
 
 
 class CopyCounter:
@@ -60,7 +65,7 @@ def two_branches() -> Graph:
     """At -O3: a conv and a max pool that write their halves of the concat in place."""
     b = Builder("two_branches", batch=2)
     x = b.input("x", (2, 3, 3))
-    graph, _ = optimize(models.randomize(b.build(b.concat(x.conv(2, 1).relu(), x.max_pool(3, 1, 1), name="out"))), 3)
+    graph, _ = optimize(randomize(b.build(b.concat(x.conv(2, 1).relu(), x.max_pool(3, 1, 1), name="out"))), 3)
     return graph
 
 
@@ -97,7 +102,7 @@ def test_weights_are_copied_to_the_device_once_at_compile_time(monkeypatch, cuda
 def test_activations_live_in_one_arena_laid_out_by_the_memory_plan():
     graph, _ = optimize(inception_module(), 3)
     plan = memory_plan(graph)
-    executable = assert_same_as_reference(graph)
+    executable = assert_same_as_reference(graph, numba_cuda)
     assert executable.stats["arena_bytes"] == plan["arena_bytes"]
     for name, slot in executable.slots.items():
         planned = plan["tensors"][name]
@@ -110,7 +115,7 @@ def test_activations_live_in_one_arena_laid_out_by_the_memory_plan():
 def test_the_backend_plans_the_memory_of_the_graph_it_compiles():
     graph, _ = optimize(unet_level(), 2)
     assert "memory_plan" not in graph.meta
-    executable = assert_same_as_reference(graph)
+    executable = assert_same_as_reference(graph, numba_cuda)
     assert executable.memory_plan == memory_plan(graph)
 
 
@@ -137,7 +142,7 @@ def unpooling() -> Graph:
 
 def test_inputs_and_outputs_inside_a_concat():
     """The plan may put a graph input or output inside a concat: its samples then lie apart in the arena."""
-    executable = assert_same_as_reference(inputs_and_outputs_inside_a_concat(), atol=0, rtol=0)
+    executable = assert_same_as_reference(inputs_and_outputs_inside_a_concat(), numba_cuda, atol=0, rtol=0)
     assert not executable.slots["x"].contiguous and not executable.slots["r"].contiguous
 
 
@@ -178,18 +183,10 @@ def test_outputs_are_fresh_arrays_and_calls_are_repeatable():
 
 
 def test_memory_does_not_grow_over_calls():
-    graph = op_graph("relu", [(1, 2, 3, 3)])
+    graph = random_op_graph("relu", [(1, 2, 3, 3)])
     executable = numba_cuda.compile(graph)
     inputs = random_inputs(graph)
-    for _ in range(3):
-        executable(inputs)
-    tracemalloc.start()
-    before = tracemalloc.get_traced_memory()[0]
-    for _ in range(10):
-        executable(inputs)
-    after = tracemalloc.get_traced_memory()[0]
-    tracemalloc.stop()
-    assert after - before < 64 * 1024
+    assert_memory_steady(lambda: executable(inputs), warmup=3, calls=10)
 
 
 def test_generated_sources_are_readable_modules_in_the_cache(tmp_path):
@@ -241,7 +238,7 @@ def test_argument_types_are_what_the_device_arrays_type_as():
 
 @pytest.mark.parametrize("batch", [1, 3])
 def test_dense_batches_larger_and_smaller_than_a_warp_chunk(batch):
-    assert_same_as_reference(op_graph("dense", [(batch, 40)], dict(out_features=9, act="tanh")))
+    assert_same_as_reference(random_op_graph("dense", [(batch, 40)], dict(out_features=9, act="tanh")), numba_cuda)
 
 
 def test_a_second_compile_in_a_fresh_process_loads_every_kernel_from_the_cache(tmp_path):

@@ -20,7 +20,7 @@ from backends.numba_cuda.templates import conv
 from cnncomp.ir import Graph
 from cnncomp.ops import op_names
 from tests import models
-from tests.backends.cuda.harness import assert_same_as_reference, op_graph
+from tests.helpers import assert_same_as_reference, random_op_graph
 
 EXACT = dict(atol=0, rtol=0)
 
@@ -171,14 +171,14 @@ def case_graph(op: str, case: Case) -> tuple[Graph, dict]:
     if callable(case):
         return case(), {}
     shapes, attrs, exact = case
-    return op_graph(op, shapes, attrs), (EXACT if exact else {})
+    return random_op_graph(op, shapes, attrs), (EXACT if exact else {})
 
 
 @pytest.mark.parametrize("op,case", list(_cases()))
 def test_op_matches_the_reference(op, case):
     graph, tolerance = case_graph(op, case)
     assert op in {node.op for node in graph.nodes}
-    assert_same_as_reference(graph, **tolerance)
+    assert_same_as_reference(graph, numba_cuda, **tolerance)
 
 
 def test_every_registry_op_has_a_kernel_and_a_case():
@@ -213,7 +213,8 @@ ACTIVATIONS = [dict(act="relu"), dict(act="relu6"), dict(act="leaky_relu", alpha
 @pytest.mark.parametrize("epilogue", ACTIVATIONS, ids=lambda e: e["act"])
 def test_every_activation_in_the_epilogue(epilogue):
     """The epilogue is the same generated code in every family: each activation once, on a small 1x1 conv."""
-    assert_same_as_reference(op_graph("conv2d", [(1, 4, 4, 4)], dict(out_channels=6, kernel=1, **epilogue)))
+    graph = random_op_graph("conv2d", [(1, 4, 4, 4)], dict(out_channels=6, kernel=1, **epilogue))
+    assert_same_as_reference(graph, numba_cuda)
 
 
 # (op, input shapes, attrs): bias, affine, residual and an activation together, in every family with an epilogue.
@@ -230,8 +231,8 @@ FULL_EPILOGUES = [
 
 @pytest.mark.parametrize("op,shapes,attrs", FULL_EPILOGUES, ids=lambda v: v if isinstance(v, str) else None)
 def test_full_epilogue_in_every_family(op, shapes, attrs):
-    assert_same_as_reference(op_graph(op, shapes, {**attrs, "affine": True, "residual": True,
-                                                    "act": "leaky_relu", "alpha": 0.1}))
+    assert_same_as_reference(random_op_graph(op, shapes, {**attrs, "affine": True, "residual": True,
+                                                           "act": "leaky_relu", "alpha": 0.1}), numba_cuda)
 
 
 LARGE_TILES = [
@@ -246,7 +247,7 @@ def test_large_gemm_tiles(monkeypatch, shape, attrs, tile):
     """Layers big enough for large tiles are too slow for the simulator: a small layer keeps its largest tile
     when the GPU-filling rule (TARGET_BLOCKS) is switched off."""
     monkeypatch.setattr(conv, "TARGET_BLOCKS", 1)
-    executable = assert_same_as_reference(op_graph("conv2d", [shape], attrs))
+    executable = assert_same_as_reference(random_op_graph("conv2d", [shape], attrs), numba_cuda)
     (step,) = executable.steps
     specialization = dict(step.kernel.specialization)
     assert (specialization["TO"], specialization["TP"]) == tile
@@ -265,7 +266,7 @@ def test_gemm_tiles_fill_the_gpu_and_keep_their_invariants():
 
 @pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")  # numpy, in the simulated threads
 def test_nan_and_inf_propagate_like_the_reference():
-    graph = op_graph("conv2d", [(1, 3, 5, 5)], dict(out_channels=4, kernel=3, stride=2, padding=1, act="relu"))
+    graph = random_op_graph("conv2d", [(1, 3, 5, 5)], dict(out_channels=4, kernel=3, stride=2, padding=1, act="relu"))
     data = np.random.default_rng(0).standard_normal((1, 3, 5, 5)).astype(np.float32)
     data[0, 0, 1, 1], data[0, 1, 3, 3] = np.nan, np.inf
     out = numba_cuda.compile(graph)({"x0": data})["y"]
@@ -281,9 +282,9 @@ def simulated_graphs() -> list[tuple[Graph, bool]]:
     """Every graph the tests above run, each with whether it wants the large tiles (TARGET_BLOCKS = 1): what the
     PTX checks compile too, so that no kernel the simulator ran escapes them."""
     graphs = [(case_graph(op, case)[0], False) for op, cases in OP_CASES.items() for case in cases]
-    graphs += [(op_graph("conv2d", [(1, 4, 4, 4)], dict(out_channels=6, kernel=1, **epilogue)), False)
+    graphs += [(random_op_graph("conv2d", [(1, 4, 4, 4)], dict(out_channels=6, kernel=1, **epilogue)), False)
                for epilogue in ACTIVATIONS]
-    graphs += [(op_graph(op, shapes, {**attrs, "affine": True, "residual": True, "act": "leaky_relu", "alpha": 0.1}),
-                False) for op, shapes, attrs in FULL_EPILOGUES]
-    graphs += [(op_graph("conv2d", [shape], attrs), True) for shape, attrs, _ in LARGE_TILES]
+    graphs += [(random_op_graph(op, shapes, {**attrs, "affine": True, "residual": True, "act": "leaky_relu",
+                                             "alpha": 0.1}), False) for op, shapes, attrs in FULL_EPILOGUES]
+    graphs += [(random_op_graph("conv2d", [shape], attrs), True) for shape, attrs, _ in LARGE_TILES]
     return graphs
