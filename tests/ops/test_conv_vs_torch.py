@@ -7,6 +7,8 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from backends.torch_eager import torch_function
+from cnncomp.ops.activation import ACTIVATIONS
 from tests.helpers import assert_close, random, run_one_op
 
 T = torch.from_numpy
@@ -59,7 +61,7 @@ def test_conv2d_same_padding_keeps_size_like_torch(kernel, dilation):
     assert_close(y, expected, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("act", ["relu", "relu6", "leaky_relu", "tanh", "sigmoid", "silu", "hardswish", None])
+@pytest.mark.parametrize("act", [*ACTIVATIONS, None])
 def test_conv2d_fused_epilogue_matches_torch_composition(act):
     """conv -> bias -> per-channel affine -> + residual -> activation, in that order."""
     x, w, b = random((2, 3, 8, 8), 1), random((4, 3, 3, 3), 2), random((4,), 3)
@@ -68,10 +70,10 @@ def test_conv2d_fused_epilogue_matches_torch_composition(act):
     y = run_one_op("conv2d", [x, skip], dict(out_channels=4, kernel=3, padding=1, affine=True, residual=True,
                                              act=act, alpha=0.2), graph_params)
     z = F.conv2d(T(x), T(w), T(b), padding=1) * T(scale).view(1, -1, 1, 1) + T(shift).view(1, -1, 1, 1) + T(skip)
-    activations = {"relu": F.relu, "relu6": F.relu6, "leaky_relu": lambda t: F.leaky_relu(t, 0.2),
-                   "tanh": torch.tanh, "sigmoid": torch.sigmoid, "silu": F.silu, "hardswish": F.hardswish,
-                   None: lambda t: t}
-    assert_close(y, activations[act](z), atol=1e-4, rtol=1e-4)
+    if act is not None:
+        spelling = ACTIVATIONS[act].torch
+        z = torch_function(spelling.name)(z, **spelling.arguments({"alpha": 0.2}))
+    assert_close(y, z, atol=1e-4, rtol=1e-4)
 
 
 @settings(max_examples=40, deadline=None)

@@ -12,6 +12,7 @@ from backends import reference
 from cnncomp.errors import GraphError, ShapeError
 from cnncomp.ir import Graph
 from cnncomp.ops import get_op
+from cnncomp.ops.activation import ACTIVATIONS
 from cnncomp.summary import receptive_fields, summarize
 from tests.helpers import assert_close, one_op_graph, random, run_one_op
 
@@ -67,7 +68,7 @@ def test_depthwise_costs_and_receptive_field_equal_the_grouped_conv(shape, multi
     assert lowered["layers"][0]["output_shape"] == grouped["layers"][0]["output_shape"]
 
 
-@pytest.mark.parametrize("act", ["relu", "relu6", "leaky_relu", "silu", "sigmoid", "hardswish", "tanh"])
+@pytest.mark.parametrize("act", list(ACTIVATIONS))
 def test_depthwise_epilogue_matches_conv2d_epilogue(act):
     x, skip = random((2, 4, 6, 6), 1), random((2, 4, 6, 6), 2)
     params = {"weight": random((4, 1, 3, 3), 3), "bias": random((4,), 4), "scale": random((4,), 5),
