@@ -14,11 +14,11 @@ from backends import reference
 from cnncomp import plugins
 from cnncomp.errors import CnnCompError
 from cnncomp.ir import Graph
-from cnncomp.onnx_export import OPSET, RULES, export, to_onnx
 from cnncomp.ops import op_names
 from cnncomp.pipeline import optimize
 from frontends.builder import Builder
 from frontends.onnx import import_model
+from frontends.onnx.export import OPSET, RULES, export, to_onnx
 from tests import models
 from tests.helpers import assert_same_as_reference, random, random_inputs, random_op_graph
 
@@ -251,7 +251,7 @@ def test_onnxruntime_backend_checks_inputs():
         executable({"x": np.zeros((1, 16, 12, 13), np.float32)})
 
 
-@pytest.mark.parametrize("module", ["cnncomp.onnx_export", "backends.onnxruntime_peer", "frontends.onnx"])
+@pytest.mark.parametrize("module", ["frontends.onnx.export", "backends.onnxruntime_peer", "frontends.onnx"])
 def test_onnx_and_onnxruntime_are_imported_only_when_used(module):
     import subprocess
 
