@@ -15,42 +15,16 @@ simulator (0.5-2 ms per simulated thread: tiny models only, to check this script
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
+import vs_torch  # this folder's: the command line and compile times both scripts share
 
 MODELS = ["resnet18", "resnet50", "vgg16", "efficientnet_b0", "unet"]
-ROOT = Path(__file__).parents[1]
-
-COMPILE_SCRIPT = """
-import sys, time
-from cnncomp.driver import load_model
-from cnncomp.pipeline import optimize
-import backends.numba_cuda as numba_cuda
-graph, _ = optimize(load_model(sys.argv[1], batch=int(sys.argv[2])), 3)
-start = time.perf_counter()
-numba_cuda.compile(graph, {"cache_dir": sys.argv[3], "progress": False})
-print(time.perf_counter() - start)
-"""
-
-
-def compile_seconds(model: str, batch: int) -> tuple[float, float]:
-    """numba-cuda's compile time with an empty kernel cache, then in a fresh process with it filled."""
-    with tempfile.TemporaryDirectory() as cache:
-        results = []
-        for _ in range(2):
-            done = subprocess.run([sys.executable, "-c", COMPILE_SCRIPT, model, str(batch), cache],
-                                  capture_output=True, text=True, cwd=ROOT, check=True)
-            results.append(float(done.stdout.strip().splitlines()[-1]))
-    return results[0], results[1]
 
 
 def torch_cuda(graph: Any) -> Any | None:
@@ -106,7 +80,7 @@ def measure(model: str, batch: int, repeat: int, with_compile: bool) -> list[dic
             start = time.perf_counter()
             run(inputs)
             times[name].append(time.perf_counter() - start)
-    cold, warm = compile_seconds(model, batch) if with_compile else (None, None)
+    cold, warm = vs_torch.compile_seconds("numba-cuda", model, batch) if with_compile else (None, None)
     peer_median = statistics.median(times["torch-cuda"]) if "torch-cuda" in times else None
     records = []
     for name, samples in times.items():
@@ -138,13 +112,7 @@ def table(records: list[dict[str, Any]]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=MODELS)
-    parser.add_argument("--batch", nargs="+", type=int, default=[1, 32])
-    parser.add_argument("--repeat", type=int, default=20)
-    parser.add_argument("--no-compile-times", action="store_true", help="skip the cold/warm compile subprocesses")
-    parser.add_argument("--json", type=Path, help="also write the records here")
-    args = parser.parse_args()
+    args = vs_torch.parser(__doc__.splitlines()[0], MODELS, batches=[1, 32], repeat=20).parse_args()
     import backends.numba_cuda as numba_cuda
     from cnncomp.errors import CnnCompError
 

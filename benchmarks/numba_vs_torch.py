@@ -22,18 +22,14 @@ is taken against the rate measured during the model's own rounds.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
+import vs_torch  # this folder's: the command line and compile times both scripts share
 
 from cnncomp.bench import matmul_peak_gflops
 
@@ -41,29 +37,6 @@ MODELS = ["lenet5", "alexnet", "vgg16", "resnet18", "resnet50", "resnet152", "go
           "efficientnet_b0", "unet", "fcn8s"]
 SETTLE_SECONDS = 0.25
 REFERENCE_MAX_MACS = 2e9  # the numpy reference joins in on models up to this size
-ROOT = Path(__file__).parents[1]
-
-COMPILE_SCRIPT = """
-import sys, time
-from cnncomp.driver import load_model
-from cnncomp.pipeline import optimize
-import backends.numba_cpu as numba_cpu
-graph, _ = optimize(load_model(sys.argv[1], batch=int(sys.argv[2])), 3)
-start = time.perf_counter()
-numba_cpu.compile(graph, {"cache_dir": sys.argv[3], "progress": False})
-print(time.perf_counter() - start)
-"""
-
-
-def compile_seconds(model: str, batch: int) -> tuple[float, float]:
-    """numba-cpu compile time with an empty kernel cache, then again in a fresh process with it filled."""
-    with tempfile.TemporaryDirectory() as cache:
-        results = []
-        for _ in range(2):
-            done = subprocess.run([sys.executable, "-c", COMPILE_SCRIPT, model, str(batch), cache],
-                                  capture_output=True, text=True, cwd=ROOT, check=True)
-            results.append(float(done.stdout.strip().splitlines()[-1]))
-    return results[0], results[1]
 
 
 def measure(model: str, batch: int, repeat: int, with_compile: bool) -> list[dict]:
@@ -93,7 +66,7 @@ def measure(model: str, batch: int, repeat: int, with_compile: bool) -> list[dic
         time.sleep(SETTLE_SECONDS)
         matmul_rates.append(matmul_peak_gflops(1024, 1))
     matmul_rate = statistics.median(matmul_rates)
-    cold, warm = compile_seconds(model, batch) if with_compile else (None, None)
+    cold, warm = vs_torch.compile_seconds("numba-cpu", model, batch) if with_compile else (None, None)
     torch_median = statistics.median(times["torch"])
     records = []
     for name, samples in times.items():
@@ -139,12 +112,7 @@ def markdown(records: list[dict]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=MODELS)
-    parser.add_argument("--batch", nargs="+", type=int, default=[1, 8])
-    parser.add_argument("--repeat", type=int, default=10)
-    parser.add_argument("--no-compile-times", action="store_true", help="skip the cold/warm compile subprocesses")
-    parser.add_argument("--json", type=Path, help="also write the records here")
+    parser = vs_torch.parser(__doc__.splitlines()[0], MODELS, batches=[1, 8], repeat=10)
     parser.add_argument("--markdown", action="store_true", help="also print the table in Markdown")
     args = parser.parse_args()
     peak = matmul_peak_gflops()
