@@ -45,6 +45,13 @@ def test_no_backend_imports_the_passes_or_the_pipeline():
     assert {path: names for path, names in bad.items() if names} == {}
 
 
+def test_no_backend_imports_a_frontend():
+    """The onnxruntime backend reaches the ONNX exporter through the plugin registry."""
+    bad = {path: sorted(name for name in names if name.split(".")[0] == "frontends")
+           for path, names in imported_modules("backends").items()}
+    assert {path: names for path, names in bad.items() if names} == {}
+
+
 def test_no_core_module_imports_a_backend_or_a_frontend():
     bad = {path: sorted(name for name in names if name.split(".")[0] in ("backends", "frontends"))
            for path, names in imported_modules("cnncomp").items()}
@@ -58,6 +65,7 @@ def test_backends_and_frontends_are_found_by_entry_point():
     assert "py" in plugins.available(plugins.FRONTENDS)
     assert hasattr(plugins.backend("reference"), "compile")
     assert hasattr(plugins.frontend("py"), "load")
+    assert hasattr(plugins.exporter("onnx"), "export")
 
 
 def test_unknown_backend_is_a_clear_error():
