@@ -335,27 +335,35 @@ def _write_sources(model: Any, folder: Path) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from cnncomp.artifact import SUFFIX
-    from cnncomp.data import (
-        array_bytes,
-        check_writable,
-        class_map_png,
-        default_preprocessing,
-        is_classifier_output,
-        is_map_output,
-        read_inputs,
-        read_labels,
-        softmax,
-        top_k,
-        with_normalization,
-        write_atomically,
-    )
+    from cnncomp.data import array_bytes, is_classifier_output, is_map_output, read_labels, write_atomically
 
     _check_cluster_options(args)
     if args.out is not None:
         return _run_many(args)
+    output = _check_one_input(args)
+    labels = read_labels(args.labels) if args.labels else None
+    model, inputs = _model_and_inputs(args)
+    outputs = model.run(inputs)
+    shapes = ", ".join(f"{name} {'x'.join(map(str, value.shape))}" for name, value in outputs.items())
+    print(f"{model.name} ({model.backend}, -O{model.opt_level}) on {args.input}: {shapes}")
+    files: dict[Path, bytes] = {}
+    for name, value in outputs.items():
+        name_it = len(outputs) > 1
+        if is_classifier_output(value.shape):
+            _print_top_k(args, name, value, model.softmax_output, labels, name_it)
+        elif is_map_output(value.shape):
+            files.update(_class_maps(name, value, labels, output, name_it))
+    if output is not None:
+        files = {output: array_bytes(outputs, output.suffix if len(outputs) == 1 else ".npz"), **files}
+        write_atomically(files)
+        print(f"wrote {', '.join(map(str, files))}")
+    return 0
+
+
+def _check_one_input(args: argparse.Namespace) -> Path | None:
+    """`run` without --out takes one input file; its -o, if given, must be writable .npy or .npz."""
+    from cnncomp.data import check_writable
+
     if args.batch is not None or args.no_outputs or args.recursive or _on_dask(args):
         raise UsageError("--batch, --recursive, --no-outputs, --workers and --scheduler run many inputs; give "
                          "--out OUTDIR for their results")
@@ -368,51 +376,62 @@ def cmd_run(args: argparse.Namespace) -> int:
         if output.suffix not in (".npy", ".npz"):
             raise UsageError(f"{output}: the output array is written as .npy (or .npz for several outputs)")
         check_writable(output)
-    labels = read_labels(args.labels) if args.labels else None
+    return output
+
+
+def _model_and_inputs(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
+    """The compiled model and its inputs read from args.input. A model description is compiled at the batch size
+    of its inputs, and images are read as its input says: the inputs are read first."""
+    from cnncomp.artifact import SUFFIX
+    from cnncomp.data import default_preprocessing, read_inputs, with_normalization
+
     if str(args.model).endswith(SUFFIX):
         model = _compiled(args, None, threads=args.threads)
-        inputs = read_inputs(args.input, list(model.input_shapes), model.preprocessing, model.name)
-    else:
-        # The inputs decide the batch size, and images are read as the model's input says: read them first.
-        graph = _load_graph(args, None)
-        preprocessing = with_normalization(default_preprocessing(graph), args.mean, args.std)
-        inputs = read_inputs(args.input, [node.name for node in graph.inputs], preprocessing, graph.name)
-        batches = {value.shape[0] for value in inputs.values() if getattr(value, "ndim", 0)}
-        model = _compiled(args, batches.pop() if len(batches) == 1 else None, graph, threads=args.threads)
-    outputs = model.run(inputs)
-    shapes = ", ".join(f"{name} {'x'.join(map(str, value.shape))}" for name, value in outputs.items())
-    print(f"{model.name} ({model.backend}, -O{model.opt_level}) on {args.input}: {shapes}")
-    files: dict[Path, bytes] = {}
-    for name, value in outputs.items():
-        if is_classifier_output(value.shape):
-            scores = value.reshape(value.shape[0], -1)
-            probabilities = scores if model.softmax_output else softmax(scores)
-            if labels is not None and len(labels) < scores.shape[1]:
-                raise UsageError(f"{args.labels}: {len(labels)} labels, but {name} has {scores.shape[1]} classes")
-            k = min(args.top_k, scores.shape[1])
-            for image, best in enumerate(top_k(probabilities, k)):
-                print(f"{name}[{image}] top-{k}:" if len(outputs) > 1 or scores.shape[0] > 1 else f"top-{k}:")
-                for rank, index in enumerate(best, start=1):
-                    label = labels[index] if labels is not None else f"class {index}"
-                    print(f"  {rank}. {label:<24} {100 * probabilities[image, index]:6.2f}%")
-        elif is_map_output(value.shape):
-            for image in range(value.shape[0]):
-                classes = value[image].argmax(axis=0) if value.shape[1] > 1 else None
-                if classes is not None:
-                    counts = np.bincount(classes.ravel(), minlength=value.shape[1])
-                    shares = ", ".join(
-                        f"{labels[c] if labels is not None and c < len(labels) else f'class {c}'} "
-                        f"{100 * counts[c] / classes.size:.1f}%" for c in np.argsort(-counts, kind="stable")[:5]
-                        if counts[c])
-                    print(f"{name}[{image}] class map {value.shape[2]}x{value.shape[3]}: {shares}")
-                if output is not None:
-                    suffix = f"{'.' + name if len(outputs) > 1 else ''}{f'.{image}' if value.shape[0] > 1 else ''}"
-                    files[output.with_name(f"{output.stem}{suffix}.png")] = class_map_png(value[image])
-    if output is not None:
-        files = {output: array_bytes(outputs, output.suffix if len(outputs) == 1 else ".npz"), **files}
-        write_atomically(files)
-        print(f"wrote {', '.join(map(str, files))}")
-    return 0
+        return model, read_inputs(args.input, list(model.input_shapes), model.preprocessing, model.name)
+    graph = _load_graph(args, None)
+    preprocessing = with_normalization(default_preprocessing(graph), args.mean, args.std)
+    inputs = read_inputs(args.input, [node.name for node in graph.inputs], preprocessing, graph.name)
+    batches = {value.shape[0] for value in inputs.values() if getattr(value, "ndim", 0)}
+    return _compiled(args, batches.pop() if len(batches) == 1 else None, graph, threads=args.threads), inputs
+
+
+def _print_top_k(args: argparse.Namespace, name: str, value: Any, softmax_output: bool, labels: list[str] | None,
+                 name_it: bool) -> None:
+    """Each image's k best classes with their probabilities (softmax of the scores unless the model ends in one)."""
+    from cnncomp.data import softmax, top_k
+
+    scores = value.reshape(value.shape[0], -1)
+    probabilities = scores if softmax_output else softmax(scores)
+    if labels is not None and len(labels) < scores.shape[1]:
+        raise UsageError(f"{args.labels}: {len(labels)} labels, but {name} has {scores.shape[1]} classes")
+    k = min(args.top_k, scores.shape[1])
+    for image, best in enumerate(top_k(probabilities, k)):
+        print(f"{name}[{image}] top-{k}:" if name_it or scores.shape[0] > 1 else f"top-{k}:")
+        for rank, index in enumerate(best, start=1):
+            label = labels[index] if labels is not None else f"class {index}"
+            print(f"  {rank}. {label:<24} {100 * probabilities[image, index]:6.2f}%")
+
+
+def _class_maps(name: str, value: Any, labels: list[str] | None, output: Path | None,
+                name_it: bool) -> dict[Path, bytes]:
+    """Each image's class shares printed; with -o, its class map as a PNG beside the output array."""
+    import numpy as np
+
+    from cnncomp.data import class_map_png
+
+    files = {}
+    for image in range(value.shape[0]):
+        classes = value[image].argmax(axis=0) if value.shape[1] > 1 else None
+        if classes is not None:
+            counts = np.bincount(classes.ravel(), minlength=value.shape[1])
+            shares = ", ".join(
+                f"{labels[c] if labels is not None and c < len(labels) else f'class {c}'} "
+                f"{100 * counts[c] / classes.size:.1f}%" for c in np.argsort(-counts, kind="stable")[:5] if counts[c])
+            print(f"{name}[{image}] class map {value.shape[2]}x{value.shape[3]}: {shares}")
+        if output is not None:
+            suffix = f"{'.' + name if name_it else ''}{f'.{image}' if value.shape[0] > 1 else ''}"
+            files[output.with_name(f"{output.stem}{suffix}.png")] = class_map_png(value[image])
+    return files
 
 
 def _on_dask(args: argparse.Namespace) -> bool:
