@@ -129,15 +129,14 @@ def _pipeline_options(args: argparse.Namespace, graph: Any) -> dict[str, Any]:
 
 
 def _report_passes(args: argparse.Namespace, runs: Sequence[Any], graph: Any) -> None:
-    """--verbose: each pass's time and changes, and the memory plan, on stderr."""
+    """--verbose: each pass's time and changes, and the memory plan a backend makes for the result, on stderr."""
     if not args.verbose:
         return
+    from cnncomp.planner import describe_plan, memory_plan
+
     for run in runs:
         print(run.describe(), file=sys.stderr)
-    if "memory_plan" in graph.meta:
-        from cnncomp.passes.plan_memory import describe_plan
-
-        print(f"memory plan: {describe_plan(graph.meta['memory_plan'])}", file=sys.stderr)
+    print(f"memory plan: {describe_plan(memory_plan(graph))}", file=sys.stderr)
 
 
 def _optimized(args: argparse.Namespace, graph: Any) -> Any:

@@ -109,7 +109,7 @@ class Graph:
         self._next_key = 0
         self._order: list[str] | None = None  # the topological order, until the graph changes
         self._outputs: list[str] = []
-        # Annotations of the whole graph that passes attach for backends (plan_memory's plan): plain JSON data
+        # Annotations of the whole graph attached for backends (the planner's memory plan): plain JSON data
         # about these shapes, so with_input_shapes does not carry them.
         self.meta: dict[str, Any] = {}
 

@@ -2,7 +2,7 @@
 than it, so a description, an imported model or an artifact asking for absurd sizes is refused with one line
 naming the node (or graph), before anything is allocated, instead of exhausting the machine. Checked where
 nodes are made (`Op.check`), where weights are drawn (`frontends.builder.initialize_params`) and where the arena
-is planned or a saved plan is read (`cnncomp.passes.plan_memory`).
+is planned or a saved plan is read (`cnncomp.planner`).
 
 The limit is `$CNNCOMP_MEMORY_LIMIT` ("16GiB", "512MiB", "2e9" bytes; "none" for no limit), else 4 GiB: above every
 zoo model's largest tensor and weight at batch 8 (VGG-19's first FC weight is 392 MiB).
