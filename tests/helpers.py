@@ -19,6 +19,7 @@ import numpy as np
 from backends import reference
 from cnncomp.ir import Graph
 from cnncomp.ops import get_op
+from cnncomp.ops.activation import ACTIVATIONS
 from cnncomp.runtime import Executable
 
 ROOT = Path(__file__).parents[1]
@@ -147,3 +148,8 @@ def assert_one_line_error(result: subprocess.CompletedProcess, message: str) -> 
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("cnncomp: error: "), result.stderr
     assert message in lines[0], lines[0]
+
+
+def activation_cases() -> list[dict[str, Any]]:
+    """An epilogue's `act` for each activation of the registry, with a slope of its own (0.2) where it has one."""
+    return [dict(act=name, **({"alpha": 0.2} if "alpha" in op.attrs else {})) for name, op in ACTIVATIONS.items()]

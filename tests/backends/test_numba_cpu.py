@@ -13,10 +13,12 @@ from backends import reference
 from backends.numba_cpu import lowering, resolve
 from cnncomp.errors import GraphError, InputError
 from cnncomp.ir import Graph
+from cnncomp.ops.activation import ACTIVATIONS
 from tests import models
 from tests.helpers import (
     BACKEND_ATOL,
     BACKEND_RTOL,
+    activation_cases,
     assert_memory_steady,
     assert_same_as_reference,
     random,
@@ -146,11 +148,10 @@ def test_an_algorithm_that_cannot_compute_a_conv_is_refused():
         numba_cpu.compile(graph, {"conv2d_algorithms": {"y": "winograd4"}})
 
 
-ACTIVATIONS = [dict(act="relu"), dict(act="relu6"), dict(act="leaky_relu", alpha=0.2), dict(act="tanh"),
-               dict(act="sigmoid"), dict(act="silu"), dict(act="hardswish")]
+EPILOGUE_ACTIVATIONS = activation_cases()
 
 
-@pytest.mark.parametrize("epilogue", ACTIVATIONS, ids=lambda e: e["act"])
+@pytest.mark.parametrize("epilogue", EPILOGUE_ACTIVATIONS, ids=lambda e: e["act"])
 def test_every_activation_in_the_epilogue(epilogue):
     """The epilogue is the same generated code in every family: each activation once, on the cheapest kernel."""
     assert_same_as_reference(random_op_graph("conv2d", [(1, 16, 6, 6)], dict(out_channels=8, kernel=1, **epilogue)),
@@ -255,8 +256,7 @@ def test_global_and_adaptive_pools(op, attrs):
     assert_same_as_reference(random_op_graph(op, [(2, 3, 10, 7)], attrs), numba_cpu)
 
 
-@pytest.mark.parametrize("op", ["relu", "relu6", "tanh", "sigmoid", "silu", "hardswish", "identity", "dropout",
-                                "flatten"])
+@pytest.mark.parametrize("op", [*ACTIVATIONS, "identity", "dropout", "flatten"])
 def test_unary_ops(op):
     assert_same_as_reference(random_op_graph(op, [(2, 3, 5, 7)]), numba_cpu)
 

@@ -20,7 +20,7 @@ from frontends.builder import Builder
 from frontends.onnx import import_model
 from frontends.onnx.export import OPSET, RULES, export, to_onnx
 from tests import models
-from tests.helpers import assert_same_as_reference, random, random_inputs, random_op_graph
+from tests.helpers import activation_cases, assert_same_as_reference, random, random_inputs, random_op_graph
 
 TOLERANCE = {"atol": 1e-5, "rtol": 1e-5}
 
@@ -95,13 +95,7 @@ CASES = [
     ("crop", [(1, 2, 9, 8), (1, 1, 4, 5)], {}),
     ("channel_slice", [(2, 6, 3, 4)], {"start": 2, "stop": 5}),
     ("channel_slice", [(3, 7)], {"start": 0, "stop": 4}),
-    ("relu", [(2, 3, 4, 4)], {}),
-    ("relu6", [(2, 3, 4, 4)], {}),
-    ("leaky_relu", [(2, 3, 4, 4)], {"alpha": 0.3}),
-    ("tanh", [(2, 3, 4, 4)], {}),
-    ("sigmoid", [(2, 3, 4, 4)], {}),
-    ("silu", [(2, 3, 4, 4)], {}),
-    ("hardswish", [(2, 3, 4, 4)], {}),
+    *[(case.pop("act"), [(2, 3, 4, 4)], case) for case in activation_cases()],
 ]
 
 

@@ -30,6 +30,7 @@ from hypothesis import strategies as st
 from cnncomp.errors import GraphError
 from cnncomp.ir import Graph, Node, TensorType
 from cnncomp.ops import get_op, op_names
+from cnncomp.ops.activation import ACTIVATIONS
 from cnncomp.ops.base import REQUIRED, Attr, Op
 from tests.helpers import randomize
 
@@ -63,8 +64,7 @@ CI = Profile("ci", max_steps=6, batches=(1, 2, 3), channels=(1, 2, 3, 4, 8), siz
              scales=(0.5, 2.0, 1.5), floats=FLOATS_CI)
 WIDE = Profile("wide", max_steps=10, batches=(1, 2, 3), channels=(1, 2, 3, 4, 5, 8, 16, 17),
                sizes=(1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 13), kernels=(1, 2, 3, 4, 5, 7), strides=(1, 2, 3),
-               dilations=(1, 2, 3), pads=(0, 1, 2, 3), activations=("relu", "relu6", "leaky_relu", "tanh", "sigmoid",
-                                                                     "silu", "hardswish"),
+               dilations=(1, 2, 3), pads=(0, 1, 2, 3), activations=tuple(ACTIVATIONS),
                scales=(0.5, 0.75, 1.5, 2.0, 2.5, 3.0),
                floats={"alpha": (0.01, 0.1, 0.3), "mid_alpha": (0.01, 0.2), "eps": (1e-5, 1e-3, 0.1),
                        "rate": (0.0, 0.3, 0.9), "beta": (0.5, 0.75, 1.0), "k": (0.5, 1.0, 2.0)},

@@ -4,6 +4,7 @@ and the cases where they must not."""
 import numpy as np
 import pytest
 
+from cnncomp.ops.activation import ACTIVATIONS
 from cnncomp.passes.fold_batch_norm import fold_batch_norm
 from cnncomp.passes.fuse_epilogue import fuse_epilogue
 from cnncomp.passes.lower_pointwise import lower_pointwise
@@ -40,17 +41,17 @@ def test_resnet50_keeps_no_batch_norm_add_or_relu():
     assert counts["conv2d"] == 53 and sum(n.attrs.get("residual", False) for n in fused.nodes) == 16
 
 
-@pytest.mark.parametrize("act", ["relu", "relu6", "leaky_relu", "sigmoid", "silu", "hardswish", "tanh"])
+@pytest.mark.parametrize("act", list(ACTIVATIONS))
 def test_each_activation(act):
     b = Builder("act", batch=2)
     x = b.input("x", (3, 6, 6))
     y = x.conv(4, 3, padding=1)
-    y = y.leaky_relu(0.2) if act == "leaky_relu" else getattr(y, act)()
+    y = getattr(y, act)(**({"alpha": 0.2} if "alpha" in ACTIVATIONS[act].attrs else {}))
     graph = randomize(b.build(y.max_pool(2)))
     fused = fuse_epilogue(graph)
     assert op_counts(fused) == {"input": 1, "conv2d": 1, "max_pool2d": 1}
     assert fused.node("conv1").attrs["act"] == act
-    assert fused.node("conv1").attrs["alpha"] == (0.2 if act == "leaky_relu" else 0.01)
+    assert fused.node("conv1").attrs["alpha"] == (0.2 if "alpha" in ACTIVATIONS[act].attrs else 0.01)
     assert_same_outputs(graph, fused)
 
 

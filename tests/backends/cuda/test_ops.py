@@ -19,8 +19,9 @@ from backends.numba_cuda import lowering
 from backends.numba_cuda.templates import conv
 from cnncomp.ir import Graph
 from cnncomp.ops import op_names
+from cnncomp.ops.activation import ACTIVATIONS
 from tests import models
-from tests.helpers import assert_same_as_reference, random_op_graph
+from tests.helpers import activation_cases, assert_same_as_reference, random_op_graph
 
 EXACT = dict(atol=0, rtol=0)
 
@@ -149,13 +150,10 @@ OP_CASES: dict[str, list[Case]] = {
         dict(mode="nearest", scale=2), dict(mode="nearest", size=(5, 7)), dict(mode="bilinear", scale=2),
         dict(mode="bilinear", size=(5, 7), align_corners=True), dict(mode="bicubic", scale=1.7),
         dict(mode="bicubic", size=(6, 5), align_corners=True))],
+    **{name: [([(2, 3, 5, 7)], {}, False)] for name in ACTIVATIONS},
     "relu": [([(2, 3, 5, 7)], {}, True)],
     "relu6": [([(2, 3, 5, 7)], {}, True)],
     "leaky_relu": [([(1, 3, 4, 4)], dict(alpha=0.3), False)],
-    "tanh": [([(2, 3, 5, 7)], {}, False)],
-    "sigmoid": [([(2, 3, 5, 7)], {}, False)],
-    "silu": [([(2, 3, 5, 7)], {}, False)],
-    "hardswish": [([(2, 3, 5, 7)], {}, False)],
     "constant": [constant_scale],
 }
 
@@ -206,11 +204,10 @@ def test_channel_slices_are_views_without_a_launch():
         assert (lowered.slots[name].at, lowered.slots[name].batch) == (source.at + start, source.batch)
 
 
-ACTIVATIONS = [dict(act="relu"), dict(act="relu6"), dict(act="leaky_relu", alpha=0.2), dict(act="tanh"),
-               dict(act="sigmoid"), dict(act="silu"), dict(act="hardswish")]
+EPILOGUE_ACTIVATIONS = activation_cases()
 
 
-@pytest.mark.parametrize("epilogue", ACTIVATIONS, ids=lambda e: e["act"])
+@pytest.mark.parametrize("epilogue", EPILOGUE_ACTIVATIONS, ids=lambda e: e["act"])
 def test_every_activation_in_the_epilogue(epilogue):
     """The epilogue is the same generated code in every family: each activation once, on a small 1x1 conv."""
     graph = random_op_graph("conv2d", [(1, 4, 4, 4)], dict(out_channels=6, kernel=1, **epilogue))
@@ -283,7 +280,7 @@ def simulated_graphs() -> list[tuple[Graph, bool]]:
     PTX checks compile too, so that no kernel the simulator ran escapes them."""
     graphs = [(case_graph(op, case)[0], False) for op, cases in OP_CASES.items() for case in cases]
     graphs += [(random_op_graph("conv2d", [(1, 4, 4, 4)], dict(out_channels=6, kernel=1, **epilogue)), False)
-               for epilogue in ACTIVATIONS]
+               for epilogue in EPILOGUE_ACTIVATIONS]
     graphs += [(random_op_graph(op, shapes, {**attrs, "affine": True, "residual": True, "act": "leaky_relu",
                                              "alpha": 0.1}), False) for op, shapes, attrs in FULL_EPILOGUES]
     graphs += [(random_op_graph("conv2d", [shape], attrs), True) for shape, attrs, _ in LARGE_TILES]
