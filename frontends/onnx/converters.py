@@ -17,7 +17,7 @@ import numpy as np
 
 from cnncomp.ops.activation import ACTIVATIONS, Activation
 from frontends.onnx.folding import reshape_target, slice_bounds, split_sizes
-from frontends.onnx.graph import FlatIndices, OnnxNode, Overhanging, PendingSlice, Unsupported
+from frontends.onnx.graph import FlatIndices, OnnxNode, Overhanging, PendingSlice, Unsupported, attribute_value
 from frontends.onnx.resize import ResizeSpec, upsample_attrs
 
 if TYPE_CHECKING:
@@ -367,7 +367,7 @@ def _softmax_axis(cx: Importer, node: OnnxNode) -> str:
 def _onnx_default(cx: Importer, node: OnnxNode, name: str) -> Any:
     """The value ONNX's definition gives an attribute the node leaves out (None: no default)."""
     attribute = cx.onnx.defs.get_schema(node.op_type, cx.opset).attributes[name].default_value
-    return cx.onnx.helper.get_attribute_value(attribute) if attribute.type else None
+    return attribute_value(cx.onnx, attribute) if attribute.type else None
 
 
 def _activation(op: Activation) -> Converter:

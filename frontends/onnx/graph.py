@@ -28,7 +28,7 @@ class OnnxNode:
 
     @classmethod
     def from_proto(cls, proto: Any, onnx: Any) -> OnnxNode:
-        attrs = {a.name: _attribute(onnx, a) for a in proto.attribute}
+        attrs = {a.name: attribute_value(onnx, a) for a in proto.attribute}
         domain = "" if proto.domain == "ai.onnx" else proto.domain
         return cls(proto.op_type, proto.name, domain, tuple(proto.input), tuple(proto.output), attrs)
 
@@ -49,7 +49,8 @@ class OnnxNode:
         return self.inputs[index] if index < len(self.inputs) else ""
 
 
-def _attribute(onnx: Any, attribute: Any) -> Any:
+def attribute_value(onnx: Any, attribute: Any) -> Any:
+    """An attribute's value as converters read it: strings decoded, tensors as arrays."""
     value = onnx.helper.get_attribute_value(attribute)
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
