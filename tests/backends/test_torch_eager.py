@@ -5,7 +5,7 @@ import torch
 
 import backends.torch_eager as torch_eager
 from tests import models
-from tests.helpers import assert_same_as_reference, random_inputs, random_op_graph
+from tests.helpers import activation_cases, assert_same_as_reference, random_inputs, random_op_graph
 
 
 @pytest.mark.parametrize("build", [models.basic_block, models.inception_module, models.unet_level, models.mbconv,
@@ -32,6 +32,14 @@ def test_blocks(build):
 ])
 def test_ops(op, shapes, attrs):
     assert_same_as_reference(random_op_graph(op, shapes, attrs), torch_eager)
+
+
+@pytest.mark.parametrize("epilogue", activation_cases(), ids=lambda e: e["act"])
+def test_each_activation_alone_and_in_an_epilogue(epilogue):
+    alone = {key: value for key, value in epilogue.items() if key != "act"}
+    assert_same_as_reference(random_op_graph(epilogue["act"], [(2, 3, 5, 7)], alone), torch_eager)
+    assert_same_as_reference(random_op_graph("conv2d", [(1, 4, 6, 6)], dict(out_channels=5, kernel=3, **epilogue)),
+                             torch_eager)
 
 
 def test_threads_are_set_once_at_compile_time_and_calls_leave_them_alone():
