@@ -152,6 +152,20 @@ class Hardswish(Activation):
         return x * np.clip(x + np.float32(3), np.float32(0), np.float32(6)) / np.float32(6)
 
 
+@register
+class Gelu(Activation):
+    """GELU with the tanh approximation, as ONNX (Gelu, approximate="tanh") and PyTorch (gelu(approximate="tanh"))
+    define it: x/2 * (1 + tanh(sqrt(2/pi) * (x + 0.044715 x^3)))."""
+
+    name = "gelu"
+    torch = Spelling("torch.nn.functional.gelu", fixed={"approximate": "tanh"})
+    onnx = OnnxSpelling("Gelu", since=20, fixed={"approximate": "tanh"})
+
+    def formula(self, x: np.ndarray, alpha: float) -> np.ndarray:
+        inner = np.float32(0.7978845608028654) * (x + np.float32(0.044715) * x * x * x)  # sqrt(2/pi)
+        return np.float32(0.5) * x * (np.float32(1) + np.tanh(inner))
+
+
 # Every activation of the registry, in the order of this module: the choices of an epilogue's `act`.
 ACTIVATIONS: dict[str, Activation] = {cls.name: get_op(cls.name) for cls in Activation.__subclasses__()}
 RELU_FAMILY = tuple(name for name, op in ACTIVATIONS.items() if op.relu_like)
