@@ -176,32 +176,41 @@ class Importer:
             self.unchecked += 1
             self.poisoned.update(node.outputs)
             return
-        missing = [name for name in present if name not in self.values]
         try:
-            if missing:
-                raise Unsupported(f"reads {missing[0]!r}, which no node before it produces (the graph is not in "
-                                  "topological order, or refers to an undefined value)")
-            if node.domain:
-                return self._fail(node, None)
-            arrays = [self.values.get(name) if name else None for name in node.inputs]
-            if node.op_type in FOLDERS and all(isinstance(a, np.ndarray) for a in arrays if a is not None) \
-                    and (present or not node.inputs):
-                results: Any = [np.asarray(r) for r in FOLDERS[node.op_type](node, arrays, self.opset)]
-            else:
-                convert = find_converter(node.op_type, self.opset)
-                if convert is None:
-                    if node.op_type in FOLDERS:
-                        raise Unsupported(f"{node.op_type} of a computed tensor (only constants, such as shape "
-                                          "computations, are folded)")
-                    return self._fail(node, None)
-                results = convert(self, node)
+            results = self._results(node, present)
         except Unsupported as exc:
             return self._fail(node, str(exc))
         except CnnCompError as exc:
             return self._fail(node, str(exc))
         except (ValueError, TypeError, IndexError, KeyError) as exc:  # a malformed node (wrong arity, attribute)
             return self._fail(node, f"malformed node: {type(exc).__name__}: {exc}")
-        results = list(results) if isinstance(results, (list, tuple)) else [results]
+        if results is None:  # another domain's op, or an op type with no converter: listed by type
+            return self._fail(node, None)
+        self._bind(node, list(results) if isinstance(results, (list, tuple)) else [results])
+
+    def _results(self, node: OnnxNode, present: list[str]) -> Any:
+        """What the node computes: folded arrays where every input is a constant and a folder exists, else what
+        its converter emits; None where nothing converts it."""
+        missing = [name for name in present if name not in self.values]
+        if missing:
+            raise Unsupported(f"reads {missing[0]!r}, which no node before it produces (the graph is not in "
+                              "topological order, or refers to an undefined value)")
+        if node.domain:
+            return None
+        arrays = [self.values.get(name) if name else None for name in node.inputs]
+        if node.op_type in FOLDERS and all(isinstance(a, np.ndarray) for a in arrays if a is not None) \
+                and (present or not node.inputs):
+            return [np.asarray(r) for r in FOLDERS[node.op_type](node, arrays, self.opset)]
+        convert = find_converter(node.op_type, self.opset)
+        if convert is None:
+            if node.op_type in FOLDERS:
+                raise Unsupported(f"{node.op_type} of a computed tensor (only constants, such as shape "
+                                  "computations, are folded)")
+            return None
+        return convert(self, node)
+
+    def _bind(self, node: OnnxNode, results: list[Any]) -> None:
+        """The node's outputs bound to what it computed; an output read later but not computed is its failure."""
         for index, output in enumerate(node.outputs):
             if not output:
                 continue
@@ -211,6 +220,7 @@ class Importer:
                 return self._fail(node, f"its output {index} ({output!r}) is read, but cnncomp computes only "
                                         f"output{'s' if len(results) > 1 else ''} "
                                         f"{', '.join(str(i) for i in range(len(results)))}")
+        return None
 
     def _fail(self, node: OnnxNode, reason: str | None) -> None:
         self.problems.append(Problem(node, reason))
