@@ -27,7 +27,10 @@ def receptive_fields(graph: Graph) -> dict[str, tuple[int, int]]:
         operands = [name for i, name in enumerate(node.inputs) if i not in opdef.shape_only_operands]
         if operands:
             rf = tuple(max(state[o][0][axis] for o in operands) for axis in range(2))
-            jump = tuple(max(state[o][1][axis] for o in operands) for axis in range(2))
+            # The output's grid is that of the operands of its own size: a broadcast operand (SE's 1x1 gate) adds
+            # what it saw to the field, but its spacing is not the output's.
+            full = [o for o in operands if graph.node(o).type.shape[2:] == node.type.shape[2:]] or operands
+            jump = tuple(max(state[o][1][axis] for o in full) for axis in range(2))
         else:
             rf, jump = one, one
         windows = opdef.window(node.attrs, [graph.node(i).type for i in node.inputs])

@@ -171,3 +171,15 @@ def test_depthwise_separable_cost_example():
 
     assert cost(lambda x: x.conv(256, 5)) == [1_228_800]
     assert cost(lambda x: x.conv(3, 5, groups=3).conv(256, 1)) == [4_800, 49_152]
+
+
+def test_a_broadcast_gate_widens_the_field_but_keeps_the_grid():
+    """Squeeze-and-excitation: x * gate(global_pool(x)). The product sees the whole map through its gate, but its
+    values are x's pixels, one input pixel apart: a 3x3 conv after it adds 2 pixels, not 2 map widths."""
+    b = Builder("se")
+    x = b.input("image", (4, 9, 9))
+    gate = x.global_avg_pool().conv(4, 1, name="squeeze").sigmoid()
+    gated = b.mul(x, gate, name="gated")
+    summary = summarize(b.build(gated.conv(4, 3, name="after")))
+    fields = {layer["name"]: layer["receptive_field"] for layer in summary["layers"]}
+    assert fields["gated"] == [9, 9] and fields["after"] == [11, 11]
