@@ -44,6 +44,7 @@ MODELS: dict[str, tuple[str, dict[str, Any]]] = {
     "fcn8s": ("fcn", {"stride": 8}),
     "unet": ("unet", {}),
     "efficientnet_b0": ("efficientnet_b0", {}),
+    "mobilenet_v2": ("mobilenet_v2", {}),
 }
 
 

@@ -27,6 +27,7 @@ FAST = [
     ("resnet18", {}, (3, 64, 64), 2),
     ("resnet50", {}, (3, 64, 64), 1),
     ("efficientnet_b0", {}, (3, 64, 64), 1),
+    ("mobilenet_v2", {}, (3, 64, 64), 1),
     ("xception", {}, (3, 71, 71), 1),
     ("fcn8s", {"height": 64, "width": 96}, None, 1),
     ("unet", {}, (1, 188, 188), 1),
@@ -34,7 +35,7 @@ FAST = [
 SLOW = [
     "lenet5", "alexnet", "vgg11", "vgg11_lrn", "vgg13", "vgg16_c", "vgg16", "vgg19", "resnet18", "resnet34",
     "resnet50", "resnet101", "resnet152", "inception_naive", "inception", "googlenet", "xception", "fcn32s",
-    "fcn16s", "fcn8s", "unet", "efficientnet_b0",
+    "fcn16s", "fcn8s", "unet", "efficientnet_b0", "mobilenet_v2",
 ]
 
 

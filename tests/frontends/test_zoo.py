@@ -44,10 +44,11 @@ PUBLISHED = {
     "fcn8s": (134_489_759, (1, 21, 224, 224)),
     "unet": (31_030_658, (1, 2, 388, 388)),
     "efficientnet_b0": (5_288_548, (1, 1000)),
+    "mobilenet_v2": (3_504_872, (1, 1000)),
 }
 # Cheap enough to run in the fast suite; the rest run with `pytest -m slow`.
 FAST_RUNS = ("edge_detect", "box_mean", "sharpen", "gaussian_blur", "lenet5", "inception_naive", "inception",
-             "resnet18", "efficientnet_b0")
+             "resnet18", "efficientnet_b0", "mobilenet_v2")
 
 
 def run(graph):

@@ -28,6 +28,7 @@ FAST = {
     "xception": ({}, (2, 3, 71, 71)),
     "unet": ({"size": 188, "width": 8}, None),
     "efficientnet_b0": ({}, (2, 3, 64, 64)),
+    "mobilenet_v2": ({}, (2, 3, 64, 64)),
 }
 SLOW = {
     "alexnet": ({}, (1, 3, 227, 227)),
