@@ -403,3 +403,47 @@ def test_zoo_resnet18_matches_a_torchvision_style_resnet():
 def test_zoo_resnet50_matches_a_torchvision_style_resnet():
     resnet_against_torch(50)
 
+
+
+# ----- the zoo's MobileNetV2 against torchvision's, built by hand -------------------------------------------------
+def torch_conv_bn_relu6(inplanes: int, channels: int, kernel: int, stride: int = 1, groups: int = 1) -> nn.Sequential:
+    """torchvision's Conv2dNormActivation with ReLU6."""
+    return nn.Sequential(nn.Conv2d(inplanes, channels, kernel, stride, (kernel - 1) // 2, groups=groups, bias=False),
+                         nn.BatchNorm2d(channels), nn.ReLU6())
+
+
+class TorchInvertedResidual(nn.Module):
+    def __init__(self, inplanes: int, expand: int, stride: int, channels: int) -> None:
+        super().__init__()
+        hidden = inplanes * expand
+        expansion = [torch_conv_bn_relu6(inplanes, hidden, 1)] if expand != 1 else []
+        self.conv = nn.Sequential(*expansion, torch_conv_bn_relu6(hidden, hidden, 3, stride, groups=hidden),
+                                  nn.Conv2d(hidden, channels, 1, bias=False), nn.BatchNorm2d(channels))
+        self.skip = stride == 1 and inplanes == channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv(x) if self.skip else self.conv(x)
+
+
+class TorchMobileNetV2(nn.Module):
+    """torchvision's mobilenet_v2 (width 1.0) with its module names, which the zoo's node names follow."""
+
+    def __init__(self, classes: int = 1000) -> None:
+        super().__init__()
+        layers, inplanes = [torch_conv_bn_relu6(3, 32, 3, 2)], 32
+        for expand, channels, repeats, stride in [[1, 16, 1, 1], [6, 24, 2, 2], [6, 32, 3, 2], [6, 64, 4, 2],
+                                                  [6, 96, 3, 1], [6, 160, 3, 2], [6, 320, 1, 1]]:
+            for i in range(repeats):
+                layers.append(TorchInvertedResidual(inplanes, expand, stride if i == 0 else 1, channels))
+                inplanes = channels
+        self.features = nn.Sequential(*layers, torch_conv_bn_relu6(inplanes, 1280, 1))
+        self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(1280, classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(nn.functional.adaptive_avg_pool2d(self.features(x), 1), 1))
+
+
+def test_zoo_mobilenet_v2_matches_torchvisions():
+    module = TorchMobileNetV2()
+    assert sum(p.numel() for p in module.parameters()) == 3_504_872  # torchvision.models.mobilenet_v2()'s count
+    compare(zoo.load("mobilenet_v2"), module, 1, 3, 224, 224, prefix="")
