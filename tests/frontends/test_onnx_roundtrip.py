@@ -37,6 +37,7 @@ FAST = [
     ("xception", {}, (3, 71, 71), (0, 3)),
     ("unet", {}, (1, 188, 188), (0, 3)),
     ("efficientnet_b0", {}, (3, 64, 64), (0, 3)),
+    ("mobilenet_v2", {}, (3, 64, 64), (0, 3)),
 ]
 # Their dense layers (or GoogLeNet's 7x7 average pool) fix the input size, and they are too large for the fast set
 # at it; the 60M to 134M weights of ResNet-152 and the FCNs take seconds to draw, export and load.
