@@ -23,6 +23,7 @@ _API = {
     "load": "cnncomp.api",
     "CompiledModel": "cnncomp.api",
     "Profile": "cnncomp.api",
+    "tune": "cnncomp.api",
     "run_many": "cnncomp.batch",
     "iter_many": "cnncomp.batch",
     "CnnCompError": "cnncomp.errors",

@@ -26,11 +26,11 @@ from cnncomp.data import default_preprocessing
 from cnncomp.driver import load_model
 from cnncomp.errors import CnnCompError, GraphError, InputError
 from cnncomp.ir import Graph
-from cnncomp.runtime import Executable, GraphShapes, ProfileRow, positive_count
+from cnncomp.runtime import TUNED_LEVEL, Executable, GraphShapes, ProfileRow, positive_count
 from cnncomp.summary import node_macs
 
 DEFAULT_BACKEND = "numba-cpu"
-__all__ = ["DEFAULT_BACKEND", "CompiledModel", "Profile", "compile", "load", "load_model"]
+__all__ = ["DEFAULT_BACKEND", "CompiledModel", "Profile", "compile", "load", "load_model", "tune"]
 
 Shapes = tuple[tuple[str, tuple[int, ...]], ...]
 
@@ -77,6 +77,25 @@ def load(path: str | Path, backend: str | None = None, options: Mapping[str, Any
                           preprocessing=manifest.get("preprocessing"), options=_with_threads(options, threads))
     model.compile_seconds = time.perf_counter() - started
     return model
+
+
+def tune(model: Graph | str | Path, backend: str = DEFAULT_BACKEND, batch: int | None = 1, *,
+         threads: int | None = None,
+         on_layer: Callable[[int, int, dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Measure on this machine each way `backend` can compute each distinct layer of `model`, as -O3 optimizes it
+    at `batch` (None: the model's own), on `threads` cores (default: all), and store the fastest in the backend's
+    tuning record, which `compile` at -O3 uses from then on. `on_layer(done, total, layer)` is called after each
+    layer. Returns the backend's report: what it chose and what it measured per layer."""
+    from cnncomp.pipeline import optimize
+
+    tuner = getattr(plugins.backend(backend), "tune", None)
+    if tuner is None:
+        raise CnnCompError(f"backend {backend!r} has nothing to tune; numba-cpu has")
+    graph = model if isinstance(model, Graph) else load_model(model)
+    if batch is not None:
+        graph = graph.with_batch(batch)
+    optimized, _ = optimize(graph, TUNED_LEVEL)
+    return tuner(optimized, _with_threads(None, threads), on_layer)
 
 
 def _with_threads(options: Mapping[str, Any] | None, threads: int | None) -> dict[str, Any]:
@@ -319,7 +338,8 @@ class CompiledModel(GraphShapes):
                              f"{', '.join('x'.join(map(str, s)) for s in shapes.values())}: {exc}") from None
 
     def _compile(self, graph: Graph, options: Mapping[str, Any]) -> Executable:
-        executable = self._backend.compile(graph, options)
+        # The backend hears the opt level too: numba-cpu uses this machine's tuning record at -O3.
+        executable = self._backend.compile(graph, {**options, "opt_level": self.opt_level})
         if not isinstance(executable, Executable):
             raise CnnCompError(f"backend {self.backend!r} returned a {type(executable).__name__}, which does not "
                                f"provide the executable contract (cnncomp.runtime.Executable)")

@@ -19,6 +19,11 @@ import numpy as np
 from cnncomp.errors import CnnCompError, InputError
 from cnncomp.ir import Graph
 
+# The backend options every backend hears (`api.CompiledModel` sets them): `opt_level`, the level the graph was
+# optimized at; from TUNED_LEVEL on, a backend uses what `cnncomp tune` measured on this machine (numba-cpu's
+# tuning record), below it the defaults it ships with.
+TUNED_LEVEL = 3
+
 # A profile row: {"node": name, "kernel": what ran it, "seconds": median time over the repeats}, and, from a
 # backend that chooses among several ways to compute an op, "algorithm": the one this kernel uses (None where
 # there was no choice), such as numba-cpu's "winograd F(4x4,3x3)" or "im2col+gemm".

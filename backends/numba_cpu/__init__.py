@@ -69,7 +69,7 @@ from typing import Any
 import numba
 import numpy as np
 
-from backends.numba_cpu import blas
+from backends.numba_cpu import blas, tuning
 from backends.numba_cpu.kernels import KernelCache, KernelSource
 from backends.numba_cpu.lowering import LoweringContext, lower
 from backends.numba_cpu.templates.common import KernelCall, Scratch
@@ -77,6 +77,7 @@ from cnncomp.errors import GraphError
 from cnncomp.ir import Graph
 from cnncomp.planner import ALIGNMENT, aligned, memory_plan
 from cnncomp.runtime import (
+    TUNED_LEVEL,
     GraphShapes,
     WorkspacePool,
     check_inputs,
@@ -84,6 +85,9 @@ from cnncomp.runtime import (
     offset_in,
     positive_count,
 )
+
+# `cnncomp tune`: the backend's tuner, found through the plugin registry.
+tune = tuning.tune
 
 
 @dataclass
@@ -326,7 +330,8 @@ def compile(graph: Graph, options: Mapping[str, Any] | None = None) -> NumbaExec
     options: `cache_dir` (default: `$CNNCOMP_CACHE_DIR` or `~/.cache/cnncomp`), `progress` (bool; default: on
     a terminal), `threads` (cores a call uses; default all), `concurrent_calls` (calls that run at once, each in
     a workspace of its own; default `cnncomp.runtime.CONCURRENT_CALLS`), `conv2d_algorithms` ({node name:
-    algorithm} overriding `resolve`, for tests and measurements)."""
+    algorithm} overriding `resolve`, for tests and measurements), `opt_level` (at 3 and above, the choices of
+    this machine's tuning record, see `tuning`; below, `resolve`'s defaults)."""
     options = dict(options or {})
     start = time.perf_counter()
     graph.validate()
@@ -334,7 +339,8 @@ def compile(graph: Graph, options: Mapping[str, Any] | None = None) -> NumbaExec
     concurrent_calls = concurrent_calls_option(options)
     blas.configure_single_threaded()
     arena, views, plan = _memory(graph)
-    context = LoweringContext(graph, views, threads, plan, options.get("conv2d_algorithms", {}))
+    tuned = tuning.tuned_algorithms(graph, threads) if options.get("opt_level", 0) >= TUNED_LEVEL else {}
+    context = LoweringContext(graph, views, threads, plan, {**tuned, **options.get("conv2d_algorithms", {})})
     calls = [call for node in graph.nodes if node.op not in ("input", "constant") for call in lower(node, context)]
     scratch, resolved_args = _resolve_scratch(calls)
 
