@@ -17,7 +17,8 @@ def test_zoo_lists_every_model_with_input_params_and_macs():
     result = cnncomp("zoo", "--json")
     assert result.returncode == 0, result.stderr
     rows = {row["name"]: row for row in json.loads(result.stdout)}
-    assert len(rows) == 26
+    assert len(rows) == 27
+    assert rows["mobilenet_v2"]["params"] == 3_504_872
     assert rows["vgg16"]["params"] == 138_357_544
     assert rows["vgg16"]["inputs"] == [{"name": "image", "shape": [1, 3, 224, 224]}]  # as summary --json gives it
     assert rows["unet"]["inputs"][0]["shape"] == [1, 1, 572, 572] and rows["lenet5"]["macs"] == 416_520
