@@ -641,6 +641,40 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tune(args: argparse.Namespace) -> int:
+    from cnncomp import api
+    from cnncomp.progress import RateProgress
+
+    graph = _load_graph(args, args.batch)
+    bar: RateProgress | None = None  # on a terminal, once the layer count is known
+
+    def on_layer(done: int, total: int, layer: dict[str, Any]) -> None:
+        nonlocal bar
+        if not sys.stderr.isatty():  # a log: a line per layer
+            print(f"cnncomp: tune {done}/{total}: {layer['nodes'][0]}: {layer['chosen']}", file=sys.stderr, flush=True)
+            return
+        bar = bar or RateProgress(total, f"tuning {graph.name}", "layers")
+        bar.advance(1)
+
+    report = api.tune(graph, args.backend or api.DEFAULT_BACKEND, batch=None, threads=args.threads, on_layer=on_layer)
+    if bar is not None:
+        bar.close()
+    if args.json:
+        print(json.dumps({"model": graph.name, "batch": graph.inputs[0].type.batch, **report}, indent=1))
+        return 0
+    layers = report["layers"]
+    print(f"{graph.name}: {len(layers)} distinct conv2d layer{'s' if len(layers) != 1 else ''} measured in "
+          f"{report['seconds']:.1f} s on {report['cpu']}, {report['threads']} threads -> {report['record']}")
+    width = max([len("layer"), *(len(layer["nodes"][0]) + 5 for layer in layers)])
+    print(f"{'layer':<{width}}  {'default':<10}  {'chosen':<10}  ms per algorithm (median)")
+    for layer in layers:
+        name = layer["nodes"][0] + (f" (+{len(layer['nodes']) - 1})" if len(layer["nodes"]) > 1 else "")
+        times = ", ".join(f"{algorithm} {ms:.3f}" for algorithm, ms in sorted(layer["measured_ms"].items(),
+                                                                              key=lambda item: item[1]))
+        print(f"{name:<{width}}  {layer['default']:<10}  {layer['chosen']:<10}  {times}")
+    return 0
+
+
 MODEL_HELP = "model description (a .cnn file, a .py file defining build(), an .onnx file) or zoo model name"
 ARTIFACT_HELP = "a .cnnx artifact, model description or zoo name"
 THREADS_HELP = "cores the model uses (default: all); numba-cpu, torch and onnxruntime honour it"
@@ -652,7 +686,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for add_command in (_summary_command, _render_command, _export_command, _zoo_command, _compile_command,
-                        _run_command, _eval_command, _profile_command, _bench_command):
+                        _run_command, _eval_command, _profile_command, _bench_command, _tune_command):
         add_command(commands)
     return parser
 
@@ -844,6 +878,28 @@ def _bench_command(commands: Any) -> None:
                             "min_ms, max_ms, images_per_s, gflops, peak_fraction, compile_cold_s, compile_warm_s, "
                             "peak_rss_mb}")
     _add_model_options(bench)
+
+
+def _tune_command(commands: Any) -> None:
+    tune = _command(commands, "tune", cmd_tune,
+                    "measure each layer's algorithms on this machine; -O3 then uses the fastest",
+                    "Time every algorithm the backend can compute each distinct conv2d layer of the -O3 graph with "
+                    "(numba-cpu: Winograd F(4x4)/F(2x2), im2col+gemm, direct, gemm for 1x1; the median of a few "
+                    "runs on random inputs, each checked against the reference) on this machine, and store the "
+                    "fastest in the tuning record beside the kernel cache ($CNNCOMP_CACHE_DIR), keyed by the CPU, "
+                    "the thread count and the layer. `compile -O3` (and run, profile, bench at -O3) use it; other "
+                    "levels, and layers the record does not name, get the defaults.")
+    tune.add_argument("model", metavar="MODEL", help=MODEL_HELP)
+    _add_backend_option(tune, artifact=False)
+    tune.add_argument("--batch", type=_positive_int, default=1, help="batch size to tune for (default 1)")
+    tune.add_argument("--threads", type=_positive_int, default=None, metavar="N",
+                      help="cores a call uses, as the model will run (default: all); the record is per thread count")
+    tune.add_argument("--json", action="store_true",
+                      help="print {model, batch, backend, cpu, threads, record, seconds, layers: [{layer, nodes, "
+                           "default, chosen, measured_ms, rejected}]}")
+    tune.set_defaults(fully_convolutional=False)
+    _add_shape_options(tune)
+    _add_model_options(tune)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
