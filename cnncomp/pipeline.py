@@ -4,7 +4,8 @@ each, op counts recorded so a user sees which pass changed what.
     -O0: nothing
     -O1: cleanup and folding
     -O2: -O1, then lowering to the kernels backends implement, and fusion
-    -O3: the passes of -O2; the level for choices measured on this machine as they come
+    -O3: the passes of -O2; the backend then uses what `cnncomp tune` measured on this machine (numba-cpu: each
+         conv layer's fastest algorithm, from its tuning record; runtime.TUNED_LEVEL)
 
 Memory planning is no level's: every backend plans the arena of the graph it compiles (`cnncomp.planner`).
 """

@@ -21,6 +21,9 @@ pass the machine's matmul rate; PyTorch 2.13 eager on the same layer in brackets
   of rows times a handful of filters makes BLAS slow. A first layer on 1-3 channels still has 64 or so filters
   over K = C*KH*KW = 9..147 rows: im2col (ResNet's 7x7 stem: direct 98 ms, im2col 4 ms).
 - Everything else: im2col + GEMM.
+
+These are the defaults, measured on one machine. Other machines differ (cores, caches, vector width): at -O3,
+a layer that `cnncomp tune` measured on this machine runs the algorithm its tuning record names (`tuning`).
 """
 
 from __future__ import annotations
