@@ -2,6 +2,7 @@
 
     python benchmarks/bench_table.py                       # the zoo of issue 17 at batch 1 and 8, with the peers
     python benchmarks/bench_table.py --models resnet50 --batch 1 --json results.json
+    python benchmarks/bench_table.py --models resnet18 --batch 1 --tuned   # tuned (-O3) and untuned (-O2) rows
 
 Runs `cnncomp bench MODEL --peers --batch B --json` for each batch size (all models at the first, then the next)
 and each model (each model, backend and batch in fresh processes: see `cnncomp bench --help`), so a run stopped
@@ -64,13 +65,21 @@ def markdown(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def bench(model: str, batch: str, repeat: int) -> list[dict]:
-    command = [sys.executable, "-m", "cnncomp", "bench", model, "--peers", "--batch", batch, "--repeat", str(repeat),
+def bench(model: str, batch: str, repeat: int, *options: str) -> list[dict]:
+    command = [sys.executable, "-m", "cnncomp", "bench", model, *options, "--batch", batch, "--repeat", str(repeat),
                "--json"]
     done = subprocess.run(command, cwd=ROOT, stdout=subprocess.PIPE, text=True)
     if done.returncode != 0:
         sys.exit(done.returncode)
     return json.loads(done.stdout)
+
+
+def tune(model: str, batch: str) -> None:
+    """`cnncomp tune`: this machine's fastest algorithm for each layer, in the tuning record -O3 reads."""
+    done = subprocess.run([sys.executable, "-m", "cnncomp", "tune", model, "--batch", batch], cwd=ROOT,
+                          stdout=subprocess.DEVNULL)
+    if done.returncode != 0:
+        sys.exit(done.returncode)
 
 
 def main() -> None:
@@ -79,13 +88,21 @@ def main() -> None:
     parser.add_argument("--batch", default="1,8", help="batch sizes, comma-separated (default 1,8)")
     parser.add_argument("--repeat", type=int, default=10)
     parser.add_argument("--json", type=Path, help="also write the records here")
+    parser.add_argument("--tuned", action="store_true",
+                        help="tune each model on this machine first (`cnncomp tune`), so numba-cpu's rows (-O3) run "
+                             "the tuned algorithms, and add a `numba-cpu untuned` row: -O2, the same passes with "
+                             "resolve's default algorithms")
     args = parser.parse_args()
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, stdout=subprocess.PIPE,
                             text=True).stdout.strip()
     records: list[dict] = []
     for batch in args.batch.split(","):
         for model in args.models:
-            records += bench(model, batch, args.repeat)
+            if args.tuned:
+                tune(model, batch)
+            records += bench(model, batch, args.repeat, "--peers")
+            if args.tuned:
+                records += [{**r, "backend": "numba-cpu untuned"} for r in bench(model, batch, args.repeat, "-O", "2")]
             if args.json:
                 args.json.write_text(json.dumps(records, indent=1) + "\n")
     peaks = [r["gflops"] / r["peak_fraction"] for r in records]
