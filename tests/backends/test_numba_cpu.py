@@ -347,6 +347,27 @@ def test_depthwise_conv2d(attrs):
     assert_same_as_reference(random_op_graph("depthwise_conv2d", [(2, 6, 11, 9)], attrs), numba_cpu)
 
 
+@pytest.mark.parametrize("seed", range(24))
+def test_depthwise_over_drawn_shapes(seed):
+    """The depthwise kernel over the kinds of shape the fuzzer draws: odd and even sizes down to 1, strides 1 to 3,
+    uneven padding, dilation, multipliers, epilogues and residuals."""
+    rng = np.random.default_rng(seed)
+    kernel, stride, dilation = int(rng.choice([1, 2, 3, 5, 7])), int(rng.choice([1, 2, 2, 3])), int(rng.choice([1, 2]))
+    pads = tuple(int(p) for p in rng.integers(0, 4, size=4))
+    height, width = (int(d) for d in rng.integers(1, 14, size=2))
+    extent = dilation * (kernel - 1) + 1
+    height, width = max(height, extent - pads[0] - pads[1]), max(width, extent - pads[2] - pads[3])
+    attrs = dict(kernel=kernel, stride=stride, dilation=dilation, padding=pads, multiplier=int(rng.integers(1, 3)),
+                 act=[None, "relu6", "silu"][seed % 3], residual=bool(seed % 4 == 0))
+    channels = int(rng.integers(1, 6))
+    shapes = [(int(rng.integers(1, 3)), channels, height, width)]
+    graph = random_op_graph("depthwise_conv2d", shapes, {**attrs, "residual": False}, seed=seed)
+    if attrs["residual"]:
+        shapes.append((shapes[0][0], channels * attrs["multiplier"], *graph.node("y").shape[2:]))
+        graph = random_op_graph("depthwise_conv2d", shapes, attrs, seed=seed)
+    assert_same_as_reference(graph, numba_cpu)
+
+
 @pytest.mark.parametrize("shapes,attrs", [
     ([(2, 16, 5, 7)], dict(out_channels=24, act="relu")),
     ([(2, 16, 5, 7), (2, 16, 1, 1)], dict(out_channels=24, gate=True)),
