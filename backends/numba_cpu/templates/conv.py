@@ -221,6 +221,32 @@ WINOGRAD_MATRICES = {
     },
 }
 
+# The transforms of one row of tiles, in functions of their own: the parallel kernels then stay small, and Numba
+# compiles their parallel loops in seconds instead of most of a minute (ResNet-18's F(4x4) kernels took 12-14 s
+# each); the epilogue runs after the output transform, along whole output rows, so these functions are the same for
+# every Winograd kernel of a tile size.
+WINOGRAD_ROWS = '''
+@njit(nogil=True, fastmath=FASTMATH, cache=True)
+def input_row(plane, ti, tw, vt, ci, base):
+    """V = B^T d B for each tile of tile row ti of the zero-padded channel plane, into vt[:, ci, base + tj]."""
+{row_loads:4}
+    for tj in range(tw):
+        q = {m} * tj
+        k = base + tj
+{input_transform:8}
+
+
+@njit(nogil=True, fastmath=FASTMATH, cache=True)
+def output_row(mt, oc, base, tw, rows):
+    """Y = A^T M A for each tile of a tile row: the tiles' outputs that lie inside `rows`, the (at most {m}) output
+    rows of channel oc that the tile row covers."""
+    height, ow = rows.shape
+    for tj in range(tw):
+        k = base + tj
+        q = {m} * tj
+{output_transform:8}
+'''
+
 WINOGRAD_BANDS = '''
 @njit(parallel=True, nogil=True, fastmath=FASTMATH, cache=True)
 def kernel(x, u, bias, scale, shift, res, out, padded, v_per_thread, m_per_thread, tile_rows):
@@ -250,22 +276,14 @@ def kernel(x, u, bias, scale, shift, res, out, padded, v_per_thread, m_per_threa
                 tiles = (ti1 - ti0) * tw
                 for ci in range(c):
                     for ti in range(ti0, ti1):
-                        base = (ti - ti0) * tw
-{row_loads:24}
-                        for tj in range(tw):
-                            q = {m} * tj
-                            k = base + tj
-{input_transform:28}
+                        input_row(padded_image[ci], ti, tw, vt, ci, (ti - ti0) * tw)
                 for xi in range({points}):
                     gemm(u[xi], vt[xi, :, :tiles], mt[xi, :, :tiles], False, ints, floats, no_trans)
                 for oc in range(o):
                     for ti in range(ti0, ti1):
-                        base = (ti - ti0) * tw
-                        r = {m} * ti
-                        for tj in range(tw):
-                            k = base + tj
-                            q = {m} * tj
-{output_transform:28}
+                        output_row(mt, oc, (ti - ti0) * tw, tw, out[img, oc, {m} * ti: {m} * ti + {m}])
+                    for r in range({m} * ti0, min(oh, {m} * ti1)):
+{epilogue}
 '''
 
 WINOGRAD_WHOLE = '''
@@ -283,16 +301,11 @@ def kernel(x, u, bias, scale, shift, res, out, padded, vt, mt):
     for job in prange(n * c):
         img = job // c
         ci = job % c
-        padded_image = padded[img]
-        padded_image[ci] = 0.0
-        padded_image[ci, PT: PT + h, PL: PL + w] = x[img, ci]
+        plane = padded[img, ci]
+        plane[:] = 0.0
+        plane[PT: PT + h, PL: PL + w] = x[img, ci]
         for ti in range(th):
-            base = img * per_image + ti * tw
-{row_loads:12}
-            for tj in range(tw):
-                q = {m} * tj
-                k = base + tj
-{input_transform:16}
+            input_row(plane, ti, tw, vt, ci, img * per_image + ti * tw)
     for xi in prange({points}):
         ints, floats, no_trans = gemm_scratch()
         gemm(u[xi], vt[xi], mt[xi], False, ints, floats, no_trans)
@@ -300,12 +313,9 @@ def kernel(x, u, bias, scale, shift, res, out, padded, vt, mt):
         img = job // o
         oc = job % o
         for ti in range(th):
-            base = img * per_image + ti * tw
-            r = {m} * ti
-            for tj in range(tw):
-                k = base + tj
-                q = {m} * tj
-{output_transform:16}
+            output_row(mt, oc, img * per_image + ti * tw, tw, out[img, oc, {m} * ti: {m} * ti + {m}])
+        for r in range(oh):
+{epilogue}
 '''
 
 
@@ -333,11 +343,11 @@ def _combination(coefficients: list[float], terms: list[str]) -> str:
 
 
 def _winograd_input_transform(m: int) -> tuple[_Indented, _Indented]:
-    """Code loading the rows x0..x{alpha-1} of a band of tiles from `padded_image`, and code transforming one tile
-    d of them into V = B^T d B, stored in vt[:, ci, k]."""
+    """Code loading the rows x0..x{alpha-1} of a row of tiles from `plane`, and code transforming one tile d of
+    them into V = B^T d B, stored in vt[:, ci, k]."""
     bt = WINOGRAD_MATRICES[m]["BT"]
     alpha = m + 2
-    rows = [f"x{a} = padded_image[ci, {m} * ti + {a}]" for a in range(alpha)]
+    rows = [f"x{a} = plane[{m} * ti + {a}]" for a in range(alpha)]
     lines = []
     for a in range(alpha):  # t = B^T d, one row a at a time, for each column b
         for b in range(alpha):
@@ -348,32 +358,29 @@ def _winograd_input_transform(m: int) -> tuple[_Indented, _Indented]:
     return _Indented(rows), _Indented(lines)
 
 
-def _winograd_output_transform(m: int, attrs: Mapping[str, Any]) -> _Indented:
-    """Code reading M for one tile, forming Y = A^T M A, and storing each output (with the epilogue) that lies
-    inside the output."""
+def _winograd_output_transform(m: int) -> _Indented:
+    """Code reading M for one tile, forming Y = A^T M A, and storing each output that lies inside `rows`."""
     at = WINOGRAD_MATRICES[m]["AT"]
     alpha = m + 2
     lines = [f"s{a}_{b} = " + _combination(at[a], [f"mt[{k * alpha + b}, oc, k]" for k in range(alpha)])
              for a in range(m) for b in range(alpha)]
     for a in range(m):
         for b in range(m):
-            guards = [g for g, needed in ((f"r + {a} < oh", a), (f"q + {b} < ow", b)) if needed]
-            inner = "    " if guards else ""
-            if guards:
-                lines.append(f"if {' and '.join(guards)}:")
-            lines.append(f"{inner}v = " + _combination(at[b], [f"s{a}_{k}" for k in range(alpha)]))
-            epilogue = epilogue_code(attrs, "v", "oc", f"res[img, oc, r + {a}, q + {b}]", len(inner))
-            lines += epilogue.split("\n")
-            lines.append(f"{inner}out[img, oc, r + {a}, q + {b}] = v")
-    return _Indented(lines)
+            guards = [g for g, needed in ((f"{a} < height", a), (f"q + {b} < ow", b)) if needed]
+            value = _combination(at[b], [f"s{a}_{k}" for k in range(alpha)])
+            store = f"rows[{a}, q + {b}] = {value}"
+            lines.append(f"if {' and '.join(guards)}:\n    {store}" if guards else store)
+    return _Indented("\n".join(lines).split("\n"))
 
 
 def winograd(attrs: Mapping[str, Any], m: int, whole: bool):
     """The Winograd kernel: in bands of tile rows (large maps) or over all tiles at once (`whole`)."""
     rows, input_transform = _winograd_input_transform(m)
+    helpers = WINOGRAD_ROWS.format(m=m, row_loads=rows, input_transform=input_transform,
+                                   output_transform=_winograd_output_transform(m))
     template = WINOGRAD_WHOLE if whole else WINOGRAD_BANDS
-    body = template.format(m=m, m1=m - 1, points=(m + 2) ** 2, row_loads=rows, input_transform=input_transform,
-                           output_transform=_winograd_output_transform(m, attrs))
+    epilogue = epilogue_loop(attrs, "out[img, oc, r]", "res[img, oc, r]", "ow", "oc", 12 if whole else 24)
+    body = helpers + "\n" + template.format(m=m, m1=m - 1, points=(m + 2) ** 2, epilogue=epilogue)
     top, _, left, _ = attrs["padding"]
     family = f"conv2d_winograd_f{m}x{m}_3x3_{'whole' if whole else 'bands'}"
     return render(family, body, PT=top, PL=left, **epilogue_constants(attrs))
