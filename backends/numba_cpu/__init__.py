@@ -239,6 +239,7 @@ ALGORITHMS = {
     "conv2d_pointwise": "gemm (1x1)",
     "pointwise_conv2d_gated": "gemm (1x1, gated)",
     "separable_conv2d": "depthwise+gemm",
+    "separable_conv2d_shared": "depthwise+gemm (shared band)",
     "conv_transpose2d": "gemm+scatter",
     "dense": "gemm",
     "dense_rows": "gemv",

@@ -274,6 +274,12 @@ def lower_separable_conv2d(node: Node, ctx: LoweringContext) -> list[KernelCall]
     _, _, left, _ = attrs["padding"]
     w = ctx.graph.node(node.inputs[0]).shape[3]
     band = (ctx.threads, (rows_per_tile - 1) * sh + dh * (kh - 1) + 1, max(left + w, (ow - 1) * sw + dw * (kw - 1) + 1))
+    if channels_per_job < o:  # too few bands: the threads share each band's depthwise step, then its product
+        args = (ctx.value(node.inputs[0]), params["depthwise_weight"], params.get("mid_bias", EMPTY),
+                params["pointwise_weight"], *epilogue_args(params, attrs), _residual(ctx, node, True),
+                ctx.rows(node.name), Scratch((mid_channels, rows_per_tile * ow)), Scratch(band),
+                rows_per_tile, channels_per_job, oh, ow)
+        return [KernelCall(conv.separable_shared(attrs), args, node.name)]
     args = (ctx.value(node.inputs[0]), params["depthwise_weight"], params.get("mid_bias", EMPTY),
             params["pointwise_weight"], *epilogue_args(params, attrs), _residual(ctx, node, True),
             ctx.rows(node.name), Scratch((ctx.threads, mid_channels, rows_per_tile * ow)), Scratch(band),

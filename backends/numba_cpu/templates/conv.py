@@ -485,6 +485,69 @@ def kernel(x, depthwise_weight, mid_bias, pointwise_weight, bias, scale, shift, 
 '''
 
 
+SEPARABLE_SHARED = '''
+@njit(parallel=True, nogil=True, fastmath=FASTMATH, cache=True)
+def kernel(x, depthwise_weight, mid_bias, pointwise_weight, bias, scale, shift, res, out, mid, band_per_thread,
+           rows_per_tile, channels_per_job, oh, ow):
+    """Depthwise then pointwise on maps too small for a band per thread (MobileNet's and EfficientNet's last
+    stages): per band, the threads first share the depthwise step out by channel into one (C*M x pixels) tile,
+    then the pointwise product by blocks of output channels. (Each thread computing the whole depthwise step for
+    its own block of output channels did it once per thread.)"""
+    n, c, h, w = x.shape
+    o = out.shape[1]
+    mid_channels = depthwise_weight.shape[0]
+    multiplier = mid_channels // c
+    tiles = (oh + rows_per_tile - 1) // rows_per_tile
+    blocks = (o + channels_per_job - 1) // channels_per_job
+    threads = band_per_thread.shape[0]
+    for img in range(n):
+        for tile in range(tiles):
+            r0 = tile * rows_per_tile
+            r1 = min(oh, r0 + rows_per_tile)
+            pixels = (r1 - r0) * ow
+            top = r0 * SH - PT  # input row of the band's first row
+            for t in prange(threads):
+                band = band_per_thread[t]
+                for m in range(t, mid_channels, threads):
+                    band[:, :] = 0.0
+                    for br in range(band.shape[0]):
+                        ih = top + br
+                        if ih >= 0 and ih < h:
+                            band[br, PL: PL + w] = x[img, m // multiplier, ih]
+                    taps = depthwise_weight[m, 0]
+                    row = mid[m]
+                    for rr in range(r1 - r0):
+                        for q in range(ow):
+                            v = np.float32(0.0)
+                            for i in range(KH):
+                                for j in range(KW):
+                                    v += taps[i, j] * band[rr * SH + i * DH, q * SW + j * DW]
+{mid_statements}
+                            row[rr * ow + q] = v
+            for t in prange(threads):
+                ints, floats, no_trans = gemm_scratch()
+                for block in range(t, blocks, threads):
+                    o0 = block * channels_per_job
+                    o1 = min(o, o0 + channels_per_job)
+                    tile_out = out[img, o0:o1, r0 * ow: r1 * ow]
+                    gemm(pointwise_weight[o0:o1], mid[:, :pixels], tile_out, False, ints, floats, no_trans)
+                    for oc in range(o0, o1):
+{epilogue}
+'''
+
+
+def separable_shared(attrs: Mapping[str, Any]):
+    """The separable kernel for maps with fewer bands than threads (see SEPARABLE_SHARED)."""
+    mid = {"bias": attrs["mid_bias"], "act": attrs["mid_act"]}
+    mid_code = epilogue_code(mid, "v", "m", "", 28, bias="mid_bias", alpha="MID_ALPHA")
+    body = SEPARABLE_SHARED.format(mid_statements=mid_code,
+                                   epilogue=epilogue_loop(attrs, "out[img, oc, r0 * ow: r1 * ow]",
+                                                          "res[img, oc, r0 * ow: r1 * ow]", "pixels", "oc", 24))
+    constants = {**_window_constants(attrs), **epilogue_constants(attrs),
+                 **activation_constants(attrs["mid_act"], attrs, "mid_")}
+    return render("separable_conv2d_shared", body, **constants)
+
+
 def separable(attrs: Mapping[str, Any]):
     mid = {"bias": attrs["mid_bias"], "act": attrs["mid_act"]}
     mid_code = epilogue_code(mid, "v", "m", "", 24, bias="mid_bias", alpha="MID_ALPHA")
