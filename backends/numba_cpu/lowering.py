@@ -279,7 +279,7 @@ def lower_separable_conv2d(node: Node, ctx: LoweringContext) -> list[KernelCall]
                 params["pointwise_weight"], *epilogue_args(params, attrs), _residual(ctx, node, True),
                 ctx.rows(node.name), Scratch((mid_channels, rows_per_tile * ow)), Scratch(band),
                 rows_per_tile, channels_per_job, oh, ow)
-        return [KernelCall(conv.separable_shared(attrs), args, node.name)]
+        return [KernelCall(conv.separable(attrs, shared=True), args, node.name)]
     args = (ctx.value(node.inputs[0]), params["depthwise_weight"], params.get("mid_bias", EMPTY),
             params["pointwise_weight"], *epilogue_args(params, attrs), _residual(ctx, node, True),
             ctx.rows(node.name), Scratch((ctx.threads, mid_channels, rows_per_tile * ow)), Scratch(band),

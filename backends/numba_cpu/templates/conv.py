@@ -431,6 +431,30 @@ def gated_pointwise(attrs: Mapping[str, Any]):
     return render("pointwise_conv2d_gated", body, **epilogue_constants(attrs))
 
 
+DEPTHWISE_BAND = '''
+@njit(nogil=True, fastmath=FASTMATH, cache=True)
+def depthwise_band(x, img, channel, top, band, taps, mid_bias, m, row, rows, ow, load):
+    """Mid channel m's depthwise step over a band of `rows` output rows into `row` (rows x ow pixels): first,
+    when `load` (the channels of a multiplier share their input), the input rows under the band into the
+    zero-padded `band`; each value summed over its taps in a register, then mid_bias and mid_act."""
+    h, w = x.shape[2], x.shape[3]
+    if load:
+        band[:, :] = 0.0
+        for br in range(band.shape[0]):
+            ih = top + br
+            if ih >= 0 and ih < h:
+                band[br, PL: PL + w] = x[img, channel, ih]
+    for rr in range(rows):
+        for q in range(ow):
+            v = np.float32(0.0)
+            for i in range(KH):
+                for j in range(KW):
+                    v += taps[i, j] * band[rr * SH + i * DH, q * SW + j * DW]
+{mid_statements}
+            row[rr * ow + q] = v
+'''
+
+
 SEPARABLE = '''
 @njit(parallel=True, nogil=True, fastmath=FASTMATH, cache=True)
 def kernel(x, depthwise_weight, mid_bias, pointwise_weight, bias, scale, shift, res, out, mid_per_thread,
@@ -462,22 +486,8 @@ def kernel(x, depthwise_weight, mid_bias, pointwise_weight, bias, scale, shift, 
             pixels = (r1 - r0) * ow
             top = r0 * SH - PT  # input row of the band's first row
             for m in range(mid_channels):
-                if m % multiplier == 0:
-                    band[:, :] = 0.0
-                    for br in range(band.shape[0]):
-                        ih = top + br
-                        if ih >= 0 and ih < h:
-                            band[br, PL: PL + w] = x[img, m // multiplier, ih]
-                taps = depthwise_weight[m, 0]
-                row = mid[m]
-                for rr in range(r1 - r0):
-                    for q in range(ow):
-                        v = np.float32(0.0)
-                        for i in range(KH):
-                            for j in range(KW):
-                                v += taps[i, j] * band[rr * SH + i * DH, q * SW + j * DW]
-{mid_statements}
-                        row[rr * ow + q] = v
+                depthwise_band(x, img, m // multiplier, top, band, depthwise_weight[m, 0], mid_bias, m, mid[m],
+                               r1 - r0, ow, m % multiplier == 0)
             tile = out[img, o0:o1, r0 * ow: r1 * ow]
             gemm(pointwise_weight[o0:o1], mid[:, :pixels], tile, False, ints, floats, no_trans)
             for oc in range(o0, o1):
@@ -509,21 +519,8 @@ def kernel(x, depthwise_weight, mid_bias, pointwise_weight, bias, scale, shift, 
             for t in prange(threads):
                 band = band_per_thread[t]
                 for m in range(t, mid_channels, threads):
-                    band[:, :] = 0.0
-                    for br in range(band.shape[0]):
-                        ih = top + br
-                        if ih >= 0 and ih < h:
-                            band[br, PL: PL + w] = x[img, m // multiplier, ih]
-                    taps = depthwise_weight[m, 0]
-                    row = mid[m]
-                    for rr in range(r1 - r0):
-                        for q in range(ow):
-                            v = np.float32(0.0)
-                            for i in range(KH):
-                                for j in range(KW):
-                                    v += taps[i, j] * band[rr * SH + i * DH, q * SW + j * DW]
-{mid_statements}
-                            row[rr * ow + q] = v
+                    depthwise_band(x, img, m // multiplier, top, band, depthwise_weight[m, 0], mid_bias, m, mid[m],
+                                   r1 - r0, ow, True)
             for t in prange(threads):
                 ints, floats, no_trans = gemm_scratch()
                 for block in range(t, blocks, threads):
@@ -536,24 +533,15 @@ def kernel(x, depthwise_weight, mid_bias, pointwise_weight, bias, scale, shift, 
 '''
 
 
-def separable_shared(attrs: Mapping[str, Any]):
-    """The separable kernel for maps with fewer bands than threads (see SEPARABLE_SHARED)."""
+def separable(attrs: Mapping[str, Any], shared: bool = False):
+    """Depthwise then pointwise with the bands dealt to the threads (SEPARABLE), or, `shared`, for maps with fewer
+    bands than threads, each band's depthwise step shared by them (SEPARABLE_SHARED)."""
     mid = {"bias": attrs["mid_bias"], "act": attrs["mid_act"]}
-    mid_code = epilogue_code(mid, "v", "m", "", 28, bias="mid_bias", alpha="MID_ALPHA")
-    body = SEPARABLE_SHARED.format(mid_statements=mid_code,
-                                   epilogue=epilogue_loop(attrs, "out[img, oc, r0 * ow: r1 * ow]",
-                                                          "res[img, oc, r0 * ow: r1 * ow]", "pixels", "oc", 24))
+    band = DEPTHWISE_BAND.format(mid_statements=epilogue_code(mid, "v", "m", "", 12, bias="mid_bias",
+                                                              alpha="MID_ALPHA"))
+    template, indent = (SEPARABLE_SHARED, 24) if shared else (SEPARABLE, 16)
+    body = band + template.format(epilogue=epilogue_loop(attrs, "out[img, oc, r0 * ow: r1 * ow]",
+                                                         "res[img, oc, r0 * ow: r1 * ow]", "pixels", "oc", indent))
     constants = {**_window_constants(attrs), **epilogue_constants(attrs),
                  **activation_constants(attrs["mid_act"], attrs, "mid_")}
-    return render("separable_conv2d_shared", body, **constants)
-
-
-def separable(attrs: Mapping[str, Any]):
-    mid = {"bias": attrs["mid_bias"], "act": attrs["mid_act"]}
-    mid_code = epilogue_code(mid, "v", "m", "", 24, bias="mid_bias", alpha="MID_ALPHA")
-    body = SEPARABLE.format(mid_statements=mid_code,
-                            epilogue=epilogue_loop(attrs, "out[img, oc, r0 * ow: r1 * ow]",
-                                                   "res[img, oc, r0 * ow: r1 * ow]", "pixels", "oc", 16))
-    constants = {**_window_constants(attrs), **epilogue_constants(attrs),
-                 **activation_constants(attrs["mid_act"], attrs, "mid_")}
-    return render("separable_conv2d", body, **constants)
+    return render("separable_conv2d_shared" if shared else "separable_conv2d", body, **constants)
