@@ -72,8 +72,9 @@ def _message(exc: Exception) -> str:
         close = difflib.get_close_matches(exc.name, candidates, n=3, cutoff=0.6)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         return f"{kind} has no attribute or method {exc.name!r}{hint}"
-    if isinstance(exc, TypeError) and _builder_signature(exc):
-        return f"{exc} ({_builder_signature(exc)})"
+    signature = _builder_signature(exc) if isinstance(exc, TypeError) else None
+    if signature is not None:
+        return f"{exc} ({signature})"
     return f"{type(exc).__name__}: {exc}"
 
 

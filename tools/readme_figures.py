@@ -15,6 +15,7 @@ wrap them. The figures of a cold compile run with an empty kernel cache of their
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import re
 import subprocess
@@ -52,7 +53,9 @@ def lenet5_summary() -> str:
     return "\n```\n" + "\n".join([header, first, "...", *totals]) + "\n```\n"
 
 
+@functools.cache
 def _verbose_o3(model: str) -> str:
+    """What `summary -O 3 --verbose` reports on stderr (once per model: two figures read ResNet-50's)."""
     return cnncomp("summary", model, "-O", "3", "--verbose").stderr
 
 
