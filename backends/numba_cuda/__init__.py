@@ -130,6 +130,7 @@ class CompileStats:
     kernels: int = 0  # distinct kernel modules
     compiled: int = 0  # compiled to machine code now (a GPU only)
     from_cache: int = 0  # loaded from the disk cache (a GPU only)
+    max_registers: int = 0  # the most registers any kernel's thread takes, which bounds occupancy (a GPU only)
     launches: int = 0  # per call
     seconds: float = 0.0
     arena_bytes: int = 0  # per working set
@@ -380,7 +381,8 @@ class DeviceWeights:
 def _steps(launches: list[Launch], cache: KernelCache, weights: DeviceWeights, stats: CompileStats,
            progress_enabled: bool | None) -> list[Step]:
     """Each launch as a step: its kernel loaded (on a GPU: from the disk cache or compiled, for each signature it
-    is launched with), its arguments on the device. Counts the kernels in `stats`."""
+    is launched with, and its module loaded into the device's context), its arguments on the device. Counts the
+    kernels in `stats`."""
     functions: dict[str, Any] = {}
     compiled: set[tuple[str, tuple[Any, ...]]] = set()
     steps = []
@@ -398,7 +400,10 @@ def _steps(launches: list[Launch], cache: KernelCache, weights: DeviceWeights, s
         if not stats.simulator:
             signature = argument_types(launch.args)
             if (kernel.key, signature) not in compiled:
-                function.compile(signature)
+                # Reading the registers loads the kernel's module into the device's context now: numba-cuda loads
+                # it at the kernel's first launch otherwise, and two threads launching it first at once collide.
+                registers = function.compile(signature).regs_per_thread
+                stats.max_registers = max(stats.max_registers, registers)
                 compiled.add((kernel.key, signature))
         args = tuple(weights.argument(arg) for arg in launch.args)
         steps.append(Step(launch.node, kernel, function, launch.grid, launch.block, args))
