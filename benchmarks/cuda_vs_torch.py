@@ -5,9 +5,10 @@
 Both run in one process on the same graph and weights, interleaved (one call of each in turn). A call is what a
 user sees: host arrays in, host arrays out (numba-cuda: one copy in, the launches, one copy out). PyTorch runs the
 graph as written (-O0) op by op with torch.nn.functional on CUDA tensors (the torch backend's rules, cuDNN
-convolutions). Reported per model and batch: median and min latency, images/s, GFLOP/s from the MAC count (2 FLOPs
-per MAC), the ratio to PyTorch, the largest difference between the two outputs, and numba-cuda's compile time
-with an empty kernel cache and again with it filled (each in a fresh process).
+convolutions in float32: PyTorch's default TF32 convolutions are turned off). Reported per model and batch: median
+and min latency, images/s, GFLOP/s from the MAC count (2 FLOPs per MAC), the ratio to PyTorch, the largest
+difference between the two outputs, and numba-cuda's compile time with an empty kernel cache and again with it
+filled (each in a fresh process).
 
 Without a GPU it stops with the backend's message. Under NUMBA_ENABLE_CUDASIM=1 it runs numba-cuda in the
 simulator (0.5-2 ms per simulated thread: tiny models only, to check this script) and leaves PyTorch out.
@@ -53,6 +54,9 @@ def torch_cuda(graph: Any) -> Any | None:
                 return {name: values[name].cpu().numpy() for name in self.graph.outputs}
 
     torch.backends.cudnn.benchmark = True
+    # PyTorch computes convolutions in TF32 by default (a 10-bit mantissa); both sides compute in float32 here.
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
     return TorchCuda(graph)
 
 
@@ -125,13 +129,17 @@ def main() -> None:
     records = []
     for model in args.models:
         for batch in args.batch:
-            records += measure(model, batch, args.repeat, batch == args.batch[0] and not args.no_compile_times)
+            try:
+                records += measure(model, batch, args.repeat, batch == args.batch[0] and not args.no_compile_times)
+            except CnnCompError as exc:  # too big for the memory limit, say: the other rows still run
+                print(f"{model} at batch {batch}: {exc}", flush=True)
+                continue
             print(table([r for r in records if r["model"] == model and r["batch"] == batch]).split("\n", 2)[-1],
                   flush=True)
+            if args.json:  # after each row, so that a run stopped early still leaves what it measured
+                args.json.write_text(json.dumps({"device": str(device), "records": records}, indent=1))
     print()
     print(table(records))
-    if args.json:
-        args.json.write_text(json.dumps({"device": str(device), "records": records}, indent=1))
 
 
 if __name__ == "__main__":
