@@ -536,6 +536,25 @@ def test_fast_exp_is_exp_to_float32_precision():
     assert np.isnan(special[0]) and special[1] == np.inf and 0 <= special[2] < 1e-37 and special[3] == 1.0
 
 
+def test_fast_tanh_is_tanh_to_float32_precision():
+    from numba import njit
+
+    from backends.numba_cpu.mathlib import fast_tanh
+
+    @njit
+    def tanh_all(values):
+        out = np.empty_like(values)
+        for i in range(values.size):
+            out[i] = fast_tanh(values[i])
+        return out
+
+    tiny = np.logspace(-30, 1, 10_001)
+    x = np.concatenate([np.linspace(-12, 12, 200_001), tiny, -tiny, [0.625, -0.625, 0.6249999]]).astype(np.float32)
+    np.testing.assert_allclose(tanh_all(x), np.tanh(x.astype(np.float64)), rtol=3e-7, atol=0)
+    special = tanh_all(np.array([np.nan, np.inf, -np.inf, 0.0, 100.0, -100.0], np.float32))
+    assert np.isnan(special[0]) and list(special[1:]) == [1.0, -1.0, 0.0, 1.0, -1.0]
+
+
 def test_max_pool_lets_nan_win_like_the_reference():
     graph = random_op_graph("max_pool2d", [(1, 2, 6, 6)], dict(kernel=3, stride=2, padding=1, ceil_mode=True))
     data = random((1, 2, 6, 6))

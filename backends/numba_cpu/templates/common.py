@@ -27,7 +27,7 @@ import numpy as np
 from numba import njit, prange
 
 from backends.numba_cpu.blas import gemm, gemm_scratch
-from backends.numba_cpu.mathlib import fast_exp
+from backends.numba_cpu.mathlib import fast_exp, fast_tanh
 '''
 
 
@@ -43,7 +43,7 @@ def render(family: str, body: str, **constants: Any) -> KernelSource:
 
 # The activation formulas (backends.numba_common) as numba-cpu kernels write them: numpy's float32, comparisons
 # with a bare float, and mathlib's exp.
-DIALECT = Dialect(f32=Literal("np.float32({})"), cmp=Literal("{}"), tanh="np.tanh", exp="fast_exp")
+DIALECT = Dialect(f32=Literal("np.float32({})"), cmp=Literal("{}"), tanh="fast_tanh", exp="fast_exp")
 
 
 def epilogue_code(attrs: Mapping[str, Any], value: str, channel: str, residual: str, indent: int,

@@ -32,7 +32,7 @@ def _window_constants(attrs: Mapping[str, Any]) -> dict[str, int]:
 
 
 DIRECT = '''
-@njit(parallel=True, nogil=True, fastmath=FASTMATH, cache=True)
+@njit(parallel=True, nogil=True, fastmath=FASTMATH, cache=True, error_model="numpy")
 def kernel(x, weight, bias, scale, shift, res, out, planes):
     """Grouped convolution, one (image, group) per job: the group's input channels are copied into zero-padded
     planes (so no tap needs a bounds check), then each output value sums its KH x KW taps over the group's
@@ -76,9 +76,10 @@ def direct(attrs: Mapping[str, Any], channels_per_group: int):
 
 
 IM2COL_GATHER = '''
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, error_model="numpy")
 def im2col(x, img, c0, cg, cols, r0, r1, ow):
-    """cols[k, p]: the input under tap k = (channel, i, j) for output pixel p of rows r0..r1 (zero padding)."""
+    """cols[k, p]: the input under tap k = (channel, i, j) for output pixel p of rows r0..r1 (zero padding).
+    Plain index loops: a slice per row costs more than the row's copy on small maps (LeNet's last conv)."""
     h, w = x.shape[2], x.shape[3]
     for ci in range(cg):
         for i in range(KH):
@@ -88,23 +89,22 @@ def im2col(x, img, c0, cg, cols, r0, r1, ow):
                 q_hi = max(q_lo, min(ow, (w - 1 + PL - j * DW) // SW + 1))
                 for r in range(r0, r1):
                     ih = r * SH - PT + i * DH
-                    row = cols[k, (r - r0) * ow: (r - r0 + 1) * ow]
+                    base = (r - r0) * ow
                     if ih < 0 or ih >= h:
-                        row[:] = 0.0
+                        for q in range(ow):
+                            cols[k, base + q] = 0.0
                         continue
-                    src = x[img, c0 + ci, ih]
-                    row[:q_lo] = 0.0
-                    if SW == 1:
-                        start = q_lo - PL + j * DW
-                        row[q_lo:q_hi] = src[start: start + q_hi - q_lo]
-                    else:
-                        for q in range(q_lo, q_hi):
-                            row[q] = src[q * SW - PL + j * DW]
-                    row[q_hi:] = 0.0
+                    for q in range(q_lo):
+                        cols[k, base + q] = 0.0
+                    offset = j * DW - PL
+                    for q in range(q_lo, q_hi):
+                        cols[k, base + q] = x[img, c0 + ci, ih, q * SW + offset]
+                    for q in range(q_hi, ow):
+                        cols[k, base + q] = 0.0
 '''
 
 IM2COL_TILES = '''
-@njit(parallel=True, nogil=True, fastmath=FASTMATH, cache=True)
+@njit(parallel=True, nogil=True, fastmath=FASTMATH, cache=True, error_model="numpy")
 def kernel(x, weight, bias, scale, shift, res, out, cols_per_thread, rows_per_tile, oh, ow):
     """weight (groups, O/groups, K) with K = C/groups * KH * KW; out and res viewed as (N, O, OH*OW)."""
     n = x.shape[0]
@@ -132,7 +132,7 @@ def kernel(x, weight, bias, scale, shift, res, out, cols_per_thread, rows_per_ti
 '''
 
 IM2COL_WHOLE = '''
-@njit(parallel=True, nogil=True, fastmath=FASTMATH, cache=True)
+@njit(parallel=True, nogil=True, fastmath=FASTMATH, cache=True, error_model="numpy")
 def kernel(x, weight, bias, scale, shift, res, out, cols, channels_per_tile, threads, oh, ow):
     """For batches that leave threads idle: per image and group, every thread gathers its share of the input
     channels into one K x pixels matrix, then multiplies it by tiles of output channels (each thread streams
@@ -173,7 +173,7 @@ def im2col(attrs: Mapping[str, Any], whole: bool = False):
 
 
 POINTWISE = '''
-@njit(parallel=True, nogil=True, fastmath=FASTMATH, cache=True)
+@njit(parallel=True, nogil=True, fastmath=FASTMATH, cache=True, error_model="numpy")
 def kernel(x, weight, bias, scale, shift, res, out, pixels_per_tile, channels_per_tile, threads):
     """out[n] (O x P) = weight (O x C) @ x[n] (C x P), in tiles of output channels x pixels; x, out and res
     viewed as (N, channels, pixels)."""
@@ -226,7 +226,7 @@ WINOGRAD_MATRICES = {
 # each); the epilogue runs after the output transform, along whole output rows, so these functions are the same for
 # every Winograd kernel of a tile size.
 WINOGRAD_ROWS = '''
-@njit(nogil=True, fastmath=FASTMATH, cache=True)
+@njit(nogil=True, fastmath=FASTMATH, cache=True, error_model="numpy")
 def input_row(plane, ti, tw, vt, ci, base):
     """V = B^T d B for each tile of tile row ti of the zero-padded channel plane, into vt[:, ci, base + tj]."""
 {row_loads:4}
@@ -236,7 +236,7 @@ def input_row(plane, ti, tw, vt, ci, base):
 {input_transform:8}
 
 
-@njit(nogil=True, fastmath=FASTMATH, cache=True)
+@njit(nogil=True, fastmath=FASTMATH, cache=True, error_model="numpy")
 def output_row(mt, oc, base, tw, rows):
     """Y = A^T M A for each tile of a tile row: the tiles' outputs that lie inside `rows`, the (at most {m}) output
     rows of channel oc that the tile row covers."""
@@ -248,7 +248,7 @@ def output_row(mt, oc, base, tw, rows):
 '''
 
 WINOGRAD_BANDS = '''
-@njit(parallel=True, nogil=True, fastmath=FASTMATH, cache=True)
+@njit(parallel=True, nogil=True, fastmath=FASTMATH, cache=True, error_model="numpy")
 def kernel(x, u, bias, scale, shift, res, out, padded, v_per_thread, m_per_thread, tile_rows):
     """Winograd F({m}x{m}, 3x3) in bands of tile rows, for large maps. u ({points}, O, C) = G g G^T, the transformed
     weights. Per band each thread transforms the input tiles (V = B^T d B: {points} x C x tiles), multiplies
@@ -287,7 +287,7 @@ def kernel(x, u, bias, scale, shift, res, out, padded, v_per_thread, m_per_threa
 '''
 
 WINOGRAD_WHOLE = '''
-@njit(parallel=True, nogil=True, fastmath=FASTMATH, cache=True)
+@njit(parallel=True, nogil=True, fastmath=FASTMATH, cache=True, error_model="numpy")
 def kernel(x, u, bias, scale, shift, res, out, padded, vt, mt):
     """Winograd F({m}x{m}, 3x3) over every tile of every image at once, for small maps with many channels (where
     bands would make the matrix products thin): transform all tiles (parallel over image x channel), one product
@@ -395,7 +395,7 @@ def winograd_weights(weight: np.ndarray, m: int) -> np.ndarray:
 
 
 GATED_POINTWISE = '''
-@njit(parallel=True, nogil=True, fastmath=FASTMATH, cache=True)
+@njit(parallel=True, nogil=True, fastmath=FASTMATH, cache=True, error_model="numpy")
 def kernel(x, gate, weight, bias, scale, shift, res, out, gated_weight, pixels_per_tile, channels_per_tile,
            threads):
     """out[n] = weight @ (gate[n] * x[n]): squeeze-and-excitation's channel gate applied as a prologue, by
@@ -432,7 +432,7 @@ def gated_pointwise(attrs: Mapping[str, Any]):
 
 
 DEPTHWISE_BAND = '''
-@njit(nogil=True, fastmath=FASTMATH, cache=True)
+@njit(nogil=True, fastmath=FASTMATH, cache=True, error_model="numpy")
 def depthwise_band(x, img, channel, top, band, taps, mid_bias, m, row, rows, ow, load):
     """Mid channel m's depthwise step over a band of `rows` output rows into `row` (rows x ow pixels): first,
     when `load` (the channels of a multiplier share their input), the input rows under the band into the
@@ -456,7 +456,7 @@ def depthwise_band(x, img, channel, top, band, taps, mid_bias, m, row, rows, ow,
 
 
 SEPARABLE = '''
-@njit(parallel=True, nogil=True, fastmath=FASTMATH, cache=True)
+@njit(parallel=True, nogil=True, fastmath=FASTMATH, cache=True, error_model="numpy")
 def kernel(x, depthwise_weight, mid_bias, pointwise_weight, bias, scale, shift, res, out, mid_per_thread,
            band_per_thread, rows_per_tile, channels_per_job, oh, ow):
     """Depthwise then pointwise, one band of output rows at a time: each thread computes the band's depthwise
@@ -496,7 +496,7 @@ def kernel(x, depthwise_weight, mid_bias, pointwise_weight, bias, scale, shift, 
 
 
 SEPARABLE_SHARED = '''
-@njit(parallel=True, nogil=True, fastmath=FASTMATH, cache=True)
+@njit(parallel=True, nogil=True, fastmath=FASTMATH, cache=True, error_model="numpy")
 def kernel(x, depthwise_weight, mid_bias, pointwise_weight, bias, scale, shift, res, out, mid, band_per_thread,
            rows_per_tile, channels_per_job, oh, ow):
     """Depthwise then pointwise on maps too small for a band per thread (MobileNet's and EfficientNet's last

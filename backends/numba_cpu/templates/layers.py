@@ -10,7 +10,7 @@ from backends.numba_common import epilogue_constants
 from backends.numba_cpu.templates.common import epilogue_code, render
 
 DENSE = '''
-@njit(parallel=True, nogil=True, fastmath=FASTMATH, cache=True)
+@njit(parallel=True, nogil=True, fastmath=FASTMATH, cache=True, error_model="numpy")
 def kernel(x, weight_t, bias, scale, shift, res, out, columns_per_job, threads):
     """out (N x O) = x (N x K) @ weight_t (K x O), in blocks of output columns, then the epilogue."""
     n = x.shape[0]
@@ -37,7 +37,7 @@ def dense(attrs: Mapping[str, Any]):
 
 
 DENSE_ROWS = '''
-@njit(parallel=True, nogil=True, fastmath=FASTMATH, cache=True)
+@njit(parallel=True, nogil=True, fastmath=FASTMATH, cache=True, error_model="numpy")
 def kernel(x, weight, bias, scale, shift, res, out, rows_per_job, threads):
     """out[n, o] = dot(weight[o], x[n]) for a few images: the weight (O x K) streams through once, row by row,
     each row read for every image while it is in cache (a matrix-vector product is bound by memory, and BLAS's
@@ -66,7 +66,7 @@ def dense_rows(attrs: Mapping[str, Any]):
 
 
 CONV_TRANSPOSE = '''
-@njit(parallel=True, nogil=True, fastmath=FASTMATH, cache=True)
+@njit(parallel=True, nogil=True, fastmath=FASTMATH, cache=True, error_model="numpy")
 def kernel(x, taps, bias, out, contributions, h, w, threads):
     """Transposed convolution of x viewed (N, C, h*w). taps (groups, O/groups * KH * KW, C/groups): for each image
     and group one matrix product gives every (output channel, tap) contribution of every input pixel; each output
@@ -111,7 +111,7 @@ def conv_transpose(attrs: Mapping[str, Any]):
 
 
 LRN = '''
-@njit(parallel=True, nogil=True, fastmath=FASTMATH, cache=True)
+@njit(parallel=True, nogil=True, fastmath=FASTMATH, cache=True, error_model="numpy")
 def kernel(x, out, sums_per_thread):
     """out_c = x_c / (K + ALPHA / SIZE * sum of x_j^2 over channels j in [c - SIZE//2, c + (SIZE-1)//2])^BETA;
     x and out viewed (N, C, pixels). The window sums accumulate channel by channel, vectorized along the pixels."""
@@ -150,7 +150,7 @@ def lrn(attrs: Mapping[str, Any]):
 
 
 SOFTMAX = '''
-@njit(parallel=True, nogil=True, fastmath=FASTMATH, cache=True)
+@njit(parallel=True, nogil=True, fastmath=FASTMATH, cache=True, error_model="numpy")
 def kernel(x, out):
     """Softmax along the middle axis of (outer, axis, inner) views: exp(x - max) / sum(exp(x - max))."""
     outer, size, inner = x.shape
@@ -176,7 +176,7 @@ def softmax():
 
 
 UPSAMPLE = '''
-@njit(parallel=True, nogil=True, fastmath=FASTMATH, cache=True)
+@njit(parallel=True, nogil=True, fastmath=FASTMATH, cache=True, error_model="numpy")
 def kernel(x, out, row_index, row_weight, col_index, col_weight):
     """out[.., r, q] = sum over taps a, b of row_weight[r, a] * col_weight[q, b] * x[row_index[r, a],
     col_index[q, b]]: nearest (1 tap), bilinear (2) or bicubic (4), with the reference's coordinates."""

@@ -18,7 +18,7 @@ def _constants(attrs: Mapping[str, Any]) -> dict[str, int]:
 
 
 MAX = '''
-@njit(parallel=True, nogil=True, fastmath=FASTMATH, cache=True)
+@njit(parallel=True, nogil=True, fastmath=FASTMATH, cache=True, error_model="numpy")
 def kernel(x, out, planes):
     """out = max over each window; NaN wins, as in numpy's max. Each (image, channel) plane is copied into a
     plane padded with -inf (covering the ceil_mode overhang too), so every window is read without bounds checks
@@ -46,7 +46,7 @@ def kernel(x, out, planes):
 '''
 
 INDICES = '''
-@njit(parallel=True, nogil=True, cache=True)
+@njit(parallel=True, nogil=True, cache=True, error_model="numpy")
 def kernel(x, out):
     """out = flat index h * W + w of each window's first maximum (the first NaN if there is one)."""
     n, c, h, w = x.shape
@@ -74,7 +74,7 @@ def kernel(x, out):
 '''
 
 AVG = '''
-@njit(parallel=True, nogil=True, fastmath=FASTMATH, cache=True)
+@njit(parallel=True, nogil=True, fastmath=FASTMATH, cache=True, error_model="numpy")
 def kernel(x, out, rows_per_thread):
     """out = window sum / divisor: the taps inside the padded input if COUNT_PAD, else the taps inside the
     input (the ceil_mode overhang never counts)."""
@@ -127,14 +127,14 @@ def avg_pool(attrs: Mapping[str, Any]):
 
 
 UNPOOL = '''
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, error_model="numpy")
 def check(indices, plane):
     for value in indices.ravel():
         if value < 0 or value >= plane:
             raise ValueError("an unpooling index lies outside the output plane")
 
 
-@njit(parallel=True, nogil=True, cache=True)
+@njit(parallel=True, nogil=True, cache=True, error_model="numpy")
 def kernel(x, indices, out):
     """out (viewed (N, C, OH*OW)) = 0, then out[n, c, indices[n, c, p]] = x[n, c, p]."""
     n, c, pixels = x.shape
@@ -153,7 +153,7 @@ def unpool():
 
 
 GLOBAL_AVG = '''
-@njit(parallel=True, nogil=True, fastmath=FASTMATH, cache=True)
+@njit(parallel=True, nogil=True, fastmath=FASTMATH, cache=True, error_model="numpy")
 def kernel(x, out):
     """out[n, c] = mean of x[n, c] over its pixels; x viewed (N, C, pixels), out (N, C, 1)."""
     n, c, pixels = x.shape
@@ -172,7 +172,7 @@ def global_avg_pool():
 
 
 ADAPTIVE = '''
-@njit(parallel=True, nogil=True, fastmath=FASTMATH, cache=True)
+@njit(parallel=True, nogil=True, fastmath=FASTMATH, cache=True, error_model="numpy")
 def kernel(x, out, row_start, row_end, col_start, col_end):
     """out[.., i, j] = mean of x over rows [row_start[i], row_end[i]) and columns [col_start[j], col_end[j])."""
     n, c = x.shape[0], x.shape[1]

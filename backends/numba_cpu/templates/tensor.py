@@ -10,7 +10,7 @@ from backends.numba_common import activation_code, activation_constants
 from backends.numba_cpu.templates.common import DIALECT, render
 
 UNARY = '''
-@njit(parallel=True, nogil=True, fastmath=FASTMATH, cache=True)
+@njit(parallel=True, nogil=True, fastmath=FASTMATH, cache=True, error_model="numpy")
 def kernel(x, scale, shift, out):
     """out = {what}, per (image, channel) row of pixels."""
     n, c, pixels = x.shape
@@ -40,7 +40,7 @@ def unary(kind: str, attrs: dict[str, Any]):
 
 
 BINARY = '''
-@njit(parallel=True, nogil=True, fastmath=FASTMATH, cache=True)
+@njit(parallel=True, nogil=True, fastmath=FASTMATH, cache=True, error_model="numpy")
 def kernel(a, b, out):
     """out = a {symbol} b on (N, C, pixels) views; an operand with one pixel is broadcast over the channel."""
     n, c, pixels = out.shape
@@ -62,7 +62,7 @@ def binary(op: str, broadcast_a: bool, broadcast_b: bool):
 
 
 PAD = '''
-@njit(parallel=True, nogil=True, cache=True)
+@njit(parallel=True, nogil=True, cache=True, error_model="numpy")
 def kernel(x, out):
     """Spatial padding: out[.., r, q] = x at the {mode} source of (r - PT, q - PL)."""
     n, c, h, w = x.shape
@@ -98,7 +98,7 @@ def pad(attrs: dict[str, Any]):
 
 
 WINDOW_COPY = '''
-@njit(parallel=True, nogil=True, cache=True)
+@njit(parallel=True, nogil=True, cache=True, error_model="numpy")
 def kernel(x, out, top, left):
     """out = x[:, :, top: top + OH, left: left + OW] (U-Net's crop), per (image, channel)."""
     n, c = out.shape[0], out.shape[1]
@@ -116,7 +116,7 @@ def window_copy():
 
 
 STRIDED_SLICE = '''
-@njit(parallel=True, nogil=True, cache=True)
+@njit(parallel=True, nogil=True, cache=True, error_model="numpy")
 def kernel(x, out):
     """out = x[:, :, ::SH, ::SW]."""
     n, c = out.shape[0], out.shape[1]
