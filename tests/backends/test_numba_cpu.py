@@ -518,18 +518,24 @@ def test_second_compile_in_a_fresh_process_loads_every_kernel_from_the_cache(tmp
     np.testing.assert_array_equal(np.load(tmp_path / "first.npy"), np.load(tmp_path / "second.npy"))
 
 
-def test_fast_exp_is_exp_to_float32_precision():
+def on_each_value(scalar_function):
+    """A compiled loop applying one of mathlib's inlined scalar functions to each value of an array."""
     from numba import njit
 
-    from backends.numba_cpu.mathlib import fast_exp
-
     @njit
-    def exp_all(values):
+    def apply(values):
         out = np.empty_like(values)
         for i in range(values.size):
-            out[i] = fast_exp(values[i])
+            out[i] = scalar_function(values[i])
         return out
 
+    return apply
+
+
+def test_fast_exp_is_exp_to_float32_precision():
+    from backends.numba_cpu.mathlib import fast_exp
+
+    exp_all = on_each_value(fast_exp)
     x = np.linspace(-87, 88, 200_001).astype(np.float32)
     np.testing.assert_allclose(exp_all(x), np.exp(x.astype(np.float64)), rtol=2e-7, atol=0)
     special = exp_all(np.array([np.nan, np.inf, -np.inf, 0.0], np.float32))
@@ -537,17 +543,9 @@ def test_fast_exp_is_exp_to_float32_precision():
 
 
 def test_fast_tanh_is_tanh_to_float32_precision():
-    from numba import njit
-
     from backends.numba_cpu.mathlib import fast_tanh
 
-    @njit
-    def tanh_all(values):
-        out = np.empty_like(values)
-        for i in range(values.size):
-            out[i] = fast_tanh(values[i])
-        return out
-
+    tanh_all = on_each_value(fast_tanh)
     tiny = np.logspace(-30, 1, 10_001)
     x = np.concatenate([np.linspace(-12, 12, 200_001), tiny, -tiny, [0.625, -0.625, 0.6249999]]).astype(np.float32)
     np.testing.assert_allclose(tanh_all(x), np.tanh(x.astype(np.float64)), rtol=3e-7, atol=0)
