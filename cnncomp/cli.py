@@ -854,7 +854,7 @@ def _profile_command(commands: Any) -> None:
 def _bench_command(commands: Any) -> None:
     bench = _command(commands, "bench", cmd_bench,
                      "latency, GFLOP/s, compile time and memory on backends, against PyTorch and ONNX Runtime",
-                     "Benchmark models on backends: a warm-up, then repeated timed runs, each model, backend and "
+                     "Benchmark models on backends: a 0.2 s warm-up, then repeated timed runs, each model, backend and "
                      "batch in fresh processes over an empty kernel cache (compile time cold, then warm). Prints "
                      "min, median and max latency (a wide spread shows an unstable run), images/s, GFLOP/s (2 "
                      "FLOPs per MAC), the share of this machine's numpy matmul rate, compile times and peak memory; "
