@@ -46,7 +46,7 @@ FORMAT = 1
 RECORD_NAME = "numba-cpu-tuning.json"
 # Timed calls per candidate (the median is kept), after a warm-up call.
 REPEATS = 5
-# A candidate whose first call after the warm-up takes this many times the best median so far is not timed
+# A candidate whose first call after the warm-up takes this many times the fastest one's is not timed
 # again: it has lost (the direct kernel on ResNet's 3x3 convs takes 100 times Winograd's), and tuning stays
 # minutes, not hours.
 HOPELESS = 4.0
@@ -183,21 +183,12 @@ def _layer_graph(graph: Graph, node: Node) -> Graph:
     return layer
 
 
-def _timed_ms(executable: Any, inputs: Mapping[str, np.ndarray], best_ms: float) -> float:
-    """The kernel's median time over REPEATS calls; a hopeless candidate's one call. After a call that warms up
-    (a fresh executable's first call pays for its memory's first touch and the thread pool's start)."""
-    executable(inputs)
-    start = time.perf_counter()
-    executable(inputs)
-    once_ms = 1e3 * (time.perf_counter() - start)
-    if once_ms > HOPELESS * best_ms:
-        return once_ms
-    return 1e3 * sum(row["seconds"] for row in executable.profile(inputs, REPEATS))
-
-
-def _measure(layer: Graph, threads: int, default: str) -> tuple[dict[str, float], dict[str, str]]:
+def _measure(layer: Graph, threads: int) -> tuple[dict[str, float], dict[str, str]]:
     """Each algorithm that can compute the layer: its time in ms, or why it was rejected (output unlike the
-    reference's). The default goes first, so the others are measured against its time."""
+    reference's). Every candidate is checked first, then all are timed together, one call of each in turn, so
+    none pays alone for what ran before it: right after the reference's numpy matmul, OpenBLAS's threads spin on
+    a core for about 0.1 s, and the candidate timed first (the default, before) read 0.71 ms on a layer that
+    takes 0.41."""
     from backends import numba_cpu, reference
 
     node = layer.node("layer")
@@ -205,17 +196,32 @@ def _measure(layer: Graph, threads: int, default: str) -> tuple[dict[str, float]
     inputs = {x.name: rng.standard_normal(x.type.shape).astype(np.float32) for x in layer.inputs}
     expected = reference.compile(layer)(inputs)["layer"]
     atol = TOLERANCE * max(1.0, float(np.abs(expected).max()))
-    candidates = resolve.supported_algorithms(node.attrs, layer.node("x0").type)
-    measured: dict[str, float] = {}
+    executables: dict[str, Any] = {}
     rejected: dict[str, str] = {}
-    for algorithm in sorted(candidates, key=lambda name: name != default):
+    for algorithm in resolve.supported_algorithms(node.attrs, layer.node("x0").type):
         executable = numba_cpu.compile(layer, {"threads": threads, "progress": False,
                                                "conv2d_algorithms": {"layer": algorithm}})
-        if not np.allclose(executable(inputs)["layer"], expected, rtol=TOLERANCE, atol=atol):
+        if np.allclose(executable(inputs)["layer"], expected, rtol=TOLERANCE, atol=atol):
+            executables[algorithm] = executable
+        else:
             rejected[algorithm] = "output differs from the reference"
-            continue
-        measured[algorithm] = _timed_ms(executable, inputs, min(measured.values(), default=float("inf")))
-    return measured, rejected
+    once = {algorithm: _call_ms(executable, inputs) for algorithm, executable in executables.items()}
+    best_once = min(once.values(), default=float("inf"))
+    hopeless = {algorithm: ms for algorithm, ms in once.items() if ms > HOPELESS * best_once}
+    samples: dict[str, list[float]] = {algorithm: [] for algorithm in executables if algorithm not in hopeless}
+    for _ in range(REPEATS):
+        for algorithm, times in samples.items():
+            times.append(1e3 * sum(row["seconds"] for row in executables[algorithm].profile(inputs, 1)))
+    return {**{algorithm: float(np.median(times)) for algorithm, times in samples.items()}, **hopeless}, rejected
+
+
+def _call_ms(executable: Any, inputs: Mapping[str, np.ndarray]) -> float:
+    """One call's time, after a call that warms up (a fresh executable's first call pays for its memory's first
+    touch and the thread pool's start)."""
+    executable(inputs)
+    start = time.perf_counter()
+    executable(inputs)
+    return 1e3 * (time.perf_counter() - start)
 
 
 def _fastest(measured: Mapping[str, float], default: str) -> str:
@@ -245,7 +251,7 @@ def tune(graph: Graph, options: Mapping[str, Any] | None = None,
         layer = _layer_graph(graph, nodes[0])
         x = layer.node("x0").type
         default = resolve.conv2d_algorithm(nodes[0].attrs, x, nodes[0].type)
-        measured, rejected = _measure(layer, threads, default)
+        measured, rejected = _measure(layer, threads)
         chosen = _fastest(measured, default)
         reports.append({"layer": key, "nodes": [node.name for node in nodes], "default": default, "chosen": chosen,
                         "measured_ms": measured, "rejected": rejected})
