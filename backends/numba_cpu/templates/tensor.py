@@ -4,6 +4,7 @@ place), pad and crop. All work on (N, C, pixels) views."""
 
 from __future__ import annotations
 
+import textwrap
 from typing import Any
 
 from backends.numba_common import activation_code, activation_constants
@@ -35,7 +36,7 @@ def unary(kind: str, attrs: dict[str, Any]):
     else:
         statements, what = activation_code(DIALECT, kind, "v"), f"{kind}(x)"
     constants = activation_constants(kind, attrs)
-    body = UNARY.format(what=what, statements=" " * 12 + statements)
+    body = UNARY.format(what=what, statements=textwrap.indent(statements, " " * 12))
     return render(f"unary_{kind}", body, **constants)
 
 
