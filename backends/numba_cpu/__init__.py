@@ -241,6 +241,7 @@ ALGORITHMS = {
     "conv2d_im2col": "im2col+gemm",
     "conv2d_im2col_whole": "im2col+gemm",
     "conv2d_pointwise": "gemm (1x1)",
+    "conv2d_depthwise": "depthwise (flat vectors)",
     "pointwise_conv2d_gated": "gemm (1x1, gated)",
     "separable_conv2d": "depthwise+gemm",
     "separable_conv2d_shared": "depthwise+gemm (shared band)",

@@ -144,6 +144,8 @@ def lower_conv2d(node: Node, ctx: LoweringContext) -> list[KernelCall]:
 def _conv2d_direct(node: Node, ctx: LoweringContext) -> list[KernelCall]:
     params, attrs = ctx.params(node), node.attrs
     weight = params["weight"]
+    if weight.shape[1] == 1:
+        return _depthwise(node, ctx)
     args = (ctx.value(node.inputs[0]), weight, *epilogue_args(params, attrs), _residual(ctx, node, False),
             ctx.value(node.name), direct_planes(ctx, node, weight.shape[1]))
     return [KernelCall(conv.direct(attrs, weight.shape[1]), args, node.name)]
@@ -239,11 +241,18 @@ def direct_planes(ctx: LoweringContext, node: Node, channels_per_group: int) -> 
 
 
 def lower_depthwise_conv2d(node: Node, ctx: LoweringContext) -> list[KernelCall]:
-    """The direct kernel: depthwise_conv2d's weight (C*M, 1, KH, KW) is conv2d's for groups = C."""
+    """depthwise_conv2d's weight (C*M, 1, KH, KW) is conv2d's for groups = C."""
+    return _depthwise(node, ctx)
+
+
+def _depthwise(node: Node, ctx: LoweringContext) -> list[KernelCall]:
+    """One input channel per group: the vectorized depthwise kernel (see `conv.DEPTHWISE`)."""
     params, attrs = ctx.params(node), node.attrs
+    oh, ow = node.shape[2:]
+    pw, phases, flat = conv.depthwise_scratch(attrs, ctx.graph.node(node.inputs[0]).shape[3], oh, ow)
     args = (ctx.value(node.inputs[0]), params["weight"], *epilogue_args(params, attrs), _residual(ctx, node, False),
-            ctx.value(node.name), direct_planes(ctx, node, 1))
-    return [KernelCall(conv.direct(attrs, 1), args, node.name)]
+            ctx.value(node.name), Scratch((ctx.threads, *phases)), Scratch((ctx.threads, flat)), pw)
+    return [KernelCall(conv.depthwise(attrs), args, node.name)]
 
 
 def lower_pointwise_conv2d(node: Node, ctx: LoweringContext) -> list[KernelCall]:
@@ -266,25 +275,21 @@ def lower_separable_conv2d(node: Node, ctx: LoweringContext) -> list[KernelCall]
     params, attrs = ctx.params(node), node.attrs
     _, o, oh, ow = node.shape
     mid_channels = params["depthwise_weight"].shape[0]
-    # Bands of at least 256 pixels (thin products are slow); fewer bands than two per thread: split the channels.
+    # Bands of at least 256 pixels (thin products are slow); fewer bands than two per thread: the whole map at
+    # once, its depthwise step split by channel and its product as the pointwise kernel splits it.
     rows_per_tile = band_rows(oh, max(TILE_BYTES // (4 * (mid_channels + o) * ow), -(-256 // ow)), ctx.threads)
-    bands = -(-oh // rows_per_tile) * node.shape[0]
-    channels_per_job = o if bands >= 2 * ctx.threads else -(-o // (16 * ctx.threads)) * 16
-    (kh, kw), (sh, sw), (dh, dw) = attrs["kernel"], attrs["stride"], attrs["dilation"]
-    _, _, left, _ = attrs["padding"]
-    w = ctx.graph.node(node.inputs[0]).shape[3]
-    band = (ctx.threads, (rows_per_tile - 1) * sh + dh * (kh - 1) + 1, max(left + w, (ow - 1) * sw + dw * (kw - 1) + 1))
-    if channels_per_job < o:  # too few bands: the threads share each band's depthwise step, then its product
-        args = (ctx.value(node.inputs[0]), params["depthwise_weight"], params.get("mid_bias", EMPTY),
-                params["pointwise_weight"], *epilogue_args(params, attrs), _residual(ctx, node, True),
-                ctx.rows(node.name), Scratch((mid_channels, rows_per_tile * ow)), Scratch(band),
-                rows_per_tile, channels_per_job, oh, ow)
-        return [KernelCall(conv.separable(attrs, shared=True), args, node.name)]
+    shared = -(-oh // rows_per_tile) * node.shape[0] < 2 * ctx.threads
+    if shared:
+        rows_per_tile = oh
+    pw, phases, flat = conv.depthwise_scratch(attrs, ctx.graph.node(node.inputs[0]).shape[3], rows_per_tile, ow)
     args = (ctx.value(node.inputs[0]), params["depthwise_weight"], params.get("mid_bias", EMPTY),
-            params["pointwise_weight"], *epilogue_args(params, attrs), _residual(ctx, node, True),
-            ctx.rows(node.name), Scratch((ctx.threads, mid_channels, rows_per_tile * ow)), Scratch(band),
-            rows_per_tile, channels_per_job, oh, ow)
-    return [KernelCall(conv.separable(attrs), args, node.name)]
+            params["pointwise_weight"], *epilogue_args(params, attrs), _residual(ctx, node, True), ctx.rows(node.name))
+    band = (Scratch((ctx.threads, *phases)), Scratch((ctx.threads, flat)), pw)
+    if shared:
+        args += (Scratch((mid_channels, oh * ow)), *band, *gemm_tiles(mid_channels, o, oh * ow, ctx.threads), oh, ow)
+    else:
+        args += (Scratch((ctx.threads, mid_channels, rows_per_tile * ow)), *band, rows_per_tile, oh, ow)
+    return [KernelCall(conv.separable(attrs, shared), args, node.name)]
 
 
 def lower_conv_transpose2d(node: Node, ctx: LoweringContext) -> list[KernelCall]:

@@ -393,21 +393,24 @@ def test_separable_conv2d(attrs):
     assert_same_as_reference(random_op_graph("separable_conv2d", [(2, 8, 13, 11)], attrs), numba_cpu)
 
 
-@pytest.mark.parametrize("seed", range(16))
+@pytest.mark.parametrize("seed", range(20))
 def test_separable_over_drawn_shapes(seed):
-    """Both separable kernels (a band per thread; on small maps, each band's depthwise step shared by the threads)
-    over drawn shapes: maps down to 1x1, strides 1-2, multipliers, mid and output epilogues, residuals."""
+    """Both separable kernels (a band of rows per thread; on small maps, the whole map's depthwise step shared by
+    the threads) over drawn shapes: maps down to 1x1, strides 1-3, dilation, uneven padding, multipliers, mid and
+    output epilogues, residuals."""
     rng = np.random.default_rng(seed)
-    kernel, stride = int(rng.choice([1, 3, 5])), int(rng.choice([1, 2]))
+    kernel, stride, dilation = int(rng.choice([1, 3, 5])), int(rng.choice([1, 2, 2, 3])), int(rng.choice([1, 1, 2]))
     size = int(rng.integers(1, 10)) if seed % 2 else int(rng.integers(10, 30))
-    pad = kernel // 2
-    out_size = (size + 2 * pad - kernel) // stride + 1
-    attrs = dict(out_channels=int(rng.choice([8, 40, 72])), kernel=kernel, stride=stride, padding=pad,
-                 multiplier=int(rng.integers(1, 3)), mid_bias=bool(seed % 3), mid_act=[None, "relu6", "silu"][seed % 3],
-                 act=["relu", None][seed % 2], residual=bool(seed % 4 == 1))
+    pads = tuple(int(p) for p in rng.integers(0, dilation * (kernel // 2) + 2, size=4))
+    size = max(size, dilation * (kernel - 1) + 1)
+    out_high = (size + pads[0] + pads[1] - dilation * (kernel - 1) - 1) // stride + 1
+    out_wide = (size + pads[2] + pads[3] - dilation * (kernel - 1) - 1) // stride + 1
+    attrs = dict(out_channels=int(rng.choice([8, 40, 72])), kernel=kernel, stride=stride, dilation=dilation,
+                 padding=pads, multiplier=int(rng.integers(1, 3)), mid_bias=bool(seed % 3),
+                 mid_act=[None, "relu6", "silu"][seed % 3], act=["relu", None][seed % 2], residual=bool(seed % 4 == 1))
     shapes = [(int(rng.integers(1, 3)), int(rng.choice([3, 16, 33])), size, size)]
     if attrs["residual"]:
-        shapes.append((shapes[0][0], attrs["out_channels"], out_size, out_size))
+        shapes.append((shapes[0][0], attrs["out_channels"], out_high, out_wide))
     assert_same_as_reference(random_op_graph("separable_conv2d", shapes, attrs, seed=seed), numba_cpu)
 
 
