@@ -249,9 +249,9 @@ def _depthwise(node: Node, ctx: LoweringContext) -> list[KernelCall]:
     """One input channel per group: the vectorized depthwise kernel (see `conv.DEPTHWISE`)."""
     params, attrs = ctx.params(node), node.attrs
     oh, ow = node.shape[2:]
-    pw, phases, flat = conv.depthwise_scratch(attrs, ctx.graph.node(node.inputs[0]).shape[3], oh, ow)
+    pw, flat, phases, acc = conv.depthwise_scratch(attrs, ctx.graph.node(node.inputs[0]).shape[3], oh, ow)
     args = (ctx.value(node.inputs[0]), params["weight"], *epilogue_args(params, attrs), _residual(ctx, node, False),
-            ctx.value(node.name), Scratch((ctx.threads, *phases)), Scratch((ctx.threads, flat)), pw)
+            ctx.value(node.name), Scratch((ctx.threads, *phases)), Scratch((ctx.threads, acc)), pw, flat)
     return [KernelCall(conv.depthwise(attrs), args, node.name)]
 
 
@@ -281,10 +281,10 @@ def lower_separable_conv2d(node: Node, ctx: LoweringContext) -> list[KernelCall]
     shared = -(-oh // rows_per_tile) * node.shape[0] < 2 * ctx.threads
     if shared:
         rows_per_tile = oh
-    pw, phases, flat = conv.depthwise_scratch(attrs, ctx.graph.node(node.inputs[0]).shape[3], rows_per_tile, ow)
+    pw, flat, phases, acc = conv.depthwise_scratch(attrs, ctx.graph.node(node.inputs[0]).shape[3], rows_per_tile, ow)
     args = (ctx.value(node.inputs[0]), params["depthwise_weight"], params.get("mid_bias", EMPTY),
             params["pointwise_weight"], *epilogue_args(params, attrs), _residual(ctx, node, True), ctx.rows(node.name))
-    band = (Scratch((ctx.threads, *phases)), Scratch((ctx.threads, flat)), pw)
+    band = (Scratch((ctx.threads, *phases)), Scratch((ctx.threads, acc)), pw, flat)
     if shared:
         args += (Scratch((mid_channels, oh * ow)), *band, *gemm_tiles(mid_channels, o, oh * ow, ctx.threads), oh, ow)
     else:

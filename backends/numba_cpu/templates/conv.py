@@ -106,21 +106,24 @@ def load_phases(plane, phases, pw, top, rows):
 
 
 @njit(nogil=True, fastmath=FASTMATH, cache=True, error_model="numpy")
-def depthwise_flat(phases, taps, acc, pw):
-    """acc[r * pw + q] = output (r, q) of one channel (taps: KH x KW) for every flat index of acc."""
+def depthwise_flat(phases, taps, acc, pw, bias, scale, shift, channel):
+    """acc[r * pw + q] = output (r, q) of channel `channel` (taps: KH x KW) for every flat index of acc, with
+    the epilogue that needs no residual (bias, scale, shift: its arrays) applied in the same vector loop (a
+    scalar silu on the rows of a 7x7 map took longer than the convolution)."""
     for f in range(acc.shape[0]):
         v = np.float32(0.0)
         for i in range(KH):
             for j in range(KW):
                 v += taps[i, j] * phases[((i * DH) % SH) * SW + (j * DW) % SW,
                                          np.uint64(f + ((i * DH) // SH) * pw + (j * DW) // SW)]
+{flat_statements}
         acc[f] = v
 '''
 
 
 DEPTHWISE = '''
 @njit(parallel=True, nogil=True, fastmath=FASTMATH, cache=True, error_model="numpy")
-def kernel(x, weight, bias, scale, shift, res, out, phases_per_thread, acc_per_thread, pw):
+def kernel(x, weight, bias, scale, shift, res, out, phases_per_thread, acc_per_thread, pw, flat):
     """Depthwise convolution (weight (C*M, 1, KH, KW)), one (image, input channel) per job: the channel's phase
     planes, then each of its M output planes as one flat vector loop, copied out row by row through the
     epilogue."""
@@ -132,45 +135,57 @@ def kernel(x, weight, bias, scale, shift, res, out, phases_per_thread, acc_per_t
     jobs = n * c
     for t in prange(threads):
         phases = phases_per_thread[t]
-        acc = acc_per_thread[t]
+        acc = acc_per_thread[t, :flat]
         # consecutive channels per thread: planes of a small map share cache lines with their neighbours
         for job in range(t * jobs // threads, (t + 1) * jobs // threads):
             img = job // c
             g = job % c
             load_phases(x[img, g], phases, pw, 0, rows)
             for oc in range(g * multiplier, (g + 1) * multiplier):
-                depthwise_flat(phases, weight[oc, 0], acc, pw)
+                depthwise_flat(phases, weight[oc, 0], acc, pw, bias, scale, shift, oc)
                 for r in range(oh):
-                    flat = acc[r * pw: r * pw + ow]
+                    acc_row = acc[r * pw: r * pw + ow]
                     row = out[img, oc, r]
 {residual_row}
                     for p in range(ow):
-                        v = flat[p]
+                        v = acc_row[p]
 {epilogue}
                         row[p] = v
 '''
 
 
 def depthwise(attrs: Mapping[str, Any]):
-    residual_row = " " * 20 + "res_row = res[img, oc, r]" if attrs.get("residual") else ""
-    body = DEPTHWISE_PLANE + DEPTHWISE.format(residual_row=residual_row,
-                                              epilogue=epilogue_code(attrs, "v", "oc", "res_row[p]", 24))
+    """The epilogue in the flat vector loop; with a residual (read at output positions), on the way out."""
+    if attrs.get("residual"):
+        flat, residual_row, rows = {}, " " * 20 + "res_row = res[img, oc, r]", attrs
+    else:
+        flat, residual_row, rows = attrs, "", {}
+    body = (DEPTHWISE_PLANE.format(flat_statements=epilogue_code(flat, "v", "channel", "", 8))
+            + DEPTHWISE.format(residual_row=residual_row, epilogue=epilogue_code(rows, "v", "oc", "res_row[p]", 24)))
     return render("conv2d_depthwise", body, **_window_constants(attrs), **epilogue_constants(attrs))
 
 
-def depthwise_scratch(attrs: Mapping[str, Any], w: int, oh: int, ow: int) -> tuple[int, tuple[int, int], int]:
-    """(PW, phase planes' shape, flat outputs) for a depthwise conv of output rows 0 .. oh - 1: PW columns hold
-    every padded column a phase needs; the flat loop runs a multiple of 64 outputs (four AVX-512 vectors, LLVM's
-    unrolled vector step, so no output falls to a scalar remainder loop); the planes hold all loaded rows and
-    every tap the flat loop reads, rounded up to whole cache lines (the threads' planes lie side by side, and two
-    threads writing one line slowed 7x7 maps down on two threads)."""
+# Floats between one thread's scratch and the next one's: two threads rewriting small buffers that lie closer
+# than about 1 KB (each channel of a 7x7 map rewrites its phase planes and flat outputs) ran no faster than one
+# (a benchmark's update loop on two 4 KB buffers: side by side 0.22 -> 0.29 ms from one thread to two, 1 KB apart
+# 0.23 -> 0.12 ms), the hardware prefetchers of each core pulling in lines that the other one writes.
+THREAD_GAP = 256
+
+
+def depthwise_scratch(attrs: Mapping[str, Any], w: int, oh: int, ow: int) -> tuple[int, int, tuple[int, int], int]:
+    """(PW, flat outputs, one thread's phase planes' shape, one thread's flat buffer) for a depthwise conv of
+    output rows 0 .. oh - 1: PW columns hold every padded column a phase needs; the flat loop runs a multiple of 64
+    outputs (four AVX-512 vectors, LLVM's unrolled vector step, so no output falls to a scalar remainder loop);
+    the planes hold all loaded rows and every tap the flat loop reads; each buffer ends THREAD_GAP floats of
+    padding (whole cache lines) before the next thread's."""
     (kh, kw), (sh, sw), (dh, dw) = attrs["kernel"], attrs["stride"], attrs["dilation"]
     left = attrs["padding"][2]
     pw = -(-max(w + left, (ow - 1) * sw + (kw - 1) * dw + 1) // sw)
     rows = (oh - 1) * sh + (kh - 1) * dh + 1
     flat = -(-oh * pw // 64) * 64
     size = max(-(-rows // sh) * pw, flat + ((kh - 1) * dh // sh) * pw + (kw - 1) * dw // sw)
-    return pw, (sh * sw, -(-size // 16) * 16), flat
+    plane = -(-size // 16) * 16 + -(-THREAD_GAP // (sh * sw * 16)) * 16
+    return pw, flat, (sh * sw, plane), flat + THREAD_GAP
 
 
 IM2COL_GATHER = '''
@@ -534,23 +549,21 @@ DEPTHWISE_BAND = '''
 def depthwise_band(x, img, channel, r0, rows, phases, acc, pw, taps, mid_bias, m, row, ow, load):
     """Mid channel m's depthwise step over output rows r0 .. r0 + rows - 1 into `row` (rows x ow pixels), by
     DEPTHWISE_PLANE's flat vector loop: first, when `load` (the channels of a multiplier share their input), the
-    phase planes of the input under the band; then mid_bias and mid_act on the way out."""
+    phase planes of the input under the band; mid_bias and mid_act are applied in the flat loop."""
     if load:
         load_phases(x[img, channel], phases, pw, r0 * SH, (rows - 1) * SH + (KH - 1) * DH + 1)
-    depthwise_flat(phases, taps, acc, pw)
+    depthwise_flat(phases, taps, acc, pw, mid_bias, mid_bias, mid_bias, m)  # no mid affine: scale, shift unread
     for rr in range(rows):
-        flat = acc[rr * pw: rr * pw + ow]
+        acc_row = acc[rr * pw: rr * pw + ow]
         for q in range(ow):
-            v = flat[q]
-{mid_statements}
-            row[rr * ow + q] = v
+            row[rr * ow + q] = acc_row[q]
 '''
 
 
 SEPARABLE = '''
 @njit(parallel=True, nogil=True, fastmath=FASTMATH, cache=True, error_model="numpy")
 def kernel(x, depthwise_weight, mid_bias, pointwise_weight, bias, scale, shift, res, out, mid_per_thread,
-           phases_per_thread, acc_per_thread, pw, rows_per_tile, oh, ow):
+           phases_per_thread, acc_per_thread, pw, flat, rows_per_tile, oh, ow):
     """Depthwise then pointwise, one band of output rows at a time: each thread computes the band's depthwise
     output for every channel into its own (C*M x pixels) tile (DEPTHWISE_PLANE's flat vector loop over the
     input rows under the band), adds mid_bias and mid_act, and multiplies the tile by pointwise_weight (O x C*M)
@@ -565,7 +578,7 @@ def kernel(x, depthwise_weight, mid_bias, pointwise_weight, bias, scale, shift, 
     for t in prange(threads):
         mid = mid_per_thread[t]
         phases = phases_per_thread[t]
-        acc = acc_per_thread[t]
+        acc = acc_per_thread[t, :flat]
         ints, floats, no_trans = gemm_scratch()
         for job in range(t, jobs, threads):
             img = job // tiles
@@ -584,7 +597,7 @@ def kernel(x, depthwise_weight, mid_bias, pointwise_weight, bias, scale, shift, 
 SEPARABLE_SHARED = '''
 @njit(parallel=True, nogil=True, fastmath=FASTMATH, cache=True, error_model="numpy")
 def kernel(x, depthwise_weight, mid_bias, pointwise_weight, bias, scale, shift, res, out, mid, phases_per_thread,
-           acc_per_thread, pw, pixels_per_tile, channels_per_tile, oh, ow):
+           acc_per_thread, pw, flat, pixels_per_tile, channels_per_tile, oh, ow):
     """Depthwise then pointwise on maps too small for a band per thread (MobileNet's and EfficientNet's last
     stages), one image at a time: the threads first share the depthwise step of the whole map out by channel into
     one (C*M x pixels) matrix, then the pointwise product in tiles of output channels x pixels, as the pointwise
@@ -602,7 +615,7 @@ def kernel(x, depthwise_weight, mid_bias, pointwise_weight, bias, scale, shift, 
     for img in range(n):
         for t in prange(threads):
             phases = phases_per_thread[t]
-            acc = acc_per_thread[t]
+            acc = acc_per_thread[t, :flat]
             # consecutive channels per thread: rows of a small map share cache lines with their neighbours
             for m in range(t * mid_channels // threads, (t + 1) * mid_channels // threads):
                 depthwise_band(x, img, m // multiplier, 0, oh, phases, acc, pw, depthwise_weight[m, 0], mid_bias, m,
@@ -624,8 +637,8 @@ def separable(attrs: Mapping[str, Any], shared: bool = False):
     """Depthwise then pointwise with the bands dealt to the threads (SEPARABLE), or, `shared`, for maps with fewer
     bands than threads, each band's depthwise step shared by them (SEPARABLE_SHARED)."""
     mid = {"bias": attrs["mid_bias"], "act": attrs["mid_act"]}
-    band = DEPTHWISE_PLANE + DEPTHWISE_BAND.format(
-        mid_statements=epilogue_code(mid, "v", "m", "", 12, bias="mid_bias", alpha="MID_ALPHA"))
+    band = DEPTHWISE_PLANE.format(flat_statements=epilogue_code(mid, "v", "channel", "", 8, alpha="MID_ALPHA"))
+    band += DEPTHWISE_BAND
     if shared:
         epilogue = epilogue_loop(attrs, "out[img, oc, p0:p1]", "res[img, oc, p0:p1]", "p1 - p0", "oc", 20)
         body = band + SEPARABLE_SHARED.format(epilogue=epilogue)
