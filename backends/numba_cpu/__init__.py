@@ -6,7 +6,7 @@
 See `lowering` (which kernel each op becomes), `resolve` (which convolution algorithm), `templates/` (the
 kernel sources) and `kernels` (the on-disk kernel cache).
 
-Threads: every kernel splits its work over Numba's threads (one job list per thread, static round robin) and
+Threads: every kernel splits its work over Numba's threads (a run of consecutive jobs per thread, static) and
 calls BLAS from inside them, so SciPy's BLAS is set to one thread (`blas.configure_single_threaded`); the
 two pools never compete for the cores. The `threads` option sets how many threads a call's kernels split their
 work for (default: all cores); a call sets Numba's thread count for its own thread only (Numba keeps it per

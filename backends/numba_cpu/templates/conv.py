@@ -10,8 +10,11 @@
   9 m^2 multiplications per channel pair (F(2x2): 16 for 36, F(4x4): 36 for 144), as (m+2)^2 matrix products over
   all tiles of a band. The transform code is generated from the matrices.
 
-Every kernel parallelizes over jobs with a static round-robin over Numba's threads (each thread owns its scratch
-and calls single-threaded BLAS), and applies conv2d's fused epilogue: act(affine(conv + bias) + residual).
+Every kernel parallelizes over jobs split statically over Numba's threads, each taking a run of consecutive jobs
+(each thread owns its scratch and calls single-threaded BLAS), and applies conv2d's fused epilogue:
+act(affine(conv + bias) + residual). Consecutive jobs, not every other one: neighbouring jobs write neighbouring
+memory (the pixel tiles of each output row), and two threads writing side by side slowed each other (a 16 -> 96
+channel 1x1 conv on a 112x112 map: 0.43 -> 0.30 ms).
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ def kernel(x, weight, bias, scale, shift, res, out, planes):
     jobs = n * groups
     for t in prange(threads):
         plane = planes[t]
-        for job in range(t, jobs, threads):
+        for job in range(t * jobs // threads, (t + 1) * jobs // threads):
             img = job // groups
             g = job % groups
             for ci in range(CG):
@@ -229,7 +232,7 @@ def kernel(x, weight, bias, scale, shift, res, out, cols_per_thread, rows_per_ti
     for t in prange(threads):
         cols = cols_per_thread[t]
         ints, floats, no_trans = gemm_scratch()
-        for job in range(t, jobs, threads):
+        for job in range(t * jobs // threads, (t + 1) * jobs // threads):
             img = job // (groups * tiles)
             g = (job // tiles) % groups
             r0 = (job % tiles) * rows_per_tile
@@ -264,7 +267,7 @@ def kernel(x, weight, bias, scale, shift, res, out, cols, channels_per_tile, thr
                 im2col(x, img, g * cg + ci0, ci1 - ci0, cols[ci0 * KH * KW: ci1 * KH * KW], 0, oh, ow)
             for t in prange(workers):
                 ints, floats, no_trans = gemm_scratch()
-                for job in range(t, otiles, workers):
+                for job in range(t * otiles // workers, (t + 1) * otiles // workers):
                     o0 = g * og + job * channels_per_tile
                     o1 = min((g + 1) * og, o0 + channels_per_tile)
                     tile = out[img, o0:o1]
@@ -298,7 +301,7 @@ def kernel(x, weight, bias, scale, shift, res, out, pixels_per_tile, channels_pe
     workers = min(jobs, threads)
     for t in prange(workers):
         ints, floats, no_trans = gemm_scratch()
-        for job in range(t, jobs, workers):
+        for job in range(t * jobs // workers, (t + 1) * jobs // workers):
             img = job // (ptiles * otiles)
             o0 = ((job // ptiles) % otiles) * channels_per_tile
             o1 = min(o, o0 + channels_per_tile)
@@ -383,7 +386,7 @@ def kernel(x, u, bias, scale, shift, res, out, padded, v_per_thread, m_per_threa
             vt = v_per_thread[t]
             mt = m_per_thread[t]
             ints, floats, no_trans = gemm_scratch()
-            for band in range(t, bands, threads):
+            for band in range(t * bands // threads, (t + 1) * bands // threads):
                 ti0 = band * tile_rows
                 ti1 = min(th, ti0 + tile_rows)
                 tiles = (ti1 - ti0) * tw
@@ -526,7 +529,7 @@ def kernel(x, gate, weight, bias, scale, shift, res, out, gated_weight, pixels_p
                 gated_weight[oc, ci] = weight[oc, ci] * gate[img, ci, 0]
         for t in prange(workers):
             ints, floats, no_trans = gemm_scratch()
-            for job in range(t, jobs, workers):
+            for job in range(t * jobs // workers, (t + 1) * jobs // workers):
                 o0 = (job // ptiles) * channels_per_tile
                 o1 = min(o, o0 + channels_per_tile)
                 p0 = (job % ptiles) * pixels_per_tile
@@ -580,7 +583,7 @@ def kernel(x, depthwise_weight, mid_bias, pointwise_weight, bias, scale, shift, 
         phases = phases_per_thread[t]
         acc = acc_per_thread[t, :flat]
         ints, floats, no_trans = gemm_scratch()
-        for job in range(t, jobs, threads):
+        for job in range(t * jobs // threads, (t + 1) * jobs // threads):
             img = job // tiles
             r0 = (job % tiles) * rows_per_tile
             r1 = min(oh, r0 + rows_per_tile)
@@ -622,7 +625,7 @@ def kernel(x, depthwise_weight, mid_bias, pointwise_weight, bias, scale, shift, 
                                mid[m], ow, True)
         for t in prange(workers):
             ints, floats, no_trans = gemm_scratch()
-            for job in range(t, jobs, workers):
+            for job in range(t * jobs // workers, (t + 1) * jobs // workers):
                 o0 = (job // ptiles) * channels_per_tile
                 o1 = min(o, o0 + channels_per_tile)
                 p0 = (job % ptiles) * pixels_per_tile

@@ -18,7 +18,7 @@ def kernel(x, weight_t, bias, scale, shift, res, out, columns_per_job, threads):
     jobs = (o + columns_per_job - 1) // columns_per_job
     for t in prange(min(jobs, threads)):
         ints, floats, no_trans = gemm_scratch()
-        for job in range(t, jobs, min(jobs, threads)):
+        for job in range(t * jobs // min(jobs, threads), (t + 1) * jobs // min(jobs, threads)):
             o0 = job * columns_per_job
             o1 = min(o, o0 + columns_per_job)
             block = out[:, o0:o1]
@@ -47,7 +47,7 @@ def kernel(x, weight, bias, scale, shift, res, out, rows_per_job, threads):
     jobs = (o + rows_per_job - 1) // rows_per_job
     workers = min(jobs, threads)
     for t in prange(workers):
-        for job in range(t, jobs, workers):
+        for job in range(t * jobs // workers, (t + 1) * jobs // workers):
             for oc in range(job * rows_per_job, min(o, (job + 1) * rows_per_job)):
                 row = weight[oc]
                 for img in range(n):
@@ -120,7 +120,7 @@ def kernel(x, out, sums_per_thread):
     jobs = n * c
     for t in prange(threads):
         sums = sums_per_thread[t]
-        for job in range(t, jobs, threads):
+        for job in range(t * jobs // threads, (t + 1) * jobs // threads):
             img = job // c
             ch = job % c
             sums[:pixels] = 0.0

@@ -29,7 +29,7 @@ def kernel(x, out, planes):
     jobs = n * c
     for t in prange(threads):
         plane = planes[t]
-        for job in range(t, jobs, threads):
+        for job in range(t * jobs // threads, (t + 1) * jobs // threads):
             img = job // c
             ch = job % c
             plane[:, :] = -np.inf
@@ -84,7 +84,7 @@ def kernel(x, out, rows_per_thread):
     jobs = n * c
     for t in prange(threads):
         acc = rows_per_thread[t]
-        for job in range(t, jobs, threads):
+        for job in range(t * jobs // threads, (t + 1) * jobs // threads):
             img = job // c
             ch = job % c
             for r in range(oh):
