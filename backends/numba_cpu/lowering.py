@@ -17,7 +17,7 @@ from backends.numba_common import lowering_of, lowering_table
 from backends.numba_cpu import resolve
 from backends.numba_cpu.kernels import KernelSource
 from backends.numba_cpu.templates import conv, layers, pool, tensor
-from backends.numba_cpu.templates.common import EMPTY, KernelCall, Scratch, epilogue_args
+from backends.numba_cpu.templates.common import EMPTY, KernelCall, Scratch, epilogue_args, phase_scratch
 from cnncomp.errors import GraphError
 from cnncomp.ir import Graph, Node
 from cnncomp.ops import get_op
@@ -249,7 +249,7 @@ def _depthwise(node: Node, ctx: LoweringContext) -> list[KernelCall]:
     """One input channel per group: the vectorized depthwise kernel (see `conv.DEPTHWISE`)."""
     params, attrs = ctx.params(node), node.attrs
     oh, ow = node.shape[2:]
-    pw, flat, phases, acc = conv.depthwise_scratch(attrs, ctx.graph.node(node.inputs[0]).shape[3], oh, ow)
+    pw, flat, phases, acc = phase_scratch(attrs, ctx.graph.node(node.inputs[0]).shape[3], oh, ow)
     args = (ctx.value(node.inputs[0]), params["weight"], *epilogue_args(params, attrs), _residual(ctx, node, False),
             ctx.value(node.name), Scratch((ctx.threads, *phases)), Scratch((ctx.threads, acc)), pw, flat)
     return [KernelCall(conv.depthwise(attrs), args, node.name)]
@@ -281,7 +281,7 @@ def lower_separable_conv2d(node: Node, ctx: LoweringContext) -> list[KernelCall]
     shared = -(-oh // rows_per_tile) * node.shape[0] < 2 * ctx.threads
     if shared:
         rows_per_tile = oh
-    pw, flat, phases, acc = conv.depthwise_scratch(attrs, ctx.graph.node(node.inputs[0]).shape[3], rows_per_tile, ow)
+    pw, flat, phases, acc = phase_scratch(attrs, ctx.graph.node(node.inputs[0]).shape[3], rows_per_tile, ow)
     args = (ctx.value(node.inputs[0]), params["depthwise_weight"], params.get("mid_bias", EMPTY),
             params["pointwise_weight"], *epilogue_args(params, attrs), _residual(ctx, node, True), ctx.rows(node.name))
     band = (Scratch((ctx.threads, *phases)), Scratch((ctx.threads, acc)), pw, flat)
@@ -323,7 +323,9 @@ def lower_dense(node: Node, ctx: LoweringContext) -> list[KernelCall]:
 
 
 def lower_max_pool2d(node: Node, ctx: LoweringContext) -> list[KernelCall]:
-    args = (ctx.value(node.inputs[0]), ctx.value(node.name), Scratch((ctx.threads, *padded_plane(ctx, node))))
+    pw, flat, phases, acc = phase_scratch(node.attrs, ctx.graph.node(node.inputs[0]).shape[3], *node.shape[2:])
+    args = (ctx.value(node.inputs[0]), ctx.value(node.name), Scratch((ctx.threads, *phases)),
+            Scratch((ctx.threads, acc)), pw, flat)
     return [KernelCall(pool.max_pool(node.attrs), args, node.name)]
 
 

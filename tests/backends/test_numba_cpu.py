@@ -222,6 +222,25 @@ def test_max_pool2d_dilated():
     assert_same_as_reference(random_op_graph("max_pool2d", [(1, 2, 11, 12)], attrs), numba_cpu, atol=0, rtol=0)
 
 
+@pytest.mark.parametrize("seed", range(16))
+def test_max_pool_over_drawn_shapes(seed):
+    """The max-pool kernel (phase planes padded with -inf, one flat loop) over drawn shapes: maps down to 1x1,
+    kernels 1-5, strides 1-3, dilation, uneven padding up to half the kernel, ceil_mode, and a NaN and an inf."""
+    rng = np.random.default_rng(seed)
+    kernel, stride, dilation = int(rng.choice([1, 2, 3, 5])), int(rng.choice([1, 2, 3])), int(rng.choice([1, 1, 2]))
+    pads = tuple(int(p) for p in rng.integers(0, kernel // 2 + 1, size=4))
+    extent = dilation * (kernel - 1) + 1
+    height, width = (max(int(d), extent) for d in rng.integers(1, 16, size=2))
+    shape = (int(rng.integers(1, 3)), int(rng.integers(1, 5)), height, width)
+    attrs = dict(kernel=kernel, stride=stride, dilation=dilation, padding=pads, ceil_mode=bool(seed % 2))
+    graph = random_op_graph("max_pool2d", [shape], attrs, seed=seed)
+    data = random(shape, seed)
+    data[0, 0, rng.integers(height), rng.integers(width)] = np.nan
+    data[-1, -1, rng.integers(height), rng.integers(width)] = np.inf
+    out, expected = numba_cpu.compile(graph)({"x0": data})["y"], reference.run(graph, {"x0": data})["y"]
+    np.testing.assert_array_equal(out, expected)
+
+
 @pytest.mark.parametrize("shape,attrs", POOLS)
 @pytest.mark.parametrize("count_include_pad", [True, False])
 def test_avg_pool2d(shape, attrs, count_include_pad):

@@ -106,3 +106,59 @@ def epilogue_args(params: Mapping[str, np.ndarray], attrs: Mapping[str, Any]) ->
         params.get("scale", EMPTY) if attrs.get("affine") else EMPTY,
         params.get("shift", EMPTY) if attrs.get("affine") else EMPTY,
     )
+
+
+# A window op (depthwise conv, pooling) on narrow maps runs as one long vector loop per plane: the padded input is
+# split into SH*SW phase planes (phase (a, b) holds padded rows a, a + SH, ... and columns b, b + SW, ...) at a
+# pitch of PW columns, so that tap (i, j) of output (r, q) sits at flat position r*PW + q plus an offset of its own
+# in one phase, for every stride and dilation; each output then combines its taps in a register along that flat
+# index, columns q >= OW computed and dropped. Indices are unsigned so that Numba emits no negative-index
+# wraparound, which turned the loads into gathers. Needs the window constants KH, KW, SH, SW, DH, DW, PT, PL.
+PHASE_PLANES = '''
+@njit(nogil=True, fastmath=FASTMATH, cache=True, error_model="numpy")
+def load_phases(plane, phases, pw, top, rows, fill):
+    """The phase planes of padded rows top .. top + rows - 1 of the input `plane` (`fill` outside it):
+    phases[a * SW + b, u * pw + v] holds padded row top + SH * u + a, column SW * v + b."""
+    h, w = plane.shape
+    phases[:, :] = fill
+    for local in range(rows):
+        ih = top + local - PT
+        if ih < 0 or ih >= h:
+            continue
+        a = local % SH
+        base = (local // SH) * pw
+        src = plane[ih]
+        for b in range(SW):
+            dst = phases[a * SW + b]
+            # padded column SW * v + b is input column SW * v + b - PL
+            v0 = max(0, -(-(PL - b) // SW))
+            v1 = min(pw, (w - 1 + PL - b) // SW + 1)
+            for v in range(v0, v1):
+                dst[np.uint64(base + v)] = src[np.uint64(SW * v + b - PL)]
+
+
+'''
+
+# Floats between one thread's scratch and the next one's: two threads rewriting small buffers that lie closer
+# than about 1 KB (each channel of a 7x7 map rewrites its phase planes and flat outputs) ran no faster than one
+# (a benchmark's update loop on two 4 KB buffers: side by side 0.22 -> 0.29 ms from one thread to two, 1 KB apart
+# 0.23 -> 0.12 ms), the hardware prefetchers of each core pulling in lines that the other one writes.
+THREAD_GAP = 256
+
+
+def phase_scratch(attrs: Mapping[str, Any], w: int, oh: int, ow: int) -> tuple[int, int, tuple[int, int], int]:
+    """(PW, flat outputs, one thread's phase planes' shape, one thread's flat buffer) for PHASE_PLANES over output
+    rows 0 .. oh - 1 of a window op (`attrs`: kernel, stride, padding, dilation if any; `w`: input width): PW
+    columns hold every padded column a phase needs; the flat loop runs a multiple of 64 outputs (four AVX-512
+    vectors, LLVM's unrolled vector step, so no output falls to a scalar remainder loop); the planes hold all
+    loaded rows and every tap the flat loop reads; each buffer ends THREAD_GAP floats of padding (whole cache
+    lines) before the next thread's."""
+    (kh, kw), (sh, sw) = attrs["kernel"], attrs["stride"]
+    dh, dw = attrs.get("dilation", (1, 1))
+    left = attrs["padding"][2]
+    pw = -(-max(w + left, (ow - 1) * sw + (kw - 1) * dw + 1) // sw)
+    rows = (oh - 1) * sh + (kh - 1) * dh + 1
+    flat = -(-oh * pw // 64) * 64
+    size = max(-(-rows // sh) * pw, flat + ((kh - 1) * dh // sh) * pw + (kw - 1) * dw // sw)
+    plane = -(-size // 16) * 16 + -(-THREAD_GAP // (sh * sw * 16)) * 16
+    return pw, flat, (sh * sw, plane), flat + THREAD_GAP

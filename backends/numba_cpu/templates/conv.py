@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from backends.numba_common import activation_constants, epilogue_constants
-from backends.numba_cpu.templates.common import epilogue_code, epilogue_loop, render
+from backends.numba_cpu.templates.common import PHASE_PLANES, epilogue_code, epilogue_loop, render
 
 
 def _window_constants(attrs: Mapping[str, Any]) -> dict[str, int]:
@@ -78,36 +78,11 @@ def direct(attrs: Mapping[str, Any], channels_per_group: int):
                   **epilogue_constants(attrs))
 
 
-# Depthwise convs (one input channel per group) compute a whole output plane as one long vector loop: the
-# zero-padded input is split into SH*SW phase planes (phase (a, b) holds padded rows a, a + SH, ... and columns b,
-# b + SW, ...) at a pitch of PW columns, so that tap (i, j) of output (r, q) sits at flat position r*PW + q plus an
-# offset of its own in one phase, for every stride and dilation. Each output then sums its taps in a register
-# along that flat index (columns q >= OW are computed and dropped), which vectorizes however narrow the map (the
-# per-pixel loops of `direct` ran as scalars on 7x7 and 14x14 maps: 0.13 against 0.05 ms for 960 channels at 7x7).
-# Indices are unsigned so that Numba emits no negative-index wraparound, which turned the loads into gathers.
-DEPTHWISE_PLANE = '''
-@njit(nogil=True, fastmath=FASTMATH, cache=True, error_model="numpy")
-def load_phases(plane, phases, pw, top, rows):
-    """The phase planes of padded rows top .. top + rows - 1 of the input `plane` (zero outside it): phases[a * SW +
-    b, u * pw + v] holds padded row top + SH * u + a, column SW * v + b."""
-    h, w = plane.shape
-    phases[:, :] = 0.0
-    for local in range(rows):
-        ih = top + local - PT
-        if ih < 0 or ih >= h:
-            continue
-        a = local % SH
-        base = (local // SH) * pw
-        src = plane[ih]
-        for b in range(SW):
-            dst = phases[a * SW + b]
-            # padded column SW * v + b is input column SW * v + b - PL
-            v0 = max(0, -(-(PL - b) // SW))
-            v1 = min(pw, (w - 1 + PL - b) // SW + 1)
-            for v in range(v0, v1):
-                dst[np.uint64(base + v)] = src[np.uint64(SW * v + b - PL)]
-
-
+# Depthwise convs (one input channel per group) compute a whole output plane as one long vector loop over the
+# input's phase planes (common.PHASE_PLANES, zero-padded): each output sums its taps in a register along the flat
+# index, which vectorizes however narrow the map (the per-pixel loops of `direct` ran as scalars on 7x7 and 14x14
+# maps: 0.13 against 0.05 ms for 960 channels at 7x7).
+DEPTHWISE_PLANE = PHASE_PLANES + '''
 @njit(nogil=True, fastmath=FASTMATH, cache=True, error_model="numpy")
 def depthwise_flat(phases, taps, acc, pw, bias, scale, shift, channel):
     """acc[r * pw + q] = output (r, q) of channel `channel` (taps: KH x KW) for every flat index of acc, with
@@ -143,7 +118,7 @@ def kernel(x, weight, bias, scale, shift, res, out, phases_per_thread, acc_per_t
         for job in range(t * jobs // threads, (t + 1) * jobs // threads):
             img = job // c
             g = job % c
-            load_phases(x[img, g], phases, pw, 0, rows)
+            load_phases(x[img, g], phases, pw, 0, rows, np.float32(0.0))
             for oc in range(g * multiplier, (g + 1) * multiplier):
                 depthwise_flat(phases, weight[oc, 0], acc, pw, bias, scale, shift, oc)
                 for r in range(oh):
@@ -166,29 +141,6 @@ def depthwise(attrs: Mapping[str, Any]):
     body = (DEPTHWISE_PLANE.format(flat_statements=epilogue_code(flat, "v", "channel", "", 8))
             + DEPTHWISE.format(residual_row=residual_row, epilogue=epilogue_code(rows, "v", "oc", "res_row[p]", 24)))
     return render("conv2d_depthwise", body, **_window_constants(attrs), **epilogue_constants(attrs))
-
-
-# Floats between one thread's scratch and the next one's: two threads rewriting small buffers that lie closer
-# than about 1 KB (each channel of a 7x7 map rewrites its phase planes and flat outputs) ran no faster than one
-# (a benchmark's update loop on two 4 KB buffers: side by side 0.22 -> 0.29 ms from one thread to two, 1 KB apart
-# 0.23 -> 0.12 ms), the hardware prefetchers of each core pulling in lines that the other one writes.
-THREAD_GAP = 256
-
-
-def depthwise_scratch(attrs: Mapping[str, Any], w: int, oh: int, ow: int) -> tuple[int, int, tuple[int, int], int]:
-    """(PW, flat outputs, one thread's phase planes' shape, one thread's flat buffer) for a depthwise conv of
-    output rows 0 .. oh - 1: PW columns hold every padded column a phase needs; the flat loop runs a multiple of 64
-    outputs (four AVX-512 vectors, LLVM's unrolled vector step, so no output falls to a scalar remainder loop);
-    the planes hold all loaded rows and every tap the flat loop reads; each buffer ends THREAD_GAP floats of
-    padding (whole cache lines) before the next thread's."""
-    (kh, kw), (sh, sw), (dh, dw) = attrs["kernel"], attrs["stride"], attrs["dilation"]
-    left = attrs["padding"][2]
-    pw = -(-max(w + left, (ow - 1) * sw + (kw - 1) * dw + 1) // sw)
-    rows = (oh - 1) * sh + (kh - 1) * dh + 1
-    flat = -(-oh * pw // 64) * 64
-    size = max(-(-rows // sh) * pw, flat + ((kh - 1) * dh // sh) * pw + (kw - 1) * dw // sw)
-    plane = -(-size // 16) * 16 + -(-THREAD_GAP // (sh * sw * 16)) * 16
-    return pw, flat, (sh * sw, plane), flat + THREAD_GAP
 
 
 IM2COL_GATHER = '''
@@ -554,7 +506,7 @@ def depthwise_band(x, img, channel, r0, rows, phases, acc, pw, taps, mid_bias, m
     DEPTHWISE_PLANE's flat vector loop: first, when `load` (the channels of a multiplier share their input), the
     phase planes of the input under the band; mid_bias and mid_act are applied in the flat loop."""
     if load:
-        load_phases(x[img, channel], phases, pw, r0 * SH, (rows - 1) * SH + (KH - 1) * DH + 1)
+        load_phases(x[img, channel], phases, pw, r0 * SH, (rows - 1) * SH + (KH - 1) * DH + 1, np.float32(0.0))
     depthwise_flat(phases, taps, acc, pw, mid_bias, mid_bias, mid_bias, m)  # no mid affine: scale, shift unread
     for rr in range(rows):
         acc_row = acc[rr * pw: rr * pw + ow]

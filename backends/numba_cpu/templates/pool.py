@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from backends.numba_cpu.templates.common import render
+from backends.numba_cpu.templates.common import PHASE_PLANES, render
 
 
 def _constants(attrs: Mapping[str, Any]) -> dict[str, int]:
@@ -17,32 +17,37 @@ def _constants(attrs: Mapping[str, Any]) -> dict[str, int]:
             "PR": right}
 
 
-MAX = '''
+MAX = PHASE_PLANES + '''
 @njit(parallel=True, nogil=True, fastmath=FASTMATH, cache=True, error_model="numpy")
-def kernel(x, out, planes):
-    """out = max over each window; NaN wins, as in numpy's max. Each (image, channel) plane is copied into a
-    plane padded with -inf (covering the ceil_mode overhang too), so every window is read without bounds checks
-    and its maximum kept in a register."""
+def kernel(x, out, phases_per_thread, acc_per_thread, pw, flat):
+    """out = max over each window; NaN wins, as in numpy's max. Each (image, channel) plane's phase planes,
+    padded with -inf (covering the ceil_mode overhang too), then every output's maximum kept in a register along
+    one flat vector loop (PHASE_PLANES), copied out row by row."""
     n, c, h, w = x.shape
     oh, ow = out.shape[2], out.shape[3]
-    threads = planes.shape[0]
+    rows = (oh - 1) * SH + (KH - 1) * DH + 1
+    threads = phases_per_thread.shape[0]
     jobs = n * c
     for t in prange(threads):
-        plane = planes[t]
+        phases = phases_per_thread[t]
+        acc = acc_per_thread[t, :flat]
         for job in range(t * jobs // threads, (t + 1) * jobs // threads):
             img = job // c
             ch = job % c
-            plane[:, :] = -np.inf
-            plane[PT: PT + h, PL: PL + w] = x[img, ch]
+            load_phases(x[img, ch], phases, pw, 0, rows, np.float32(-np.inf))
+            for f in range(flat):
+                m = np.float32(-np.inf)
+                for i in range(KH):
+                    for j in range(KW):
+                        v = phases[((i * DH) % SH) * SW + (j * DW) % SW,
+                                   np.uint64(f + ((i * DH) // SH) * pw + (j * DW) // SW)]
+                        m = v if (v > m or v != v) else m
+                acc[f] = m
             for r in range(oh):
                 row = out[img, ch, r]
+                acc_row = acc[r * pw: r * pw + ow]
                 for q in range(ow):
-                    m = np.float32(-np.inf)
-                    for i in range(KH):
-                        for j in range(KW):
-                            v = plane[r * SH + i * DH, q * SW + j * DW]
-                            m = v if (v > m or v != v) else m
-                    row[q] = m
+                    row[q] = acc_row[q]
 '''
 
 INDICES = '''
