@@ -335,7 +335,15 @@ def lower_max_pool2d_indices(node: Node, ctx: LoweringContext) -> list[KernelCal
 
 
 def lower_avg_pool2d(node: Node, ctx: LoweringContext) -> list[KernelCall]:
-    args = (ctx.value(node.inputs[0]), ctx.value(node.name), Scratch((ctx.threads, node.shape[3])))
+    """One window over the whole unpadded input (GoogLeNet's last pool): the global average's kernel, since the flat
+    loop would compute 64 windows to keep one. Otherwise the phase-plane kernel."""
+    h, w = ctx.graph.node(node.inputs[0]).shape[2:]
+    if node.attrs["kernel"] == (h, w) and node.shape[2:] == (1, 1) and not any(node.attrs["padding"]):
+        return lower_global_avg_pool(node, ctx)
+    pw, flat, phases, acc = phase_scratch(node.attrs, w, *node.shape[2:])
+    divisors = get_op(node.op).divisors(node.attrs, (h, w), node.shape[2:])
+    args = (ctx.value(node.inputs[0]), ctx.value(node.name), divisors, Scratch((ctx.threads, *phases)),
+            Scratch((ctx.threads, acc)), pw, flat)
     return [KernelCall(pool.avg_pool(node.attrs), args, node.name)]
 
 

@@ -150,15 +150,19 @@ class AvgPool2d(WindowPool):
         x = inputs[0]
         out_hw = self.output_hw(attrs, TensorType(x.shape), False)
         sums = pool_windows(x, attrs, 0.0, out_hw).sum(axis=(4, 5), dtype=np.float32)
-        mask = np.ones((1, 1, *x.shape[2:]), dtype=np.float32)
+        return (sums / self.divisors(attrs, x.shape[2:], out_hw)).astype(np.float32)
+
+    def divisors(self, attrs: Mapping[str, Any], in_hw: Sequence[int], out_hw: tuple[int, int]) -> np.ndarray:
+        """Each window's divisor (OH x OW, float32): its taps inside the input, or with count_include_pad inside
+        the padded input (never the ceil_mode overhang)."""
+        mask = np.ones((1, 1, *in_hw), dtype=np.float32)
         mask_attrs = attrs
         if attrs["count_include_pad"]:
             # The padding counts: a plane of ones padded with ones, windowed with no further padding.
             top, bottom, left, right = attrs["padding"]
             mask = np.pad(mask, ((0, 0), (0, 0), (top, bottom), (left, right)), constant_values=1.0)
             mask_attrs = {**attrs, "padding": (0, 0, 0, 0)}
-        divisor = pool_windows(mask, mask_attrs, 0.0, out_hw).sum(axis=(4, 5))
-        return (sums / divisor).astype(np.float32)
+        return pool_windows(mask, mask_attrs, 0.0, out_hw).sum(axis=(4, 5), dtype=np.float32)[0, 0]
 
 
 @register

@@ -241,6 +241,27 @@ def test_max_pool_over_drawn_shapes(seed):
     np.testing.assert_array_equal(out, expected)
 
 
+@pytest.mark.parametrize("seed", range(12))
+def test_avg_pool_over_drawn_shapes(seed):
+    """The average-pool kernel (zero-padded phase planes, one flat loop, the op's divisors) over drawn shapes: maps
+    down to 1x1, kernels 1-5, strides 1-3, uneven padding, ceil_mode, with and without the padding counted."""
+    rng = np.random.default_rng(seed)
+    kernel, stride = int(rng.choice([1, 2, 3, 5])), int(rng.choice([1, 2, 3]))
+    pads = tuple(int(p) for p in rng.integers(0, kernel // 2 + 1, size=4))
+    height, width = (max(int(d), kernel) for d in rng.integers(1, 16, size=2))
+    attrs = dict(kernel=kernel, stride=stride, padding=pads, ceil_mode=bool(seed % 2),
+                 count_include_pad=bool(seed % 3))
+    shape = (int(rng.integers(1, 3)), int(rng.integers(1, 5)), height, width)
+    assert_same_as_reference(random_op_graph("avg_pool2d", [shape], attrs, seed=seed), numba_cpu)
+
+
+@pytest.mark.parametrize("attrs", [dict(kernel=7), dict(kernel=7, ceil_mode=True, count_include_pad=False)])
+def test_avg_pool_of_the_whole_map_runs_the_global_average(attrs):
+    graph = random_op_graph("avg_pool2d", [(2, 5, 7, 7)], attrs)
+    assert [step.kernel.family for step in numba_cpu.compile(graph).steps] == ["global_avg_pool"]
+    assert_same_as_reference(graph, numba_cpu)
+
+
 @pytest.mark.parametrize("shape,attrs", POOLS)
 @pytest.mark.parametrize("count_include_pad", [True, False])
 def test_avg_pool2d(shape, attrs, count_include_pad):

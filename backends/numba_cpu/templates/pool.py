@@ -12,9 +12,8 @@ from backends.numba_cpu.templates.common import PHASE_PLANES, render
 def _constants(attrs: Mapping[str, Any]) -> dict[str, int]:
     (kh, kw), (sh, sw) = attrs["kernel"], attrs["stride"]
     dh, dw = attrs.get("dilation", (1, 1))
-    top, bottom, left, right = attrs["padding"]
-    return {"KH": kh, "KW": kw, "SH": sh, "SW": sw, "DH": dh, "DW": dw, "PT": top, "PB": bottom, "PL": left,
-            "PR": right}
+    top, _, left, _ = attrs["padding"]
+    return {"KH": kh, "KW": kw, "SH": sh, "SW": sw, "DH": dh, "DW": dw, "PT": top, "PL": left}
 
 
 MAX = PHASE_PLANES + '''
@@ -78,44 +77,37 @@ def kernel(x, out):
                 out[img, ch, r, q] = where
 '''
 
-AVG = '''
+AVG = PHASE_PLANES + '''
 @njit(parallel=True, nogil=True, fastmath=FASTMATH, cache=True, error_model="numpy")
-def kernel(x, out, rows_per_thread):
-    """out = window sum / divisor: the taps inside the padded input if COUNT_PAD, else the taps inside the
-    input (the ceil_mode overhang never counts)."""
+def kernel(x, out, divisors, phases_per_thread, acc_per_thread, pw, flat):
+    """out = window sum / the window's divisor (`divisors`, OH x OW: the op's count of its taps). Each (image,
+    channel) plane's zero-padded phase planes, then every window's sum in a register along one flat vector loop
+    (PHASE_PLANES), divided on the way out."""
     n, c, h, w = x.shape
     oh, ow = out.shape[2], out.shape[3]
-    threads = rows_per_thread.shape[0]
+    rows = (oh - 1) * SH + (KH - 1) * DH + 1
+    threads = phases_per_thread.shape[0]
     jobs = n * c
     for t in prange(threads):
-        acc = rows_per_thread[t]
+        phases = phases_per_thread[t]
+        acc = acc_per_thread[t, :flat]
         for job in range(t * jobs // threads, (t + 1) * jobs // threads):
             img = job // c
             ch = job % c
-            for r in range(oh):
-                top = r * SH - PT
-                if COUNT_PAD:
-                    rows = min(h + PB, top + KH) - top
-                else:
-                    rows = min(h, top + KH) - max(0, top)
-                acc[:ow] = 0.0
+            load_phases(x[img, ch], phases, pw, 0, rows, np.float32(0.0))
+            for f in range(flat):
+                s = np.float32(0.0)
                 for i in range(KH):
-                    ih = top + i
-                    if ih < 0 or ih >= h:
-                        continue
-                    src = x[img, ch, ih]
                     for j in range(KW):
-                        q_lo = max(0, (PL - j + SW - 1) // SW)
-                        q_hi = min(ow, (w - 1 + PL - j) // SW + 1)
-                        for q in range(q_lo, q_hi):
-                            acc[q] += src[q * SW - PL + j]
+                        s += phases[((i * DH) % SH) * SW + (j * DW) % SW,
+                                    np.uint64(f + ((i * DH) // SH) * pw + (j * DW) // SW)]
+                acc[f] = s
+            for r in range(oh):
+                row = out[img, ch, r]
+                acc_row = acc[r * pw: r * pw + ow]
+                divisor_row = divisors[r]
                 for q in range(ow):
-                    left = q * SW - PL
-                    if COUNT_PAD:
-                        cols = min(w + PR, left + KW) - left
-                    else:
-                        cols = min(w, left + KW) - max(0, left)
-                    out[img, ch, r, q] = acc[q] / (rows * cols)
+                    row[q] = acc_row[q] / divisor_row[q]
 '''
 
 
@@ -128,7 +120,7 @@ def max_pool_indices(attrs: Mapping[str, Any]):
 
 
 def avg_pool(attrs: Mapping[str, Any]):
-    return render("avg_pool2d", AVG, **_constants(attrs), COUNT_PAD=attrs["count_include_pad"])
+    return render("avg_pool2d", AVG, **_constants(attrs))
 
 
 UNPOOL = '''
