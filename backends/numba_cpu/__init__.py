@@ -241,10 +241,11 @@ ALGORITHMS = {
     "conv2d_im2col": "im2col+gemm",
     "conv2d_im2col_whole": "im2col+gemm",
     "conv2d_pointwise": "gemm (1x1)",
-    "conv2d_depthwise": "depthwise (flat vectors)",
+    "conv2d_depthwise": "depthwise direct",
+    "conv2d_direct": "direct",
     "pointwise_conv2d_gated": "gemm (1x1, gated)",
     "separable_conv2d": "depthwise+gemm",
-    "separable_conv2d_shared": "depthwise+gemm (shared band)",
+    "separable_conv2d_shared": "depthwise+gemm (whole map)",
     "conv_transpose2d": "gemm+scatter",
     "dense": "gemm",
     "dense_rows": "gemv",
@@ -257,8 +258,6 @@ def algorithm(kernel: KernelSource) -> str | None:
     if kernel.family.startswith("conv2d_winograd_f"):
         tile = kernel.family.removeprefix("conv2d_winograd_f").split("_")[0]
         return f"winograd F({tile},3x3)"
-    if kernel.family == "conv2d_direct":
-        return "depthwise direct" if dict(kernel.specialization)["CG"] == 1 else "direct"
     return ALGORITHMS.get(kernel.family)
 
 
