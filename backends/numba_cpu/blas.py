@@ -55,6 +55,16 @@ def gemm(a: np.ndarray, b: np.ndarray, c: np.ndarray, accumulate: bool, ints: np
            b.ctypes, ints[3:].ctypes, a.ctypes, ints[4:].ctypes, floats[1:].ctypes, c.ctypes, ints[5:].ctypes)
 
 
+@njit(nogil=True, cache=True)
+def gemm_tile(job: int, ptiles: int, channels_per_tile: int, pixels_per_tile: int, channels: int,
+              pixels: int) -> tuple[int, int, int, int]:
+    """(o0, o1, p0, p1): the output channels and pixels of tile `job` of a product tiled channel tile by channel
+    tile, each split into `ptiles` pixel tiles."""
+    o0 = (job // ptiles) * channels_per_tile
+    p0 = (job % ptiles) * pixels_per_tile
+    return o0, min(channels, o0 + channels_per_tile), p0, min(pixels, p0 + pixels_per_tile)
+
+
 class _DlInfo(ctypes.Structure):
     _fields_ = [("dli_fname", ctypes.c_char_p), ("dli_fbase", _VOID_P), ("dli_sname", ctypes.c_char_p),
                 ("dli_saddr", _VOID_P)]

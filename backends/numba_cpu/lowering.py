@@ -342,7 +342,7 @@ def lower_avg_pool2d(node: Node, ctx: LoweringContext) -> list[KernelCall]:
         return lower_global_avg_pool(node, ctx)
     pw, flat, phases, acc = phase_scratch(node.attrs, w, *node.shape[2:])
     divisors = get_op(node.op).divisors(node.attrs, (h, w), node.shape[2:])
-    args = (ctx.value(node.inputs[0]), ctx.value(node.name), divisors, Scratch((ctx.threads, *phases)),
+    args = (ctx.value(node.inputs[0]), divisors, ctx.value(node.name), Scratch((ctx.threads, *phases)),
             Scratch((ctx.threads, acc)), pw, flat)
     return [KernelCall(pool.avg_pool(node.attrs), args, node.name)]
 

@@ -26,7 +26,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from backends.numba_cpu.blas import gemm, gemm_scratch
+from backends.numba_cpu.blas import gemm, gemm_scratch, gemm_tile
 from backends.numba_cpu.mathlib import fast_exp, fast_tanh
 '''
 
@@ -138,6 +138,38 @@ def load_phases(plane, phases, pw, top, rows, fill):
 
 
 '''
+
+# The input under tap (i, j) of flat output f, in the phase planes.
+PHASE_TAP = "phases[((i * DH) % SH) * SW + (j * DW) % SW, np.uint64(f + ((i * DH) // SH) * pw + (j * DW) // SW)]"
+
+# The parallel kernel of a window op by phase planes: one (image, input channel) plane per job, a run of
+# consecutive planes per thread (the planes of a small map share cache lines with their neighbours), the plane's
+# phase planes filled with `fill` outside the input, then `per_plane` (at 12 spaces; it reads `phases`, the flat
+# buffer `acc`, `img` and the input channel `g`). `operands` come between x and out in the signature.
+PLANE_JOBS = '''
+@njit(parallel=True, nogil=True, fastmath=FASTMATH, cache=True, error_model="numpy")
+def kernel(x, {operands}out, phases_per_thread, acc_per_thread, pw, flat):
+    """{doc}"""
+    n, c, h, w = x.shape
+    o, oh, ow = out.shape[1], out.shape[2], out.shape[3]
+    rows = (oh - 1) * SH + (KH - 1) * DH + 1
+    threads = phases_per_thread.shape[0]
+    jobs = n * c
+    for t in prange(threads):
+        phases = phases_per_thread[t]
+        acc = acc_per_thread[t, :flat]
+        for job in range(t * jobs // threads, (t + 1) * jobs // threads):
+            img = job // c
+            g = job % c
+            load_phases(x[img, g], phases, pw, 0, rows, {fill})
+{per_plane}
+'''
+
+
+def plane_jobs(doc: str, operands: str, fill: str, per_plane: str) -> str:
+    """PHASE_PLANES and a PLANE_JOBS kernel."""
+    return PHASE_PLANES + PLANE_JOBS.format(doc=doc, operands=operands, fill=fill, per_plane=per_plane)
+
 
 # Floats between one thread's scratch and the next one's: two threads rewriting small buffers that lie closer
 # than about 1 KB (each channel of a 7x7 map rewrites its phase planes and flat outputs) ran no faster than one

@@ -25,7 +25,14 @@ from typing import Any
 import numpy as np
 
 from backends.numba_common import activation_constants, epilogue_constants
-from backends.numba_cpu.templates.common import PHASE_PLANES, epilogue_code, epilogue_loop, render
+from backends.numba_cpu.templates.common import (
+    PHASE_PLANES,
+    PHASE_TAP,
+    epilogue_code,
+    epilogue_loop,
+    plane_jobs,
+    render,
+)
 
 
 def _window_constants(attrs: Mapping[str, Any]) -> dict[str, int]:
@@ -82,7 +89,7 @@ def direct(attrs: Mapping[str, Any], channels_per_group: int):
 # input's phase planes (common.PHASE_PLANES, zero-padded): each output sums its taps in a register along the flat
 # index, which vectorizes however narrow the map (the per-pixel loops of `direct` ran as scalars on 7x7 and 14x14
 # maps: 0.13 against 0.05 ms for 960 channels at 7x7).
-DEPTHWISE_PLANE = PHASE_PLANES + '''
+DEPTHWISE_FLAT = '''
 @njit(nogil=True, fastmath=FASTMATH, cache=True, error_model="numpy")
 def depthwise_flat(phases, taps, acc, pw, bias, scale, shift, channel):
     """acc[r * pw + q] = output (r, q) of channel `channel` (taps: KH x KW) for every flat index of acc, with
@@ -92,34 +99,14 @@ def depthwise_flat(phases, taps, acc, pw, bias, scale, shift, channel):
         v = np.float32(0.0)
         for i in range(KH):
             for j in range(KW):
-                v += taps[i, j] * phases[((i * DH) % SH) * SW + (j * DW) % SW,
-                                         np.uint64(f + ((i * DH) // SH) * pw + (j * DW) // SW)]
+                v += taps[i, j] * {tap}
 {flat_statements}
         acc[f] = v
 '''
 
 
-DEPTHWISE = '''
-@njit(parallel=True, nogil=True, fastmath=FASTMATH, cache=True, error_model="numpy")
-def kernel(x, weight, bias, scale, shift, res, out, phases_per_thread, acc_per_thread, pw, flat):
-    """Depthwise convolution (weight (C*M, 1, KH, KW)), one (image, input channel) per job: the channel's phase
-    planes, then each of its M output planes as one flat vector loop, copied out row by row through the
-    epilogue."""
-    n, c, h, w = x.shape
-    o, oh, ow = out.shape[1], out.shape[2], out.shape[3]
-    multiplier = o // c
-    rows = (oh - 1) * SH + (KH - 1) * DH + 1
-    threads = phases_per_thread.shape[0]
-    jobs = n * c
-    for t in prange(threads):
-        phases = phases_per_thread[t]
-        acc = acc_per_thread[t, :flat]
-        # consecutive channels per thread: planes of a small map share cache lines with their neighbours
-        for job in range(t * jobs // threads, (t + 1) * jobs // threads):
-            img = job // c
-            g = job % c
-            load_phases(x[img, g], phases, pw, 0, rows, np.float32(0.0))
-            for oc in range(g * multiplier, (g + 1) * multiplier):
+DEPTHWISE_PER_PLANE = '''
+            for oc in range(g * (o // c), (g + 1) * (o // c)):
                 depthwise_flat(phases, weight[oc, 0], acc, pw, bias, scale, shift, oc)
                 for r in range(oh):
                     acc_row = acc[r * pw: r * pw + ow]
@@ -128,18 +115,22 @@ def kernel(x, weight, bias, scale, shift, res, out, phases_per_thread, acc_per_t
                     for p in range(ow):
                         v = acc_row[p]
 {epilogue}
-                        row[p] = v
-'''
+                        row[p] = v'''
 
 
 def depthwise(attrs: Mapping[str, Any]):
-    """The epilogue in the flat vector loop; with a residual (read at output positions), on the way out."""
+    """The depthwise kernel (PLANE_JOBS with depthwise_flat). The epilogue runs in the flat loop; with a residual
+    (read at output positions), on the way out."""
     if attrs.get("residual"):
         flat, residual_row, rows = {}, " " * 20 + "res_row = res[img, oc, r]", attrs
     else:
         flat, residual_row, rows = attrs, "", {}
-    body = (DEPTHWISE_PLANE.format(flat_statements=epilogue_code(flat, "v", "channel", "", 8))
-            + DEPTHWISE.format(residual_row=residual_row, epilogue=epilogue_code(rows, "v", "oc", "res_row[p]", 24)))
+    per_plane = DEPTHWISE_PER_PLANE.format(residual_row=residual_row,
+                                           epilogue=epilogue_code(rows, "v", "oc", "res_row[p]", 24))
+    doc = ("Depthwise convolution (weight (C*M, 1, KH, KW)), one (image, input channel) per job: the channel's "
+           "phase planes,\n    then each of its M output planes as one flat vector loop, copied out row by row.")
+    body = (plane_jobs(doc, "weight, bias, scale, shift, res, ", "np.float32(0.0)", per_plane)
+            + DEPTHWISE_FLAT.format(tap=PHASE_TAP, flat_statements=epilogue_code(flat, "v", "channel", "", 8)))
     return render("conv2d_depthwise", body, **_window_constants(attrs), **epilogue_constants(attrs))
 
 
@@ -255,10 +246,7 @@ def kernel(x, weight, bias, scale, shift, res, out, pixels_per_tile, channels_pe
         ints, floats, no_trans = gemm_scratch()
         for job in range(t * jobs // workers, (t + 1) * jobs // workers):
             img = job // (ptiles * otiles)
-            o0 = ((job // ptiles) % otiles) * channels_per_tile
-            o1 = min(o, o0 + channels_per_tile)
-            p0 = (job % ptiles) * pixels_per_tile
-            p1 = min(pixels, p0 + pixels_per_tile)
+            o0, o1, p0, p1 = gemm_tile(job % (ptiles * otiles), ptiles, channels_per_tile, pixels_per_tile, o, pixels)
             tile = out[img, o0:o1, p0:p1]
             gemm(weight[o0:o1], x[img, :, p0:p1], tile, False, ints, floats, no_trans)
             for oc in range(o0, o1):
@@ -482,10 +470,7 @@ def kernel(x, gate, weight, bias, scale, shift, res, out, gated_weight, pixels_p
         for t in prange(workers):
             ints, floats, no_trans = gemm_scratch()
             for job in range(t * jobs // workers, (t + 1) * jobs // workers):
-                o0 = (job // ptiles) * channels_per_tile
-                o1 = min(o, o0 + channels_per_tile)
-                p0 = (job % ptiles) * pixels_per_tile
-                p1 = min(pixels, p0 + pixels_per_tile)
+                o0, o1, p0, p1 = gemm_tile(job, ptiles, channels_per_tile, pixels_per_tile, o, pixels)
                 tile = out[img, o0:o1, p0:p1]
                 gemm(gated_weight[o0:o1], x[img, :, p0:p1], tile, False, ints, floats, no_trans)
                 for oc in range(o0, o1):
@@ -503,7 +488,7 @@ DEPTHWISE_BAND = '''
 @njit(nogil=True, fastmath=FASTMATH, cache=True, error_model="numpy")
 def depthwise_band(x, img, channel, r0, rows, phases, acc, pw, taps, mid_bias, m, row, ow, load):
     """Mid channel m's depthwise step over output rows r0 .. r0 + rows - 1 into `row` (rows x ow pixels), by
-    DEPTHWISE_PLANE's flat vector loop: first, when `load` (the channels of a multiplier share their input), the
+    depthwise_flat's vector loop: first, when `load` (the channels of a multiplier share their input), the
     phase planes of the input under the band; mid_bias and mid_act are applied in the flat loop."""
     if load:
         load_phases(x[img, channel], phases, pw, r0 * SH, (rows - 1) * SH + (KH - 1) * DH + 1, np.float32(0.0))
@@ -520,7 +505,7 @@ SEPARABLE = '''
 def kernel(x, depthwise_weight, mid_bias, pointwise_weight, bias, scale, shift, res, out, mid_per_thread,
            phases_per_thread, acc_per_thread, pw, flat, rows_per_tile, oh, ow):
     """Depthwise then pointwise, one band of output rows at a time: each thread computes the band's depthwise
-    output for every channel into its own (C*M x pixels) tile (DEPTHWISE_PLANE's flat vector loop over the
+    output for every channel into its own (C*M x pixels) tile (depthwise_flat's vector loop over the
     input rows under the band), adds mid_bias and mid_act, and multiplies the tile by pointwise_weight (O x C*M)
     straight into the output; the whole intermediate tensor never exists."""
     n, c, h, w = x.shape
@@ -578,10 +563,7 @@ def kernel(x, depthwise_weight, mid_bias, pointwise_weight, bias, scale, shift, 
         for t in prange(workers):
             ints, floats, no_trans = gemm_scratch()
             for job in range(t * jobs // workers, (t + 1) * jobs // workers):
-                o0 = (job // ptiles) * channels_per_tile
-                o1 = min(o, o0 + channels_per_tile)
-                p0 = (job % ptiles) * pixels_per_tile
-                p1 = min(pixels, p0 + pixels_per_tile)
+                o0, o1, p0, p1 = gemm_tile(job, ptiles, channels_per_tile, pixels_per_tile, o, pixels)
                 gemm(pointwise_weight[o0:o1], mid[:, p0:p1], out[img, o0:o1, p0:p1], False, ints, floats, no_trans)
                 for oc in range(o0, o1):
 {epilogue}
@@ -592,7 +574,8 @@ def separable(attrs: Mapping[str, Any], shared: bool = False):
     """Depthwise then pointwise with the bands dealt to the threads (SEPARABLE), or, `shared`, for maps with fewer
     bands than threads, each band's depthwise step shared by them (SEPARABLE_SHARED)."""
     mid = {"bias": attrs["mid_bias"], "act": attrs["mid_act"]}
-    band = DEPTHWISE_PLANE.format(flat_statements=epilogue_code(mid, "v", "channel", "", 8, alpha="MID_ALPHA"))
+    band = PHASE_PLANES + DEPTHWISE_FLAT.format(
+        tap=PHASE_TAP, flat_statements=epilogue_code(mid, "v", "channel", "", 8, alpha="MID_ALPHA"))
     band += DEPTHWISE_BAND
     if shared:
         epilogue = epilogue_loop(attrs, "out[img, oc, p0:p1]", "res[img, oc, p0:p1]", "p1 - p0", "oc", 20)

@@ -1,12 +1,13 @@
 """Pooling kernels: max (with its indices) and average over windows, unpooling, global and adaptive average.
-Each (image, channel) plane is one parallel job; rows are accumulated tap by tap, vectorized along the row."""
+Each (image, channel) plane is one parallel job; max and average pooling reduce each window in a register along
+the flat index of the plane's phase planes (templates.common.PHASE_PLANES), vectorized however narrow the map."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
 
-from backends.numba_cpu.templates.common import PHASE_PLANES, render
+from backends.numba_cpu.templates.common import PHASE_TAP, plane_jobs, render
 
 
 def _constants(attrs: Mapping[str, Any]) -> dict[str, int]:
@@ -15,39 +16,6 @@ def _constants(attrs: Mapping[str, Any]) -> dict[str, int]:
     top, _, left, _ = attrs["padding"]
     return {"KH": kh, "KW": kw, "SH": sh, "SW": sw, "DH": dh, "DW": dw, "PT": top, "PL": left}
 
-
-MAX = PHASE_PLANES + '''
-@njit(parallel=True, nogil=True, fastmath=FASTMATH, cache=True, error_model="numpy")
-def kernel(x, out, phases_per_thread, acc_per_thread, pw, flat):
-    """out = max over each window; NaN wins, as in numpy's max. Each (image, channel) plane's phase planes,
-    padded with -inf (covering the ceil_mode overhang too), then every output's maximum kept in a register along
-    one flat vector loop (PHASE_PLANES), copied out row by row."""
-    n, c, h, w = x.shape
-    oh, ow = out.shape[2], out.shape[3]
-    rows = (oh - 1) * SH + (KH - 1) * DH + 1
-    threads = phases_per_thread.shape[0]
-    jobs = n * c
-    for t in prange(threads):
-        phases = phases_per_thread[t]
-        acc = acc_per_thread[t, :flat]
-        for job in range(t * jobs // threads, (t + 1) * jobs // threads):
-            img = job // c
-            ch = job % c
-            load_phases(x[img, ch], phases, pw, 0, rows, np.float32(-np.inf))
-            for f in range(flat):
-                m = np.float32(-np.inf)
-                for i in range(KH):
-                    for j in range(KW):
-                        v = phases[((i * DH) % SH) * SW + (j * DW) % SW,
-                                   np.uint64(f + ((i * DH) // SH) * pw + (j * DW) // SW)]
-                        m = v if (v > m or v != v) else m
-                acc[f] = m
-            for r in range(oh):
-                row = out[img, ch, r]
-                acc_row = acc[r * pw: r * pw + ow]
-                for q in range(ow):
-                    row[q] = acc_row[q]
-'''
 
 INDICES = '''
 @njit(parallel=True, nogil=True, cache=True, error_model="numpy")
@@ -77,42 +45,30 @@ def kernel(x, out):
                 out[img, ch, r, q] = where
 '''
 
-AVG = PHASE_PLANES + '''
-@njit(parallel=True, nogil=True, fastmath=FASTMATH, cache=True, error_model="numpy")
-def kernel(x, out, divisors, phases_per_thread, acc_per_thread, pw, flat):
-    """out = window sum / the window's divisor (`divisors`, OH x OW: the op's count of its taps). Each (image,
-    channel) plane's zero-padded phase planes, then every window's sum in a register along one flat vector loop
-    (PHASE_PLANES), divided on the way out."""
-    n, c, h, w = x.shape
-    oh, ow = out.shape[2], out.shape[3]
-    rows = (oh - 1) * SH + (KH - 1) * DH + 1
-    threads = phases_per_thread.shape[0]
-    jobs = n * c
-    for t in prange(threads):
-        phases = phases_per_thread[t]
-        acc = acc_per_thread[t, :flat]
-        for job in range(t * jobs // threads, (t + 1) * jobs // threads):
-            img = job // c
-            ch = job % c
-            load_phases(x[img, ch], phases, pw, 0, rows, np.float32(0.0))
+# A pooling window's reduction along the flat index of PLANE_JOBS, then the plane's rows copied out.
+POOL_PER_PLANE = '''
             for f in range(flat):
-                s = np.float32(0.0)
+                s = {start}
                 for i in range(KH):
                     for j in range(KW):
-                        s += phases[((i * DH) % SH) * SW + (j * DW) % SW,
-                                    np.uint64(f + ((i * DH) // SH) * pw + (j * DW) // SW)]
+                        v = {tap}
+                        {combine}
                 acc[f] = s
             for r in range(oh):
-                row = out[img, ch, r]
+                row = out[img, g, r]
                 acc_row = acc[r * pw: r * pw + ow]
-                divisor_row = divisors[r]
+{divisor_row}
                 for q in range(ow):
-                    row[q] = acc_row[q] / divisor_row[q]
-'''
+                    row[q] = {value}'''
 
 
 def max_pool(attrs: Mapping[str, Any]):
-    return render("max_pool2d", MAX, **_constants(attrs))
+    """out = max over each window; NaN wins, as in numpy's max (the phase planes padded with -inf, which covers
+    the ceil_mode overhang too)."""
+    per_plane = POOL_PER_PLANE.format(start="np.float32(-np.inf)", tap=PHASE_TAP,
+                                      combine="s = v if (v > s or v != v) else s", divisor_row="", value="acc_row[q]")
+    doc = "Max pooling: each window's maximum in a register along the flat index; NaN wins."
+    return render("max_pool2d", plane_jobs(doc, "", "np.float32(-np.inf)", per_plane), **_constants(attrs))
 
 
 def max_pool_indices(attrs: Mapping[str, Any]):
@@ -120,7 +76,13 @@ def max_pool_indices(attrs: Mapping[str, Any]):
 
 
 def avg_pool(attrs: Mapping[str, Any]):
-    return render("avg_pool2d", AVG, **_constants(attrs))
+    """out = window sum / the window's divisor (`divisors`, OH x OW: the op's count of its taps), the phase planes
+    padded with zeros."""
+    per_plane = POOL_PER_PLANE.format(start="np.float32(0.0)", tap=PHASE_TAP, combine="s += v",
+                                      divisor_row=" " * 16 + "divisor_row = divisors[r]",
+                                      value="acc_row[q] / divisor_row[q]")
+    doc = "Average pooling: each window's sum in a register along the flat index, divided on the way out."
+    return render("avg_pool2d", plane_jobs(doc, "divisors, ", "np.float32(0.0)", per_plane), **_constants(attrs))
 
 
 UNPOOL = '''
