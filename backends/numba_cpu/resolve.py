@@ -17,8 +17,9 @@ pass the machine's matmul rate; PyTorch 2.13 eager on the same layer in brackets
   tiles fit small maps better and its matrix products are less thin). With fewer than 16 input channels the
   transforms outweigh the saving; below 5x5 maps, im2col.
 - 1x1, stride 1, no padding: a plain matrix product; nothing to gather.
-- Few channels per group (depthwise convs): the direct kernel, since per group a K x pixels matrix of a handful
-  of rows times a handful of filters makes BLAS slow. A first layer on 1-3 channels still has 64 or so filters
+- Few channels per group (depthwise convs): the direct kernel (for one channel per group, the vectorized
+  depthwise kernel), since per group a K x pixels matrix of a handful of rows times a handful of filters makes
+  BLAS slow. A first layer on 1-3 channels still has 64 or so filters
   over K = C*KH*KW = 9..147 rows: im2col (ResNet's 7x7 stem: direct 98 ms, im2col 4 ms).
 - Everything else: im2col + GEMM.
 

@@ -1,7 +1,8 @@
 """Convolution kernels. Four algorithms, chosen per layer by `backends.numba_cpu.resolve`:
 
-- `direct`: each output summed over its taps in a register, from zero-padded copies of the input planes; for
-  few channels per group (depthwise convs).
+- `direct`: each output summed over its taps in a register; for few channels per group. With one (depthwise
+  convs), each output plane is one flat vector loop over the input's phase planes (`depthwise`); with 2 to 4, per
+  pixel from zero-padded copies of the group's input planes.
 - `im2col`: a band of output rows at a time, the receptive fields copied into a K x pixels matrix and multiplied
   by the weights with BLAS, the epilogue applied while the band is in cache; or, for batches that leave threads
   idle, the image's whole matrix gathered by all threads and multiplied in tiles of output channels.
