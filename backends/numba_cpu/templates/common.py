@@ -181,8 +181,9 @@ THREAD_GAP = 256
 def phase_scratch(attrs: Mapping[str, Any], w: int, oh: int, ow: int) -> tuple[int, int, tuple[int, int], int]:
     """(PW, flat outputs, one thread's phase planes' shape, one thread's flat buffer) for PHASE_PLANES over output
     rows 0 .. oh - 1 of a window op (`attrs`: kernel, stride, padding, dilation if any; `w`: input width): PW
-    columns hold every padded column a phase needs; the flat loop runs a multiple of 64 outputs (four AVX-512
-    vectors, LLVM's unrolled vector step, so no output falls to a scalar remainder loop); the planes hold all
+    columns hold every padded column a phase needs; the flat loop runs a multiple of 16 outputs (one AVX-512
+    vector; multiples of 64, LLVM's unrolled vector step, computed more dropped outputs than they saved: 1152
+    channels of 5x5 taps on a 7x7 map 0.174 -> 0.124 ms, EfficientNet-B0 3% faster); the planes hold all
     loaded rows and every tap the flat loop reads; each buffer ends THREAD_GAP floats of padding (whole cache
     lines) before the next thread's."""
     (kh, kw), (sh, sw) = attrs["kernel"], attrs["stride"]
@@ -190,7 +191,7 @@ def phase_scratch(attrs: Mapping[str, Any], w: int, oh: int, ow: int) -> tuple[i
     left = attrs["padding"][2]
     pw = -(-max(w + left, (ow - 1) * sw + (kw - 1) * dw + 1) // sw)
     rows = (oh - 1) * sh + (kh - 1) * dh + 1
-    flat = -(-oh * pw // 64) * 64
+    flat = -(-oh * pw // 16) * 16
     size = max(-(-rows // sh) * pw, flat + ((kh - 1) * dh // sh) * pw + (kw - 1) * dw // sw)
     plane = -(-size // 16) * 16 + -(-THREAD_GAP // (sh * sw * 16)) * 16
     return pw, flat, (sh * sw, plane), flat + THREAD_GAP
