@@ -107,7 +107,7 @@ class Graph:
         self._dag = nx.DiGraph()
         self._order_key: dict[str, int] = {}
         self._next_key = 0
-        self._order: list[str] | None = None  # the topological order, until the graph changes
+        self._order: list[Node] | None = None  # the nodes in topological order, until the graph changes
         self._outputs: list[str] = []
         # Annotations of the whole graph attached for backends (the planner's memory plan): plain JSON data
         # about these shapes, so with_input_shapes does not carry them.
@@ -133,13 +133,18 @@ class Graph:
     def nodes(self) -> list[Node]:
         """All nodes in a topological order; ties are broken by insertion order, so the order is stable. The order
         is computed once per change of the graph (passes read it often)."""
+        return list(self._ordered())
+
+    def _ordered(self) -> list[Node]:
         if self._order is None:
-            self._order = list(nx.lexicographical_topological_sort(self._dag, key=self._order_key.__getitem__))
-        return [self._dag.nodes[name]["node"] for name in self._order]
+            names = nx.lexicographical_topological_sort(self._dag, key=self._order_key.__getitem__)
+            self._order = [self._dag.nodes[name]["node"] for name in names]
+        return self._order
 
     @property
     def inputs(self) -> list[Node]:
-        return [n for n in self.nodes if n.op == "input"]
+        """The input nodes, in order (read on every call of a compiled model: from the cached order, no copy)."""
+        return [n for n in self._ordered() if n.op == "input"]
 
     @property
     def outputs(self) -> list[str]:
