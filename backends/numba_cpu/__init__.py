@@ -34,7 +34,7 @@ read once when it loads), and has no call that ends the spin except `blas_thread
 each call brought ResNet-18 after a matmul from 29.3 to 19.4 ms (idle 16.6) and EfficientNet-B0 from 22.0 to
 16.4 (idle 13.3), but it deadlocks when another thread's numpy matmul is in flight (it joins a worker that is still
 working), so it is not used.
-Nodes with little work (lowering.SERIAL_WORK) run serial kernels on the calling thread: no parallel region to pay
+Nodes with little work (lowering.runs_serial) run serial kernels on the calling thread: no parallel region to pay
 for or to wait in. Tried and not kept, because they measured no better: jobs taken from an atomic counter instead
 of the static split, and Numba's loops in chunks of 8 (ResNet-18 with one busy core 31.7 ms, right after a matmul
 33.0 ms, two busy cores 57 ms, against 16 ms idle: one thread's speed). With one core taken, the scheduler keeps
