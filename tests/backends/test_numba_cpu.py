@@ -192,11 +192,14 @@ def test_conv_transpose2d(shape, attrs):
     assert_same_as_reference(random_op_graph("conv_transpose2d", [shape], attrs), numba_cpu)
 
 
-@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("batch", [1, 3, lowering.DENSE_ROWS_MAX_BATCH, lowering.DENSE_ROWS_MAX_BATCH + 1])
 @pytest.mark.parametrize("attrs", [dict(out_features=7), dict(out_features=130, act="relu"),
                                    dict(out_features=5, bias=False, affine=True)])
 def test_dense(batch, attrs):
-    assert_same_as_reference(random_op_graph("dense", [(batch, 37)], attrs), numba_cpu)
+    """Both dense kernels: weight rows streamed for up to DENSE_ROWS_MAX_BATCH images, BLAS above."""
+    executable = assert_same_as_reference(random_op_graph("dense", [(batch, 37)], attrs), numba_cpu)
+    expected = "dense_rows" if batch <= lowering.DENSE_ROWS_MAX_BATCH else "dense"
+    assert [step.kernel.family for step in executable.steps] == [expected]
 
 
 def test_dense_with_residual():
