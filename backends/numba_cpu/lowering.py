@@ -251,7 +251,7 @@ def lower_depthwise_conv2d(node: Node, ctx: LoweringContext) -> list[KernelCall]
 
 
 def _depthwise(node: Node, ctx: LoweringContext) -> list[KernelCall]:
-    """One input channel per group: the vectorized depthwise kernel (see `conv.DEPTHWISE`)."""
+    """One input channel per group: the vectorized depthwise kernel (`conv.depthwise`)."""
     params, attrs = ctx.params(node), node.attrs
     oh, ow = node.shape[2:]
     pw, flat, phases, acc = phase_scratch(attrs, ctx.graph.node(node.inputs[0]).shape[3], oh, ow)

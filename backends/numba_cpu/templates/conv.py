@@ -518,7 +518,7 @@ def kernel(x, depthwise_weight, mid_bias, pointwise_weight, bias, scale, shift, 
     jobs = n * tiles
     for t in prange(threads):
         mid = mid_per_thread[t]
-        phases = phases_per_thread[t]
+        phases = phases_per_thread[t, :SH * SW]  # without the rows that keep threads apart
         acc = acc_per_thread[t, :flat]
         ints, floats, no_trans = gemm_scratch()
         for job in range(t * jobs // threads, (t + 1) * jobs // threads):
@@ -555,7 +555,7 @@ def kernel(x, depthwise_weight, mid_bias, pointwise_weight, bias, scale, shift, 
     workers = min(jobs, threads)
     for img in range(n):
         for t in prange(threads):
-            phases = phases_per_thread[t]
+            phases = phases_per_thread[t, :SH * SW]  # without the rows that keep threads apart
             acc = acc_per_thread[t, :flat]
             # consecutive channels per thread: rows of a small map share cache lines with their neighbours
             for m in range(t * mid_channels // threads, (t + 1) * mid_channels // threads):
