@@ -27,7 +27,7 @@ _PACKAGE_DIR = Path(__file__).parent
 # Modules of this package that generated kernels import (in dependency order): a change to any of them must not
 # reuse machine code compiled against the old version, so their text is part of the cache key; the standalone
 # program inlines them.
-RUNTIME_MODULES = ("blas", "mathlib")
+RUNTIME_MODULES = ("blas", "mathlib", "simd", "gemm")
 
 
 class KernelSource(numba_common.KernelSource):

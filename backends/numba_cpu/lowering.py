@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from backends.numba_common import lowering_of, lowering_table
-from backends.numba_cpu import resolve
+from backends.numba_cpu import gemm, resolve
 from backends.numba_cpu.kernels import KernelSource
 from backends.numba_cpu.templates import conv, layers, pool, tensor
 from backends.numba_cpu.templates.common import EMPTY, KernelCall, Scratch, epilogue_args, phase_scratch
@@ -161,7 +161,7 @@ def _conv2d_pointwise(node: Node, ctx: LoweringContext) -> list[KernelCall]:
     _, o, oh, ow = node.shape
     channels = ctx.graph.node(node.inputs[0]).shape[1]
     pixels_per_tile, channels_per_tile = gemm_tiles(channels, o, oh * ow, ctx.threads)
-    args = (ctx.rows(node.inputs[0]), params["weight"].reshape(o, -1), *epilogue_args(params, attrs),
+    args = (ctx.rows(node.inputs[0]), gemm.pack(params["weight"].reshape(o, -1)), *epilogue_args(params, attrs),
             _residual(ctx, node, True), ctx.rows(node.name), pixels_per_tile, channels_per_tile, ctx.threads)
     return [KernelCall(conv.pointwise(attrs), args, node.name)]
 
@@ -173,7 +173,7 @@ def _conv2d_winograd(node: Node, ctx: LoweringContext, m: int) -> list[KernelCal
     n, o, oh, ow = node.shape
     points, c = (m + 2) ** 2, ctx.graph.node(node.inputs[0]).shape[1]
     tiles_high, tiles_wide = -(-oh // m), -(-ow // m)
-    u = conv.winograd_weights(params["weight"], m)
+    u = gemm.pack(conv.winograd_weights(params["weight"], m))
     common = (ctx.value(node.inputs[0]), u, *epilogue_args(params, attrs), _residual(ctx, node, False),
               ctx.value(node.name))
     whole_bytes = points * 4 * (c + o) * n * tiles_high * tiles_wide
@@ -206,7 +206,7 @@ def _conv2d_im2col(node: Node, ctx: LoweringContext) -> list[KernelCall]:
     epilogue = epilogue_args(params, attrs)
     groups = attrs["groups"]
     k = weight.shape[1] * weight.shape[2] * weight.shape[3]
-    weight_rows = np.ascontiguousarray(weight.reshape(groups, o // groups, k))
+    weight_rows = gemm.pack(weight.reshape(groups, o // groups, k))
     # A batch that leaves threads idle on a map too small to give each thread a tile of MIN_IM2COL_PIXELS, with
     # output channels enough to split between them instead (as 1x1 convs do): one matrix per image, gathered by
     # all threads (ResNet-50's layer4.0.conv2 at batch 1: 2.13 -> 1.72 ms).
@@ -268,11 +268,12 @@ def lower_pointwise_conv2d(node: Node, ctx: LoweringContext) -> list[KernelCall]
     channels = ctx.graph.node(node.inputs[0]).shape[1]
     pixels_per_tile, channels_per_tile = gemm_tiles(channels, o, pixels, ctx.threads)
     if attrs["gate"]:
-        args = (ctx.rows(node.inputs[0]), ctx.rows(node.inputs[1]), params["weight"], *epilogue, residual,
-                ctx.rows(node.name), Scratch((o, channels)), pixels_per_tile, channels_per_tile, ctx.threads)
+        weight = gemm.pack(params["weight"])
+        args = (ctx.rows(node.inputs[0]), ctx.rows(node.inputs[1]), weight, *epilogue, residual,
+                ctx.rows(node.name), Scratch(weight.shape), pixels_per_tile, channels_per_tile, ctx.threads)
         return [KernelCall(conv.gated_pointwise(attrs), args, node.name)]
-    args = (ctx.rows(node.inputs[0]), params["weight"], *epilogue, residual, ctx.rows(node.name), pixels_per_tile,
-            channels_per_tile, ctx.threads)
+    args = (ctx.rows(node.inputs[0]), gemm.pack(params["weight"]), *epilogue, residual, ctx.rows(node.name),
+            pixels_per_tile, channels_per_tile, ctx.threads)
     return [KernelCall(conv.pointwise(attrs), args, node.name)]
 
 
@@ -288,7 +289,8 @@ def lower_separable_conv2d(node: Node, ctx: LoweringContext) -> list[KernelCall]
         rows_per_tile = oh
     pw, flat, phases, acc = phase_scratch(attrs, ctx.graph.node(node.inputs[0]).shape[3], rows_per_tile, ow)
     args = (ctx.value(node.inputs[0]), params["depthwise_weight"], params.get("mid_bias", EMPTY),
-            params["pointwise_weight"], *epilogue_args(params, attrs), _residual(ctx, node, True), ctx.rows(node.name))
+            gemm.pack(params["pointwise_weight"]), *epilogue_args(params, attrs), _residual(ctx, node, True),
+            ctx.rows(node.name))
     band = (Scratch((ctx.threads, *phases)), Scratch((ctx.threads, acc)), pw, flat)
     if shared:
         args += (Scratch((mid_channels, oh * ow)), *band, *gemm_tiles(mid_channels, o, oh * ow, ctx.threads), oh, ow)

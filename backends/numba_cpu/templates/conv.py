@@ -166,16 +166,18 @@ def im2col(x, img, c0, cg, cols, r0, r1, ow):
 IM2COL_TILES = '''
 @njit(parallel=True, nogil=True, fastmath=FASTMATH, cache=True, error_model="numpy")
 def kernel(x, weight, bias, scale, shift, res, out, cols_per_thread, rows_per_tile, oh, ow):
-    """weight (groups, O/groups, K) with K = C/groups * KH * KW; out and res viewed as (N, O, OH*OW)."""
+    """weight: gemm.pack of (groups, O/groups, K) with K = C/groups * KH * KW; out and res viewed as
+    (N, O, OH*OW)."""
     n = x.shape[0]
-    groups, og, k = weight.shape
+    groups, k = weight.shape[0], weight.shape[2]
+    og = out.shape[1] // groups
     cg = k // (KH * KW)
     tiles = (oh + rows_per_tile - 1) // rows_per_tile
     threads = cols_per_thread.shape[0]
     jobs = n * groups * tiles
     for t in prange(threads):
         cols = cols_per_thread[t]
-        ints, floats, no_trans = gemm_scratch()
+        panel = column_panel()
         for job in range(t * jobs // threads, (t + 1) * jobs // threads):
             img = job // (groups * tiles)
             g = (job // tiles) % groups
@@ -185,7 +187,7 @@ def kernel(x, weight, bias, scale, shift, res, out, cols_per_thread, rows_per_ti
             pixels = (r1 - r0) * ow
             im2col(x, img, g * cg, cg, cols, r0, r1, ow)
             tile = out[img, g * og: (g + 1) * og, p0: p0 + pixels]
-            gemm(weight[g], cols[:, :pixels], tile, False, ints, floats, no_trans)
+            packed_gemm(weight[g], 0, og, cols[:, :pixels], tile, panel)
             for oc_local in range(og):
                 oc = g * og + oc_local
 {epilogue}
@@ -196,9 +198,11 @@ IM2COL_WHOLE = '''
 def kernel(x, weight, bias, scale, shift, res, out, cols, channels_per_tile, threads, oh, ow):
     """For batches that leave threads idle: per image and group, every thread gathers its share of the input
     channels into one K x pixels matrix, then multiplies it by tiles of output channels (each thread streams
-    its share of the weights once). weight (groups, O/groups, K); out and res viewed as (N, O, OH*OW)."""
+    its share of the weights once). weight: gemm.pack of (groups, O/groups, K); out and res viewed as
+    (N, O, OH*OW)."""
     n = x.shape[0]
-    groups, og, k = weight.shape
+    groups, k = weight.shape[0], weight.shape[2]
+    og = out.shape[1] // groups
     cg = k // (KH * KW)
     pixels = oh * ow
     otiles = (og + channels_per_tile - 1) // channels_per_tile
@@ -210,12 +214,12 @@ def kernel(x, weight, bias, scale, shift, res, out, cols, channels_per_tile, thr
                 ci1 = (t + 1) * cg // threads
                 im2col(x, img, g * cg + ci0, ci1 - ci0, cols[ci0 * KH * KW: ci1 * KH * KW], 0, oh, ow)
             for t in prange(workers):
-                ints, floats, no_trans = gemm_scratch()
+                panel = column_panel()
                 for job in range(t * otiles // workers, (t + 1) * otiles // workers):
                     o0 = g * og + job * channels_per_tile
                     o1 = min((g + 1) * og, o0 + channels_per_tile)
                     tile = out[img, o0:o1]
-                    gemm(weight[g, o0 - g * og: o1 - g * og], cols, tile, False, ints, floats, no_trans)
+                    packed_gemm(weight[g], o0 - g * og, o1 - o0, cols, tile, panel)
                     for oc in range(o0, o1):
 {epilogue}
 '''
@@ -235,21 +239,20 @@ def im2col(attrs: Mapping[str, Any], whole: bool = False):
 POINTWISE = '''
 @njit(parallel=True, nogil=True, fastmath=FASTMATH, cache=True, error_model="numpy")
 def kernel(x, weight, bias, scale, shift, res, out, pixels_per_tile, channels_per_tile, threads):
-    """out[n] (O x P) = weight (O x C) @ x[n] (C x P), in tiles of output channels x pixels; x, out and res
-    viewed as (N, channels, pixels)."""
+    """out[n] (O x P) = weight (O x C, packed by gemm.pack) @ x[n] (C x P), in tiles of output channels x
+    pixels; x, out and res viewed as (N, channels, pixels)."""
     n, c, pixels = x.shape
-    o = weight.shape[0]
+    o = out.shape[1]
     ptiles = (pixels + pixels_per_tile - 1) // pixels_per_tile
     otiles = (o + channels_per_tile - 1) // channels_per_tile
     jobs = n * ptiles * otiles
     workers = min(jobs, threads)
     for t in prange(workers):
-        ints, floats, no_trans = gemm_scratch()
+        panel = column_panel()
         for job in range(t * jobs // workers, (t + 1) * jobs // workers):
             img = job // (ptiles * otiles)
             o0, o1, p0, p1 = gemm_tile(job % (ptiles * otiles), ptiles, channels_per_tile, pixels_per_tile, o, pixels)
-            tile = out[img, o0:o1, p0:p1]
-            gemm(weight[o0:o1], x[img, :, p0:p1], tile, False, ints, floats, no_trans)
+            packed_gemm(weight, o0, o1 - o0, x[img, :, p0:p1], out[img, o0:o1, p0:p1], panel)
             for oc in range(o0, o1):
 {epilogue}
 '''
@@ -307,10 +310,10 @@ def output_row(mt, oc, base, tw, rows):
 WINOGRAD_BANDS = '''
 @njit(parallel=True, nogil=True, fastmath=FASTMATH, cache=True, error_model="numpy")
 def kernel(x, u, bias, scale, shift, res, out, padded, v_per_thread, m_per_thread, tile_rows):
-    """Winograd F({m}x{m}, 3x3) in bands of tile rows, for large maps. u ({points}, O, C) = G g G^T, the transformed
-    weights. Per band each thread transforms the input tiles (V = B^T d B: {points} x C x tiles), multiplies
-    M[xi] = u[xi] @ V[xi] for each of the {points} points, and transforms back (Y = A^T M A) into {m}x{m} outputs,
-    adding the epilogue, while the band is in its cache."""
+    """Winograd F({m}x{m}, 3x3) in bands of tile rows, for large maps. u: gemm.pack of ({points}, O, C) = G g G^T,
+    the transformed weights. Per band each thread transforms the input tiles (V = B^T d B: {points} x C x tiles),
+    multiplies M[xi] = u[xi] @ V[xi] for each of the {points} points, and transforms back (Y = A^T M A) into
+    {m}x{m} outputs, adding the epilogue, while the band is in its cache."""
     n, c, h, w = x.shape
     o, oh, ow = out.shape[1], out.shape[2], out.shape[3]
     th = (oh + {m1}) // {m}
@@ -326,7 +329,7 @@ def kernel(x, u, bias, scale, shift, res, out, padded, v_per_thread, m_per_threa
         for t in prange(threads):
             vt = v_per_thread[t]
             mt = m_per_thread[t]
-            ints, floats, no_trans = gemm_scratch()
+            panel = column_panel()
             for band in range(t * bands // threads, (t + 1) * bands // threads):
                 ti0 = band * tile_rows
                 ti1 = min(th, ti0 + tile_rows)
@@ -335,7 +338,7 @@ def kernel(x, u, bias, scale, shift, res, out, padded, v_per_thread, m_per_threa
                     for ti in range(ti0, ti1):
                         input_row(padded_image[ci], ti, tw, vt, ci, (ti - ti0) * tw)
                 for xi in range({points}):
-                    gemm(u[xi], vt[xi, :, :tiles], mt[xi, :, :tiles], False, ints, floats, no_trans)
+                    packed_gemm(u[xi], 0, o, vt[xi, :, :tiles], mt[xi, :, :tiles], panel)
                 for oc in range(o):
                     for ti in range(ti0, ti1):
                         output_row(mt, oc, (ti - ti0) * tw, tw, out[img, oc, {m} * ti: {m} * ti + {m}])
@@ -364,8 +367,7 @@ def kernel(x, u, bias, scale, shift, res, out, padded, vt, mt):
         for ti in range(th):
             input_row(plane, ti, tw, vt, ci, img * per_image + ti * tw)
     for xi in prange({points}):
-        ints, floats, no_trans = gemm_scratch()
-        gemm(u[xi], vt[xi], mt[xi], False, ints, floats, no_trans)
+        packed_gemm(u[xi], 0, o, vt[xi], mt[xi], column_panel())
     for job in prange(n * o):
         img = job // o
         oc = job % o
@@ -457,23 +459,22 @@ def kernel(x, gate, weight, bias, scale, shift, res, out, gated_weight, pixels_p
            threads):
     """out[n] = weight @ (gate[n] * x[n]): squeeze-and-excitation's channel gate applied as a prologue, by
     scaling the weight's columns once per image (O x C work instead of C x pixels); then the tiles of
-    `conv2d_pointwise`."""
+    `conv2d_pointwise`. weight and gated_weight: gemm.pack of (O, C)."""
     n, c, pixels = x.shape
-    o = weight.shape[0]
+    o = out.shape[1]
     ptiles = (pixels + pixels_per_tile - 1) // pixels_per_tile
     otiles = (o + channels_per_tile - 1) // channels_per_tile
     jobs = ptiles * otiles
     workers = min(jobs, threads)
     for img in range(n):
-        for oc in prange(o):
+        for p in prange(weight.shape[0]):
             for ci in range(c):
-                gated_weight[oc, ci] = weight[oc, ci] * gate[img, ci, 0]
+                gated_weight[p, ci] = weight[p, ci] * gate[img, ci, 0]
         for t in prange(workers):
-            ints, floats, no_trans = gemm_scratch()
+            panel = column_panel()
             for job in range(t * jobs // workers, (t + 1) * jobs // workers):
                 o0, o1, p0, p1 = gemm_tile(job, ptiles, channels_per_tile, pixels_per_tile, o, pixels)
-                tile = out[img, o0:o1, p0:p1]
-                gemm(gated_weight[o0:o1], x[img, :, p0:p1], tile, False, ints, floats, no_trans)
+                packed_gemm(gated_weight, o0, o1 - o0, x[img, :, p0:p1], out[img, o0:o1, p0:p1], panel)
                 for oc in range(o0, o1):
 {epilogue}
 '''
@@ -507,8 +508,8 @@ def kernel(x, depthwise_weight, mid_bias, pointwise_weight, bias, scale, shift, 
            phases_per_thread, acc_per_thread, pw, flat, rows_per_tile, oh, ow):
     """Depthwise then pointwise, one band of output rows at a time: each thread computes the band's depthwise
     output for every channel into its own (C*M x pixels) tile (depthwise_flat's vector loop over the
-    input rows under the band), adds mid_bias and mid_act, and multiplies the tile by pointwise_weight (O x C*M)
-    straight into the output; the whole intermediate tensor never exists."""
+    input rows under the band), adds mid_bias and mid_act, and multiplies the tile by pointwise_weight
+    (O x C*M, gemm.pack) straight into the output; the whole intermediate tensor never exists."""
     n, c, h, w = x.shape
     o = out.shape[1]
     mid_channels = depthwise_weight.shape[0]
@@ -520,7 +521,7 @@ def kernel(x, depthwise_weight, mid_bias, pointwise_weight, bias, scale, shift, 
         mid = mid_per_thread[t]
         phases = phases_per_thread[t, :SH * SW]  # without the rows that keep threads apart
         acc = acc_per_thread[t, :flat]
-        ints, floats, no_trans = gemm_scratch()
+        panel = column_panel()
         for job in range(t * jobs // threads, (t + 1) * jobs // threads):
             img = job // tiles
             r0 = (job % tiles) * rows_per_tile
@@ -529,7 +530,7 @@ def kernel(x, depthwise_weight, mid_bias, pointwise_weight, bias, scale, shift, 
             for m in range(mid_channels):
                 depthwise_band(x, img, m // multiplier, r0, r1 - r0, phases, acc, pw, depthwise_weight[m, 0], mid_bias,
                                m, mid[m], ow, m % multiplier == 0)
-            gemm(pointwise_weight, mid[:, :pixels], out[img, :, r0 * ow: r1 * ow], False, ints, floats, no_trans)
+            packed_gemm(pointwise_weight, 0, o, mid[:, :pixels], out[img, :, r0 * ow: r1 * ow], panel)
             for oc in range(o):
 {epilogue}
 '''
@@ -562,10 +563,10 @@ def kernel(x, depthwise_weight, mid_bias, pointwise_weight, bias, scale, shift, 
                 depthwise_band(x, img, m // multiplier, 0, oh, phases, acc, pw, depthwise_weight[m, 0], mid_bias, m,
                                mid[m], ow, True)
         for t in prange(workers):
-            ints, floats, no_trans = gemm_scratch()
+            panel = column_panel()
             for job in range(t * jobs // workers, (t + 1) * jobs // workers):
                 o0, o1, p0, p1 = gemm_tile(job, ptiles, channels_per_tile, pixels_per_tile, o, pixels)
-                gemm(pointwise_weight[o0:o1], mid[:, p0:p1], out[img, o0:o1, p0:p1], False, ints, floats, no_trans)
+                packed_gemm(pointwise_weight, o0, o1 - o0, mid[:, p0:p1], out[img, o0:o1, p0:p1], panel)
                 for oc in range(o0, o1):
 {epilogue}
 '''

@@ -1,0 +1,153 @@
+"""Sixteen-float vectors for Numba kernels: a type and the few operations a GEMM micro-kernel needs.
+
+LLVM's loop vectorizer follows the CPU's preferred vector width (256 bits on Intel server cores with AVX-512), but
+vectors written out in the IR are lowered at their own width: these are one zmm register each where the CPU has
+AVX-512, two ymm registers on AVX2. Indices are flat offsets, in elements, from the first element of the array (or
+view) or pointer given, with no bounds check and no negative-index wrap-around: the caller keeps them in range.
+"""
+
+from __future__ import annotations
+
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic, models, register_model
+
+LANES = 16
+_FLOAT = ir.FloatType()
+_VECTOR = ir.VectorType(_FLOAT, LANES)
+_LANE_INDEX = ir.VectorType(ir.IntType(64), LANES)
+_MASK = ir.VectorType(ir.IntType(1), LANES)
+
+
+class Float32x16(types.Type):
+    def __init__(self) -> None:
+        super().__init__(name="float32x16")
+
+
+float32x16 = Float32x16()
+
+
+@register_model(Float32x16)
+class _Float32x16Model(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type) -> None:
+        super().__init__(dmm, fe_type, _VECTOR)
+
+
+def _float32_array(array) -> bool:
+    """A float32 array, or a pointer to float32."""
+    return ((isinstance(array, types.Array) and array.dtype == types.float32)
+            or (isinstance(array, types.CPointer) and array.dtype == types.float32))
+
+
+def _address(context, builder, array_type, array, index):
+    if isinstance(array_type, types.CPointer):
+        return builder.gep(array, [index])
+    data = context.make_array(array_type)(context, builder, value=array).data
+    return builder.gep(data, [index])
+
+
+def _vector_address(context, builder, array_type, array, index):
+    return builder.bitcast(_address(context, builder, array_type, array, index), _VECTOR.as_pointer())
+
+
+def _first_lanes(context, builder, count_type, count):
+    """The mask of lanes 0 .. count-1."""
+    count = context.cast(builder, count, count_type, types.int64)
+    splat = builder.insert_element(ir.Constant(_LANE_INDEX, ir.Undefined), count, ir.Constant(ir.IntType(32), 0))
+    splat = builder.shuffle_vector(splat, ir.Constant(_LANE_INDEX, ir.Undefined),
+                                   ir.Constant(ir.VectorType(ir.IntType(32), LANES), [0] * LANES))
+    return builder.icmp_signed("<", ir.Constant(_LANE_INDEX, list(range(LANES))), splat)
+
+
+@intrinsic
+def zeros(typingctx):
+    """A vector of zeros."""
+    def codegen(context, builder, signature, args):
+        return ir.Constant(_VECTOR, [0.0] * LANES)
+    return float32x16(), codegen
+
+
+@intrinsic
+def load(typingctx, array, index):
+    """array.flat[index: index + 16] (float32 array or view)."""
+    if not _float32_array(array):
+        return None
+    def codegen(context, builder, signature, args):
+        return builder.load(_vector_address(context, builder, signature.args[0], *args), align=4)
+    return float32x16(array, index), codegen
+
+
+@intrinsic
+def load_first(typingctx, array, index, count):
+    """The first `count` (0 to 16) of array.flat[index: index + 16], zeros in the other lanes; reads nothing
+    beyond them."""
+    if not _float32_array(array):
+        return None
+    def codegen(context, builder, signature, args):
+        masked_load = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(_VECTOR, [_VECTOR.as_pointer(), ir.IntType(32), _MASK, _VECTOR]),
+            "llvm.masked.load.v16f32.p0v16f32")
+        return builder.call(masked_load, [_vector_address(context, builder, signature.args[0], args[0], args[1]),
+                                          ir.Constant(ir.IntType(32), 4),
+                                          _first_lanes(context, builder, signature.args[2], args[2]),
+                                          ir.Constant(_VECTOR, [0.0] * LANES)])
+    return float32x16(array, index, count), codegen
+
+
+@intrinsic
+def store(typingctx, array, index, vector):
+    """array.flat[index: index + 16] = vector."""
+    if not _float32_array(array):
+        return None
+    def codegen(context, builder, signature, args):
+        builder.store(args[2], _vector_address(context, builder, signature.args[0], args[0], args[1]), align=4)
+        return context.get_dummy_value()
+    return types.void(array, index, vector), codegen
+
+
+@intrinsic
+def store_first(typingctx, array, index, vector, count):
+    """array.flat[index: index + count] = vector[:count], for count 0 to 16; writes nothing beyond."""
+    if not _float32_array(array):
+        return None
+    def codegen(context, builder, signature, args):
+        masked_store = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [_VECTOR, _VECTOR.as_pointer(), ir.IntType(32), _MASK]),
+            "llvm.masked.store.v16f32.p0v16f32")
+        builder.call(masked_store, [args[2], _vector_address(context, builder, signature.args[0], args[0], args[1]),
+                                    ir.Constant(ir.IntType(32), 4),
+                                    _first_lanes(context, builder, signature.args[3], args[3])])
+        return context.get_dummy_value()
+    return types.void(array, index, vector, count), codegen
+
+
+@intrinsic
+def broadcast(typingctx, array, index):
+    """array.flat[index] in every lane."""
+    if not _float32_array(array):
+        return None
+    def codegen(context, builder, signature, args):
+        value = builder.load(_address(context, builder, signature.args[0], *args), align=4)
+        one = builder.insert_element(ir.Constant(_VECTOR, ir.Undefined), value, ir.Constant(ir.IntType(32), 0))
+        return builder.shuffle_vector(one, ir.Constant(_VECTOR, ir.Undefined),
+                                      ir.Constant(ir.VectorType(ir.IntType(32), LANES), [0] * LANES))
+    return float32x16(array, index), codegen
+
+
+@intrinsic
+def fma(typingctx, a, b, c):
+    """a * b + c, lane by lane, rounded once."""
+    def codegen(context, builder, signature, args):
+        fused = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_VECTOR, [_VECTOR] * 3),
+                                               "llvm.fma.v16f32")
+        return builder.call(fused, args)
+    return float32x16(a, b, c), codegen
+
+
+@intrinsic
+def add(typingctx, a, b):
+    """a + b, lane by lane."""
+    def codegen(context, builder, signature, args):
+        return builder.fadd(*args)
+    return float32x16(a, b), codegen
