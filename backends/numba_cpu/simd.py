@@ -51,6 +51,12 @@ def _vector_address(context, builder, array_type, array, index):
     return builder.bitcast(_address(context, builder, array_type, array, index), _VECTOR.as_pointer())
 
 
+def _splat(builder, value):
+    one = builder.insert_element(ir.Constant(_VECTOR, ir.Undefined), value, ir.Constant(ir.IntType(32), 0))
+    return builder.shuffle_vector(one, ir.Constant(_VECTOR, ir.Undefined),
+                                  ir.Constant(ir.VectorType(ir.IntType(32), LANES), [0] * LANES))
+
+
 def _first_lanes(context, builder, count_type, count):
     """The mask of lanes 0 .. count-1."""
     count = context.cast(builder, count, count_type, types.int64)
@@ -128,10 +134,7 @@ def broadcast(typingctx, array, index):
     if not _float32_array(array):
         return None
     def codegen(context, builder, signature, args):
-        value = builder.load(_address(context, builder, signature.args[0], *args), align=4)
-        one = builder.insert_element(ir.Constant(_VECTOR, ir.Undefined), value, ir.Constant(ir.IntType(32), 0))
-        return builder.shuffle_vector(one, ir.Constant(_VECTOR, ir.Undefined),
-                                      ir.Constant(ir.VectorType(ir.IntType(32), LANES), [0] * LANES))
+        return _splat(builder, builder.load(_address(context, builder, signature.args[0], *args), align=4))
     return float32x16(array, index), codegen
 
 
@@ -151,3 +154,37 @@ def add(typingctx, a, b):
     def codegen(context, builder, signature, args):
         return builder.fadd(*args)
     return float32x16(a, b), codegen
+
+
+@intrinsic
+def mul(typingctx, a, b):
+    """a * b, lane by lane."""
+    def codegen(context, builder, signature, args):
+        return builder.fmul(*args)
+    return float32x16(a, b), codegen
+
+
+@intrinsic
+def splat(typingctx, value):
+    """The float32 `value` in every lane."""
+    if value != types.float32:
+        return None
+    def codegen(context, builder, signature, args):
+        return _splat(builder, args[0])
+    return float32x16(value), codegen
+
+
+@intrinsic
+def replace_below(typingctx, a, limit, replacement):
+    """replacement where a < limit, else a, lane by lane (an ordered comparison: NaN stays NaN)."""
+    def codegen(context, builder, signature, args):
+        return builder.select(builder.fcmp_ordered("<", args[0], args[1]), args[2], args[0])
+    return float32x16(a, limit, replacement), codegen
+
+
+@intrinsic
+def replace_above(typingctx, a, limit, replacement):
+    """replacement where a > limit, else a, lane by lane (an ordered comparison: NaN stays NaN)."""
+    def codegen(context, builder, signature, args):
+        return builder.select(builder.fcmp_ordered(">", args[0], args[1]), args[2], args[0])
+    return float32x16(a, limit, replacement), codegen

@@ -61,3 +61,38 @@ def test_non_finite_values_propagate():
     gemm.packed_gemm(gemm.pack(weight), 0, 8, b, c, gemm.column_panel())
     assert np.isnan(c[:, 3]).all() and np.isinf(c[:, 35]).all()
     assert np.isfinite(np.delete(c, [3, 35], axis=1)).all()
+
+
+@pytest.mark.parametrize("activation", list(gemm.ACTIVATION_CODES))
+@pytest.mark.parametrize("bias, affine, residual", [(True, False, False), (False, True, True), (True, True, True),
+                                                    (False, False, False)])
+@pytest.mark.parametrize("m, k, n", [(13, 300, 45), (8, 7, 16), (20, 600, 3)])
+def test_epilogue_in_the_registers(activation, bias, affine, residual, m, k, n):
+    """packed_gemm_epilogue against its formula in float64: bias, affine, residual and activation of each output
+    channel (rows from channel0 = 16 on), NaN and inf passing through as the reference's activations pass them."""
+    rng = np.random.default_rng(k)
+    weight = rng.standard_normal((16 + m, k)).astype(np.float32)
+    b = rng.standard_normal((k, n)).astype(np.float32)
+    b[0, 0], b[-1, -1] = np.nan, -np.inf
+    per_channel = [rng.standard_normal(16 + m).astype(np.float32) if used else np.zeros(0, np.float32)
+                   for used in (bias, affine, affine)]
+    res = rng.standard_normal((m, n)).astype(np.float32)
+    c = np.full((m, n), np.nan, np.float32)
+    alpha = 0.2
+    gemm.packed_gemm_epilogue(gemm.pack(weight), 16, m, b, c, gemm.column_panel(), 16, *per_channel,
+                              res if residual else c, residual, gemm.ACTIVATION_CODES[activation], alpha)
+    expected = weight[16:].astype(np.float64) @ b.astype(np.float64)
+    rows = slice(16, 16 + m)
+    if bias:
+        expected += per_channel[0][rows, None]
+    if affine:
+        expected = expected * per_channel[1][rows, None] + per_channel[2][rows, None]
+    if residual:
+        expected += res
+    if activation == "relu":
+        expected = np.where(expected < 0, 0, expected)
+    elif activation == "relu6":
+        expected = np.where(expected > 6, 6, np.where(expected < 0, 0, expected))
+    elif activation == "leaky_relu":
+        expected = np.where(expected < 0, alpha * expected, expected)
+    np.testing.assert_allclose(c, expected, rtol=1e-4, atol=1e-4 * np.sqrt(k))

@@ -27,7 +27,7 @@ import numpy as np
 from numba import njit, prange
 
 from backends.numba_cpu.blas import gemm, gemm_scratch, gemm_tile
-from backends.numba_cpu.gemm import column_panel, packed_gemm
+from backends.numba_cpu.gemm import column_panel, packed_gemm, packed_gemm_epilogue
 from backends.numba_cpu.mathlib import fast_exp, fast_tanh
 '''
 

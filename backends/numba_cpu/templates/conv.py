@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from backends.numba_common import activation_constants, epilogue_constants
+from backends.numba_cpu import gemm
 from backends.numba_cpu.templates.common import (
     PHASE_PLANES,
     PHASE_TAP,
@@ -187,10 +188,7 @@ def kernel(x, weight, bias, scale, shift, res, out, cols_per_thread, rows_per_ti
             pixels = (r1 - r0) * ow
             im2col(x, img, g * cg, cg, cols, r0, r1, ow)
             tile = out[img, g * og: (g + 1) * og, p0: p0 + pixels]
-            packed_gemm(weight[g], 0, og, cols[:, :pixels], tile, panel)
-            for oc_local in range(og):
-                oc = g * og + oc_local
-{epilogue}
+{product:12}
 '''
 
 IM2COL_WHOLE = '''
@@ -219,19 +217,21 @@ def kernel(x, weight, bias, scale, shift, res, out, cols, channels_per_tile, thr
                     o0 = g * og + job * channels_per_tile
                     o1 = min((g + 1) * og, o0 + channels_per_tile)
                     tile = out[img, o0:o1]
-                    packed_gemm(weight[g], o0 - g * og, o1 - o0, cols, tile, panel)
-                    for oc in range(o0, o1):
-{epilogue}
+{product:20}
 '''
 
 
 def im2col(attrs: Mapping[str, Any], whole: bool = False):
     if whole:
-        body = IM2COL_GATHER + "\n" + IM2COL_WHOLE.format(
-            epilogue=epilogue_loop(attrs, "out[img, oc]", "res[img, oc]", "pixels", "oc", 24))
+        body = IM2COL_GATHER + "\n" + IM2COL_WHOLE.format(product=product(
+            attrs, ("weight[g]", "o0 - g * og", "o1 - o0", "cols", "tile"), "o0", "res[img, o0:o1]",
+            ["for oc in range(o0, o1):"], epilogue_loop(attrs, "out[img, oc]", "res[img, oc]", "pixels", "oc", 4)))
     else:
-        body = IM2COL_GATHER + "\n" + IM2COL_TILES.format(epilogue=epilogue_loop(
-            attrs, "out[img, oc, p0: p0 + pixels]", "res[img, oc, p0: p0 + pixels]", "pixels", "oc", 16))
+        body = IM2COL_GATHER + "\n" + IM2COL_TILES.format(product=product(
+            attrs, ("weight[g]", "0", "og", "cols[:, :pixels]", "tile"), "g * og",
+            "res[img, g * og: (g + 1) * og, p0: p0 + pixels]",
+            ["for oc_local in range(og):", "    oc = g * og + oc_local"],
+            epilogue_loop(attrs, "out[img, oc, p0: p0 + pixels]", "res[img, oc, p0: p0 + pixels]", "pixels", "oc", 4)))
     family = "conv2d_im2col_whole" if whole else "conv2d_im2col"
     return render(family, body, **_window_constants(attrs), **epilogue_constants(attrs))
 
@@ -252,15 +252,12 @@ def kernel(x, weight, bias, scale, shift, res, out, pixels_per_tile, channels_pe
         for job in range(t * jobs // workers, (t + 1) * jobs // workers):
             img = job // (ptiles * otiles)
             o0, o1, p0, p1 = gemm_tile(job % (ptiles * otiles), ptiles, channels_per_tile, pixels_per_tile, o, pixels)
-            packed_gemm(weight, o0, o1 - o0, x[img, :, p0:p1], out[img, o0:o1, p0:p1], panel)
-            for oc in range(o0, o1):
-{epilogue}
+{product:12}
 '''
 
 
 def pointwise(attrs: Mapping[str, Any]):
-    body = POINTWISE.format(epilogue=epilogue_loop(attrs, "out[img, oc, p0:p1]", "res[img, oc, p0:p1]", "p1 - p0",
-                                                   "oc", 16))
+    body = POINTWISE.format(product=_tiled_product(attrs, "weight", "x[img, :, p0:p1]"))
     return render("conv2d_pointwise", body, **epilogue_constants(attrs))
 
 
@@ -388,6 +385,29 @@ class _Indented:
         return "\n".join(" " * int(spec) + line for line in self.lines)
 
 
+def product(attrs: Mapping[str, Any], operands: tuple[str, str, str, str, str], channel0: str, res_tile: str,
+            loop: list[str], epilogue: str) -> _Indented:
+    """A tile's product with the conv's epilogue. `operands` are packed_gemm's (packed weight, first row, rows,
+    right operand, result tile); the tile's rows are output channels from `channel0` on; `res_tile` is the
+    residual beside the result tile. Where gemm.fused_epilogue(attrs), the GEMM applies the epilogue as the tile
+    leaves its registers; else the kernel applies it afterwards: `loop` (lines) over the channels, with the
+    `epilogue` (indented 4) in it."""
+    weight, row0, rows, b, c = operands
+    if gemm.fused_epilogue(attrs):
+        res = res_tile if attrs.get("residual") else c
+        alpha = float(attrs["alpha"]) if attrs.get("act") == "leaky_relu" else 0.0
+        return _Indented([f"packed_gemm_epilogue({weight}, {row0}, {rows}, {b}, {c}, panel,",
+                          f"                     {channel0}, bias, scale, shift, {res}, {bool(attrs.get('residual'))}, "
+                          f"{gemm.ACTIVATION_CODES[attrs.get('act')]}, {alpha!r})"])
+    return _Indented([f"packed_gemm({', '.join(operands)}, panel)", *loop, *epilogue.splitlines()])
+
+
+def _tiled_product(attrs: Mapping[str, Any], weight: str, b: str) -> _Indented:
+    """`product` on the tiles of `blas.gemm_tile`: output channels o0 .. o1 - 1, pixels p0 .. p1 - 1."""
+    return product(attrs, (weight, "o0", "o1 - o0", b, "out[img, o0:o1, p0:p1]"), "o0", "res[img, o0:o1, p0:p1]",
+                   ["for oc in range(o0, o1):"],
+                   epilogue_loop(attrs, "out[img, oc, p0:p1]", "res[img, oc, p0:p1]", "p1 - p0", "oc", 4))
+
 def _combination(coefficients: list[float], terms: list[str]) -> str:
     """sum(c * term) as code, skipping zero coefficients and writing +-1 without a multiplication."""
     parts = []
@@ -474,15 +494,12 @@ def kernel(x, gate, weight, bias, scale, shift, res, out, gated_weight, pixels_p
             panel = column_panel()
             for job in range(t * jobs // workers, (t + 1) * jobs // workers):
                 o0, o1, p0, p1 = gemm_tile(job, ptiles, channels_per_tile, pixels_per_tile, o, pixels)
-                packed_gemm(gated_weight, o0, o1 - o0, x[img, :, p0:p1], out[img, o0:o1, p0:p1], panel)
-                for oc in range(o0, o1):
-{epilogue}
+{product:16}
 '''
 
 
 def gated_pointwise(attrs: Mapping[str, Any]):
-    body = GATED_POINTWISE.format(epilogue=epilogue_loop(attrs, "out[img, oc, p0:p1]", "res[img, oc, p0:p1]",
-                                                         "p1 - p0", "oc", 20))
+    body = GATED_POINTWISE.format(product=_tiled_product(attrs, "gated_weight", "x[img, :, p0:p1]"))
     return render("pointwise_conv2d_gated", body, **epilogue_constants(attrs))
 
 
@@ -530,9 +547,7 @@ def kernel(x, depthwise_weight, mid_bias, pointwise_weight, bias, scale, shift, 
             for m in range(mid_channels):
                 depthwise_band(x, img, m // multiplier, r0, r1 - r0, phases, acc, pw, depthwise_weight[m, 0], mid_bias,
                                m, mid[m], ow, m % multiplier == 0)
-            packed_gemm(pointwise_weight, 0, o, mid[:, :pixels], out[img, :, r0 * ow: r1 * ow], panel)
-            for oc in range(o):
-{epilogue}
+{product:12}
 '''
 
 
@@ -566,9 +581,7 @@ def kernel(x, depthwise_weight, mid_bias, pointwise_weight, bias, scale, shift, 
             panel = column_panel()
             for job in range(t * jobs // workers, (t + 1) * jobs // workers):
                 o0, o1, p0, p1 = gemm_tile(job, ptiles, channels_per_tile, pixels_per_tile, o, pixels)
-                packed_gemm(pointwise_weight, o0, o1 - o0, mid[:, p0:p1], out[img, o0:o1, p0:p1], panel)
-                for oc in range(o0, o1):
-{epilogue}
+{product:16}
 '''
 
 
@@ -580,12 +593,13 @@ def separable(attrs: Mapping[str, Any], shared: bool = False):
         tap=PHASE_TAP, flat_statements=epilogue_code(mid, "v", "channel", "", 8, alpha="MID_ALPHA"))
     band += DEPTHWISE_BAND
     if shared:
-        epilogue = epilogue_loop(attrs, "out[img, oc, p0:p1]", "res[img, oc, p0:p1]", "p1 - p0", "oc", 20)
-        body = band + SEPARABLE_SHARED.format(epilogue=epilogue)
+        body = band + SEPARABLE_SHARED.format(product=_tiled_product(attrs, "pointwise_weight", "mid[:, p0:p1]"))
     else:
-        epilogue = epilogue_loop(attrs, "out[img, oc, r0 * ow: r1 * ow]", "res[img, oc, r0 * ow: r1 * ow]", "pixels",
-                                 "oc", 16)
-        body = band + SEPARABLE.format(epilogue=epilogue)
+        body = band + SEPARABLE.format(product=product(
+            attrs, ("pointwise_weight", "0", "o", "mid[:, :pixels]", "out[img, :, r0 * ow: r1 * ow]"), "0",
+            "res[img, :, r0 * ow: r1 * ow]", ["for oc in range(o):"],
+            epilogue_loop(attrs, "out[img, oc, r0 * ow: r1 * ow]", "res[img, oc, r0 * ow: r1 * ow]", "pixels", "oc",
+                          4)))
     constants = {**_window_constants(attrs), **epilogue_constants(attrs),
                  **activation_constants(attrs["mid_act"], attrs, "mid_")}
     return render("separable_conv2d_shared" if shared else "separable_conv2d", body, **constants)
