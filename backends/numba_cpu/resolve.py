@@ -15,7 +15,9 @@ pass the machine's matmul rate; PyTorch 2.13 eager on the same layer in brackets
 
 - 3x3, stride 1, dilation 1, no groups: Winograd. F(4x4, 3x3) from 21x21 maps up, F(2x2, 3x3) below (its
   tiles fit small maps better and its matrix products are less thin). With fewer than 16 input channels the
-  transforms outweigh the saving; below 5x5 maps, im2col.
+  transforms outweigh the saving; below 8x8 maps, im2col. (With numba-cpu's own GEMM, `cnncomp tune resnet50` on
+  the 2-core Intel Xeon of 2026-12: 512 @ 7 im2col 1.56 / 1.72 ms against F(2x2) 1.76 / 1.87 ms in two runs;
+  256 @ 14 stays F(2x2), 0.66 against im2col 1.16.)
 - 1x1, stride 1, no padding: a plain matrix product; nothing to gather.
 - Few channels per group (depthwise convs): the direct kernel (for one channel per group, the vectorized
   depthwise kernel), since per group a K x pixels matrix of a handful of rows times a handful of filters makes
@@ -38,7 +40,7 @@ from cnncomp.ops.conv import is_pointwise
 WINOGRAD_TILE = {"winograd2": 2, "winograd4": 4}
 DIRECT_MAX_CHANNELS_PER_GROUP = 4
 WINOGRAD_MIN_CHANNELS = 16
-WINOGRAD_MIN_OUTPUT_SIDE = 5
+WINOGRAD_MIN_OUTPUT_SIDE = 8
 WINOGRAD_4X4_MIN_OUTPUT_SIDE = 21
 
 
