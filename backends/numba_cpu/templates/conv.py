@@ -489,7 +489,9 @@ def kernel(x, gate, weight, bias, scale, shift, res, out, gated_weight, pixels_p
     for img in range(n):
         for p in prange(weight.shape[0]):
             for ci in range(c):
-                gated_weight[p, ci] = weight[p, ci] * gate[img, ci, 0]
+                g = gate[img, ci, 0]
+                for r in range(weight.shape[2]):  # element by element: a slice per (p, ci) cost more than the product
+                    gated_weight[p, ci, r] = weight[p, ci, r] * g
         for t in prange(workers):
             panel = column_panel()
             for job in range(t * jobs // workers, (t + 1) * jobs // workers):
