@@ -16,6 +16,9 @@ threads.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import llvmlite.binding
 import numpy as np
 from numba import cfunc, njit, types
@@ -45,7 +48,8 @@ MC = 256
 # activations are applied by the kernel afterwards, with bias, affine and residual (`fused_epilogue`).
 BIAS, AFFINE, RESIDUAL = 1, 2, 4
 ACTIVATION_SHIFT = 8
-ACTIVATION_CODES = {None: 0, "relu": 1, "relu6": 2, "leaky_relu": 3}
+RELU, RELU6, LEAKY_RELU = 1, 2, 3
+ACTIVATION_CODES = {None: 0, "relu": RELU, "relu6": RELU6, "leaky_relu": LEAKY_RELU}
 
 
 def pack(weight: np.ndarray) -> np.ndarray:
@@ -64,26 +68,30 @@ def column_panel() -> np.ndarray:
 
 
 @njit(nogil=True, cache=True, inline="always")
+def _load_part(array, start, cols):
+    """The first `cols` (up to 16; more reads 16) floats of array.flat[start:], zeros after them."""
+    return load(array, start) if cols >= 16 else load_first(array, start, cols)
+
+
+@njit(nogil=True, cache=True, inline="always")
 def _finish(c, start, v, cols, accumulate, flags, bias, scale, shift, channel, res, res_start, alpha):
     """The first `cols` (up to 16) floats of c.flat[start:] = v, plus their old values where `accumulate`, then
     the epilogue `flags` with output channel `channel`'s bias and affine and res.flat[res_start:]."""
-    if cols >= 16:
-        if accumulate:
-            v = add(v, load(c, start))
-    elif accumulate:
-        v = add(v, load_first(c, start, cols))
+    if accumulate:
+        v = add(v, _load_part(c, start, cols))
     if flags & BIAS:
         v = add(v, broadcast(bias, channel))
     if flags & AFFINE:
         v = fma(v, broadcast(scale, channel), broadcast(shift, channel))
     if flags & RESIDUAL:
-        v = add(v, load(res, res_start) if cols >= 16 else load_first(res, res_start, cols))
+        v = add(v, _load_part(res, res_start, cols))
     activation = flags >> ACTIVATION_SHIFT
-    if activation == 1:
+    if activation == RELU:
         v = replace_below(v, zeros(), zeros())
-    elif activation == 2:
-        v = replace_above(replace_below(v, zeros(), zeros()), splat(np.float32(6.0)), splat(np.float32(6.0)))
-    elif activation == 3:
+    elif activation == RELU6:
+        six = splat(np.float32(6.0))
+        v = replace_above(replace_below(v, zeros(), zeros()), six, six)
+    elif activation == LEAKY_RELU:
         v = replace_below(v, zeros(), mul(v, splat(alpha)))
     if cols >= 16:
         store(c, start, v)
@@ -218,7 +226,7 @@ _packed_gemm_symbol = types.ExternalFunction("cnncomp_packed_gemm", types.void(
     types.intp, types.float32))
 
 
-def fused_epilogue(attrs) -> bool:
+def fused_epilogue(attrs: Mapping[str, Any]) -> bool:
     """Whether `packed_gemm_epilogue` applies a conv's whole epilogue (its activation is one it knows)."""
     return attrs.get("act") in ACTIVATION_CODES
 
@@ -248,6 +256,5 @@ def packed_gemm_epilogue(packed: np.ndarray, row0: int, rows: int, b: np.ndarray
 @njit(nogil=True, cache=True)
 def packed_gemm(packed: np.ndarray, row0: int, rows: int, b: np.ndarray, c: np.ndarray, panel: np.ndarray) -> None:
     """c = A[row0: row0 + rows] @ b: `packed_gemm_epilogue` without an epilogue."""
-    _packed_gemm_symbol(packed.ctypes, row0 // MR, b.shape[0], rows, b.ctypes, b.strides[0] // 4, b.shape[1],
-                        c.ctypes, c.strides[0] // 4, panel.ctypes, 0, panel.ctypes, panel.ctypes, panel.ctypes, 0,
-                        panel.ctypes, 0, np.float32(0.0))
+    nothing = panel[:0]
+    packed_gemm_epilogue(packed, row0, rows, b, c, panel, 0, nothing, nothing, nothing, c, False, 0, 0.0)
