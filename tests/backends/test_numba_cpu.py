@@ -142,6 +142,25 @@ def test_im2col_whole_image_split_over_output_channels(monkeypatch, attrs):
     assert [step.kernel.family for step in executable.steps] == ["conv2d_im2col_whole"]
 
 
+@pytest.mark.parametrize("batch", [1, 3, 20])
+@pytest.mark.parametrize("attrs, kernel_family", [
+    (dict(out_channels=40, kernel=(5, 4), residual=True, act="relu"), None),
+    (dict(out_channels=12, kernel=(5, 4), stride=3, affine=True, act="silu"), None),
+    (dict(out_channels=12, kernel=(5, 4), padding=1), "conv2d_im2col"),
+    (dict(out_channels=12, kernel=(3, 2), dilation=(2, 3)), "conv2d_im2col"),
+])
+def test_a_conv_whose_window_is_the_whole_map_runs_as_a_dense_layer(batch, attrs, kernel_family):
+    """One unpadded, undilated window over the whole input (LeNet-5's c5) is a dense layer: the dense kernels
+    (rows up to 16 images, BLAS above), with the conv's epilogue; padding or dilation keeps the GEMM."""
+    shapes = [(batch, 6, 5, 4)]
+    if attrs.get("residual"):
+        shapes.append((batch, 40, 1, 1))
+    executable = assert_same_as_reference(random_op_graph("conv2d", shapes, attrs), numba_cpu,
+                                          options={"conv2d_algorithms": {"y": "im2col"}})
+    expected = kernel_family or ("dense_rows" if batch <= lowering.DENSE_ROWS_MAX_BATCH else "dense")
+    assert [step.kernel.family for step in executable.steps] == [expected]
+
+
 def test_an_algorithm_that_cannot_compute_a_conv_is_refused():
     graph = random_op_graph("conv2d", [(1, 4, 8, 8)], dict(out_channels=4, kernel=3, stride=2))
     with pytest.raises(GraphError, match="algorithm 'winograd4' cannot compute this convolution; possible: direct"):
