@@ -3,6 +3,7 @@ dask.distributed is installed (the `dask` extra)."""
 
 from __future__ import annotations
 
+import logging
 import signal
 import threading
 from collections.abc import Mapping
@@ -52,5 +53,8 @@ def run_batch_on_worker(plugin_name: str, entries: list, batch: int) -> list:
 def dask_setup(worker: Any) -> None:
     """Preloaded into the worker processes of the LocalCluster `cnncomp run --workers` starts: Ctrl-C reaches
     the whole process group, and the client, which stops the cluster, is the one to handle it (each worker would
-    print a traceback)."""
+    print a traceback). The client also reports whatever fails on these workers (a task's error comes back with
+    its batch, a lost worker as an error of the run), so their own logs stay quiet: at shutdown a worker whose
+    heartbeat races the scheduler's close logs a traceback on the user's terminal."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    logging.getLogger("distributed").setLevel(logging.CRITICAL)
