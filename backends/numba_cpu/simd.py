@@ -1,4 +1,5 @@
-"""Sixteen-float vectors for Numba kernels: a type and the few operations a GEMM micro-kernel needs.
+"""Sixteen-float vectors for Numba kernels: a type, the few operations a GEMM micro-kernel needs, and the strided
+row copies that gather a convolution's inputs (im2col, phase planes).
 
 LLVM's loop vectorizer follows the CPU's preferred vector width (256 bits on Intel server cores with AVX-512), but
 vectors written out in the IR are lowered at their own width: these are one zmm register each where the CPU has
@@ -9,7 +10,7 @@ view) or pointer given, with no bounds check and no negative-index wrap-around: 
 from __future__ import annotations
 
 from llvmlite import ir
-from numba import types
+from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic, models, register_model
 
@@ -129,6 +130,15 @@ def store_first(typingctx, array, index, vector, count):
 
 
 @intrinsic
+def even_lanes(typingctx, a, b):
+    """Lanes 0, 2, .., 14 of a, then those of b: every other float of the 32 that a and b hold."""
+    def codegen(context, builder, signature, args):
+        return builder.shuffle_vector(args[0], args[1],
+                                      ir.Constant(ir.VectorType(ir.IntType(32), LANES), list(range(0, 2 * LANES, 2))))
+    return float32x16(a, b), codegen
+
+
+@intrinsic
 def broadcast(typingctx, array, index):
     """array.flat[index] in every lane."""
     if not _float32_array(array):
@@ -188,3 +198,49 @@ def replace_above(typingctx, a, limit, replacement):
     def codegen(context, builder, signature, args):
         return builder.select(builder.fcmp_ordered(">", args[0], args[1]), args[2], args[0])
     return float32x16(a, limit, replacement), codegen
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _load_strided(src, start, stride, count):
+    """src.flat[start + stride * l] for lanes l < count (1 to 16), zeros in the others; reads nothing beyond
+    src.flat[start + stride * (count - 1)]. Strides 2 and 4 load the contiguous span and keep every other lane,
+    once or twice."""
+    if stride == 1:
+        return load(src, start) if count >= 16 else load_first(src, start, count)
+    span = stride * (count - 1) + 1
+    if stride == 2:
+        return even_lanes(load_first(src, start, min(16, span)), load_first(src, start + 16, max(0, span - 16)))
+    low = even_lanes(load_first(src, start, min(16, span)), load_first(src, start + 16, max(0, min(16, span - 16))))
+    high = even_lanes(load_first(src, start + 32, max(0, min(16, span - 32))),
+                      load_first(src, start + 48, max(0, span - 48)))
+    return even_lanes(low, high)
+
+
+@njit(nogil=True, cache=True)
+def copy_strided(src, start, stride, dst, dst_start, count):
+    """dst[dst_start + l] = src[start + stride * l] for l < count, on 1-D views with unit stride (or pointers):
+    vector loads and stores for strides 1, 2 and 4 (a stride-2 copy as a scalar loop took 2 to 3 cycles a float),
+    a scalar loop for others."""
+    if stride != 1 and stride != 2 and stride != 4:
+        for lane in range(count):
+            dst[dst_start + lane] = src[start + stride * lane]
+        return
+    for l0 in range(0, count, LANES):
+        n = min(LANES, count - l0)
+        v = _load_strided(src, start + stride * l0, stride, n)
+        if n == LANES:
+            store(dst, dst_start + l0, v)
+        else:
+            store_first(dst, dst_start + l0, v, n)
+
+
+@njit(nogil=True, cache=True)
+def fill(dst, start, count, value):
+    """dst[start: start + count] = value (float32), on a 1-D view with unit stride (or a pointer)."""
+    v = splat(value)
+    for l0 in range(0, count, LANES):
+        n = min(LANES, count - l0)
+        if n == LANES:
+            store(dst, start + l0, v)
+        else:
+            store_first(dst, start + l0, v, n)

@@ -29,6 +29,7 @@ from numba import njit, prange
 from backends.numba_cpu.blas import gemm, gemm_scratch, gemm_tile
 from backends.numba_cpu.gemm import column_panel, packed_gemm, packed_gemm_epilogue
 from backends.numba_cpu.mathlib import fast_exp, fast_tanh
+from backends.numba_cpu.simd import copy_strided, fill
 '''
 
 
@@ -117,11 +118,11 @@ def epilogue_args(params: Mapping[str, np.ndarray], attrs: Mapping[str, Any]) ->
 # wraparound, which turned the loads into gathers. Needs the window constants KH, KW, SH, SW, DH, DW, PT, PL.
 PHASE_PLANES = '''
 @njit(nogil=True, fastmath=FASTMATH, cache=True, error_model="numpy")
-def load_phases(plane, phases, pw, top, rows, fill):
-    """The phase planes of padded rows top .. top + rows - 1 of the input `plane` (`fill` outside it):
+def load_phases(plane, phases, pw, top, rows, outside):
+    """The phase planes of padded rows top .. top + rows - 1 of the input `plane` (`outside` outside it):
     phases[a * SW + b, u * pw + v] holds padded row top + SH * u + a, column SW * v + b."""
     h, w = plane.shape
-    phases[:, :] = fill
+    phases[:, :] = outside
     for local in range(rows):
         ih = top + local - PT
         if ih < 0 or ih >= h:
@@ -130,12 +131,11 @@ def load_phases(plane, phases, pw, top, rows, fill):
         base = (local // SH) * pw
         src = plane[ih]
         for b in range(SW):
-            dst = phases[a * SW + b]
             # padded column SW * v + b is input column SW * v + b - PL
             v0 = max(0, -(-(PL - b) // SW))
             v1 = min(pw, (w - 1 + PL - b) // SW + 1)
-            for v in range(v0, v1):
-                dst[np.uint64(base + v)] = src[np.uint64(SW * v + b - PL)]
+            if v1 > v0:
+                copy_strided(src, SW * v0 + b - PL, SW, phases[a * SW + b], base + v0, v1 - v0)
 
 
 '''

@@ -139,29 +139,25 @@ def depthwise(attrs: Mapping[str, Any]):
 IM2COL_GATHER = '''
 @njit(nogil=True, cache=True, error_model="numpy")
 def im2col(x, img, c0, cg, cols, r0, r1, ow):
-    """cols[k, p]: the input under tap k = (channel, i, j) for output pixel p of rows r0..r1 (zero padding).
-    Plain index loops: a slice per row costs more than the row's copy on small maps (LeNet's last conv)."""
+    """cols[k, p]: the input under tap k = (channel, i, j) for output pixel p of rows r0..r1 (zero padding), a
+    row segment at a time by vector copies (strided for strided convs)."""
     h, w = x.shape[2], x.shape[3]
+    zero = np.float32(0.0)
     for ci in range(cg):
         for i in range(KH):
             for j in range(KW):
                 k = (ci * KH + i) * KW + j
-                q_lo = max(0, (PL - j * DW + SW - 1) // SW)
+                q_lo = min(ow, max(0, (PL - j * DW + SW - 1) // SW))
                 q_hi = max(q_lo, min(ow, (w - 1 + PL - j * DW) // SW + 1))
                 for r in range(r0, r1):
                     ih = r * SH - PT + i * DH
-                    base = (r - r0) * ow
+                    row = cols[k, (r - r0) * ow: (r - r0 + 1) * ow]
                     if ih < 0 or ih >= h:
-                        for q in range(ow):
-                            cols[k, base + q] = 0.0
+                        fill(row, 0, ow, zero)
                         continue
-                    for q in range(q_lo):
-                        cols[k, base + q] = 0.0
-                    offset = j * DW - PL
-                    for q in range(q_lo, q_hi):
-                        cols[k, base + q] = x[img, c0 + ci, ih, q * SW + offset]
-                    for q in range(q_hi, ow):
-                        cols[k, base + q] = 0.0
+                    fill(row, 0, q_lo, zero)
+                    copy_strided(x[img, c0 + ci, ih], q_lo * SW + j * DW - PL, SW, row, q_lo, q_hi - q_lo)
+                    fill(row, q_hi, ow - q_hi, zero)
 '''
 
 IM2COL_TILES = '''
