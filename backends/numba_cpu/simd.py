@@ -139,6 +139,23 @@ def even_lanes(typingctx, a, b):
 
 
 @intrinsic
+def prefetch(typingctx, array, index):
+    """Ask for the cache line of array.flat[index] ahead of its use (a hint: no fault, nothing read back)."""
+    if not _float32_array(array):
+        return None
+    def codegen(context, builder, signature, args):
+        address = builder.bitcast(_address(context, builder, signature.args[0], *args), ir.IntType(8).as_pointer())
+        hint = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [ir.IntType(8).as_pointer(), ir.IntType(32),
+                                                            ir.IntType(32), ir.IntType(32)]), "llvm.prefetch.p0i8")
+        # a read, kept in every level of the cache (locality 3), of data (cache type 1)
+        builder.call(hint, [address, ir.Constant(ir.IntType(32), 0), ir.Constant(ir.IntType(32), 3),
+                            ir.Constant(ir.IntType(32), 1)])
+        return context.get_dummy_value()
+    return types.void(array, index), codegen
+
+
+@intrinsic
 def broadcast(typingctx, array, index):
     """array.flat[index] in every lane."""
     if not _float32_array(array):
