@@ -12,8 +12,8 @@ L2; that block stays in L2 across every column panel. Reading the operand's rows
 stride, measured 10-15% slower. Columns left at the right edge take a one-vector micro-kernel where 16 or fewer
 remain; stores at the edges are masked. Each micro-kernel prefetches the weights of the next panel as it goes: in a
 model the weights of a layer come from memory, not cache (a 4 MB weight on a 7x7 map, 24 such weights taking turns:
-1.14 -> 0.92 ms a product; ResNet-50's kernels 37.8 -> 34.0 ms). Each call runs on the calling thread: kernels split the work between
-threads.
+1.14 -> 0.92 ms a product; ResNet-50's kernels 37.8 -> 34.0 ms). Each call runs on the calling thread: kernels
+split the work between threads.
 """
 
 from __future__ import annotations

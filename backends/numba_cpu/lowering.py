@@ -34,6 +34,11 @@ MIN_IM2COL_PIXELS = 256
 # (ResNet-50 at batch 1, both tilings in one process: 66.6 -> 62.1 ms; ResNet-152 169.7 -> 151.5 ms; pixel
 # tiles stay better for 64 filters over 56x56 maps).
 MIN_GEMM_SHARE_ROWS = 64
+# But maps of at least this many pixels split 1x1 convs by pixel tiles whatever their channels: each thread then
+# reads only its pixels of the input, written by the layer before, and of the residual (own GEMM, ResNet-50 at
+# batch 1, alternating runs: layer1's 64 -> 256 convs on 56x56 maps 0.80 -> 0.67 ms, layer2's 512 -> 128 on 28x28
+# 0.43 -> 0.37; layer3's 14x14 maps were slower so: 0.40 -> 0.43).
+MIN_PIXEL_SPLIT_PIXELS = 512
 # An image's whole im2col matrix, gathered once and shared by the threads, while it takes at most this.
 IM2COL_WHOLE_BYTES = 8 << 20
 MIN_WINOGRAD_TILES = 128
@@ -117,13 +122,13 @@ def channel_share(m: int, threads: int) -> int:
 
 
 def gemm_tiles(k: int, m: int, pixels: int, threads: int) -> tuple[int, int]:
-    """(pixels, output channels) per job of the (m x k) @ (k x pixels) product of each image. Where each
-    thread's share of the output channels has at least MIN_GEMM_SHARE_ROWS rows, or the map is under 128 pixels,
-    the threads split the output channels (each streams its share of the weights once, over every pixel);
-    otherwise pixel tiles whose operand and result take about half a core's L2 cache, as many per image as a
-    multiple of the thread count (equal shares), starts aligned to 16 floats."""
+    """(pixels, output channels) per job of the (m x k) @ (k x pixels) product of each image. Where the map is
+    under 128 pixels, or under MIN_PIXEL_SPLIT_PIXELS with each thread's share of the output channels at least
+    MIN_GEMM_SHARE_ROWS rows, the threads split the output channels (each streams its share of the weights once,
+    over every pixel); otherwise pixel tiles whose operand and result take about half a core's L2 cache, as many
+    per image as a multiple of the thread count (equal shares), starts aligned to 16 floats."""
     share = channel_share(m, threads)
-    if pixels < 128 or share >= MIN_GEMM_SHARE_ROWS:
+    if pixels < 128 or (share >= MIN_GEMM_SHARE_ROWS and pixels < MIN_PIXEL_SPLIT_PIXELS):
         return pixels, share
     tiles = -(-pixels // max(64, TILE_BYTES // (4 * (k + m))))
     tiles = -(-tiles // threads) * threads
