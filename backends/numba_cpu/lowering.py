@@ -17,7 +17,14 @@ from backends.numba_common import lowering_of, lowering_table
 from backends.numba_cpu import gemm, resolve
 from backends.numba_cpu.kernels import KernelSource
 from backends.numba_cpu.templates import conv, layers, pool, tensor
-from backends.numba_cpu.templates.common import EMPTY, KernelCall, Scratch, epilogue_args, phase_scratch
+from backends.numba_cpu.templates.common import (
+    EMPTY,
+    THREAD_GAP,
+    KernelCall,
+    Scratch,
+    epilogue_args,
+    phase_scratch,
+)
 from cnncomp.errors import GraphError
 from cnncomp.ir import Graph, Node
 from cnncomp.ops import get_op
@@ -270,10 +277,8 @@ def lower_depthwise_conv2d(node: Node, ctx: LoweringContext) -> list[KernelCall]
 def _depthwise(node: Node, ctx: LoweringContext) -> list[KernelCall]:
     """One input channel per group: the vectorized depthwise kernel (`conv.depthwise`)."""
     params, attrs = ctx.params(node), node.attrs
-    oh, ow = node.shape[2:]
-    pw, flat, phases, acc = phase_scratch(attrs, ctx.graph.node(node.inputs[0]).shape[3], oh, ow)
     args = (ctx.value(node.inputs[0]), params["weight"], *epilogue_args(params, attrs), _residual(ctx, node, False),
-            ctx.value(node.name), Scratch((ctx.threads, *phases)), Scratch((ctx.threads, acc)), pw, flat)
+            ctx.value(node.name), Scratch((ctx.threads, node.shape[2] * node.shape[3] + THREAD_GAP)))
     return [KernelCall(conv.depthwise(attrs), args, node.name)]
 
 
@@ -304,15 +309,14 @@ def lower_separable_conv2d(node: Node, ctx: LoweringContext) -> list[KernelCall]
     shared = -(-oh // rows_per_tile) * node.shape[0] < 2 * ctx.threads
     if shared:
         rows_per_tile = oh
-    pw, flat, phases, acc = phase_scratch(attrs, ctx.graph.node(node.inputs[0]).shape[3], rows_per_tile, ow)
     args = (ctx.value(node.inputs[0]), params["depthwise_weight"], params.get("mid_bias", EMPTY),
             gemm.pack(params["pointwise_weight"]), *epilogue_args(params, attrs), _residual(ctx, node, True),
             ctx.rows(node.name))
-    band = (Scratch((ctx.threads, *phases)), Scratch((ctx.threads, acc)), pw, flat)
     if shared:
-        args += (Scratch((mid_channels, oh * ow)), *band, *gemm_tiles(mid_channels, o, oh * ow, ctx.threads), oh, ow)
+        args += (Scratch((mid_channels, oh * ow)), ctx.threads, *gemm_tiles(mid_channels, o, oh * ow, ctx.threads),
+                 oh, ow)
     else:
-        args += (Scratch((ctx.threads, mid_channels, rows_per_tile * ow)), *band, rows_per_tile, oh, ow)
+        args += (Scratch((ctx.threads, mid_channels, rows_per_tile * ow)), rows_per_tile, oh, ow)
     return [KernelCall(conv.separable(attrs, shared), args, node.name)]
 
 

@@ -17,7 +17,7 @@ from numba.extending import intrinsic, models, register_model
 LANES = 16
 _FLOAT = ir.FloatType()
 _VECTOR = ir.VectorType(_FLOAT, LANES)
-_LANE_INDEX = ir.VectorType(ir.IntType(64), LANES)
+_LANE_INDEX = ir.VectorType(ir.IntType(32), LANES)
 _MASK = ir.VectorType(ir.IntType(1), LANES)
 
 
@@ -33,6 +33,20 @@ float32x16 = Float32x16()
 class _Float32x16Model(models.PrimitiveModel):
     def __init__(self, dmm, fe_type) -> None:
         super().__init__(dmm, fe_type, _VECTOR)
+
+
+class LaneMask(types.Type):
+    def __init__(self) -> None:
+        super().__init__(name="lane_mask16")
+
+
+lane_mask16 = LaneMask()
+
+
+@register_model(LaneMask)
+class _LaneMaskModel(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type) -> None:
+        super().__init__(dmm, fe_type, _MASK)
 
 
 def _float32_array(array) -> bool:
@@ -59,8 +73,8 @@ def _splat(builder, value):
 
 
 def _first_lanes(context, builder, count_type, count):
-    """The mask of lanes 0 .. count-1."""
-    count = context.cast(builder, count, count_type, types.int64)
+    """The mask of lanes 0 .. count-1 (count: any integer in int32's range; 32-bit lanes make one compare)."""
+    count = context.cast(builder, count, count_type, types.int32)
     splat = builder.insert_element(ir.Constant(_LANE_INDEX, ir.Undefined), count, ir.Constant(ir.IntType(32), 0))
     splat = builder.shuffle_vector(splat, ir.Constant(_LANE_INDEX, ir.Undefined),
                                    ir.Constant(ir.VectorType(ir.IntType(32), LANES), [0] * LANES))
@@ -100,6 +114,55 @@ def load_first(typingctx, array, index, count):
                                           _first_lanes(context, builder, signature.args[2], args[2]),
                                           ir.Constant(_VECTOR, [0.0] * LANES)])
     return float32x16(array, index, count), codegen
+
+
+def _lane_range(context, builder, lo_type, lo, hi_type, hi):
+    """The mask of lanes lo .. hi-1."""
+    above = _first_lanes(context, builder, lo_type, lo)
+    below = _first_lanes(context, builder, hi_type, hi)
+    return builder.and_(below, builder.not_(above))
+
+
+@intrinsic
+def load_range(typingctx, array, index, lo, hi, fill):
+    """Lane l: array.flat[index + l] where lo <= l < hi, else `fill` (float32); reads nothing outside those lanes,
+    so index + l may lie outside the array for the others (a row's padding)."""
+    if not _float32_array(array) or fill != types.float32:
+        return None
+    def codegen(context, builder, signature, args):
+        masked_load = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(_VECTOR, [_VECTOR.as_pointer(), ir.IntType(32), _MASK, _VECTOR]),
+            "llvm.masked.load.v16f32.p0v16f32")
+        return builder.call(masked_load, [_vector_address(context, builder, signature.args[0], args[0], args[1]),
+                                          ir.Constant(ir.IntType(32), 4),
+                                          _lane_range(context, builder, signature.args[2], args[2],
+                                                      signature.args[3], args[3]),
+                                          _splat(builder, args[4])])
+    return float32x16(array, index, lo, hi, fill), codegen
+
+
+@intrinsic
+def lane_range(typingctx, lo, hi):
+    """The mask of lanes lo .. hi-1, made once for many `load_masked` (a mask made per load cost more than the
+    load)."""
+    def codegen(context, builder, signature, args):
+        return _lane_range(context, builder, signature.args[0], args[0], signature.args[1], args[1])
+    return lane_mask16(lo, hi), codegen
+
+
+@intrinsic
+def load_masked(typingctx, array, index, mask, fill):
+    """Lane l: array.flat[index + l] where `mask` (lane_range) holds lane l, else `fill` (float32); reads nothing
+    for the other lanes."""
+    if not _float32_array(array) or fill != types.float32 or mask != lane_mask16:
+        return None
+    def codegen(context, builder, signature, args):
+        masked_load = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(_VECTOR, [_VECTOR.as_pointer(), ir.IntType(32), _MASK, _VECTOR]),
+            "llvm.masked.load.v16f32.p0v16f32")
+        return builder.call(masked_load, [_vector_address(context, builder, signature.args[0], args[0], args[1]),
+                                          ir.Constant(ir.IntType(32), 4), args[2], _splat(builder, args[3])])
+    return float32x16(array, index, mask, fill), codegen
 
 
 @intrinsic
@@ -202,6 +265,35 @@ def splat(typingctx, value):
 
 
 @intrinsic
+def insert(typingctx, vector, lane, value):
+    """vector with `value` (float32) in lane `lane`."""
+    if value != types.float32:
+        return None
+    def codegen(context, builder, signature, args):
+        lane = context.cast(builder, args[1], signature.args[1], types.int32)
+        return builder.insert_element(args[0], args[2], lane)
+    return float32x16(vector, lane, value), codegen
+
+
+@intrinsic
+def div(typingctx, a, b):
+    """a / b, lane by lane."""
+    def codegen(context, builder, signature, args):
+        return builder.fdiv(*args)
+    return float32x16(a, b), codegen
+
+
+@intrinsic
+def keep_max(typingctx, kept, value):
+    """value where value > kept or value is NaN, else kept, lane by lane: numpy's max, in which NaN wins."""
+    def codegen(context, builder, signature, args):
+        kept, value = args
+        take = builder.or_(builder.fcmp_ordered(">", value, kept), builder.fcmp_unordered("uno", value, value))
+        return builder.select(take, value, kept)
+    return float32x16(kept, value), codegen
+
+
+@intrinsic
 def replace_below(typingctx, a, limit, replacement):
     """replacement where a < limit, else a, lane by lane (an ordered comparison: NaN stays NaN)."""
     def codegen(context, builder, signature, args):
@@ -261,3 +353,37 @@ def fill(dst, start, count, value):
             store(dst, start + l0, v)
         else:
             store_first(dst, start + l0, v, n)
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _range_part(src, row, start, part, stride, lanes, w, fill):
+    """Raw elements part * 16 .. part * 16 + 15 from src.flat[row + start:]: those of the window's lanes that
+    lie in columns 0 .. w-1 of the row, `fill` for the others."""
+    first = part * LANES
+    lo = max(0, -(start + first))
+    hi = min(LANES, w - (start + first), stride * (lanes - 1) + 1 - first)
+    return load_range(src, row + start + first, lo, max(lo, hi), fill)
+
+
+@njit(nogil=True, cache=True, inline="always")
+def load_window(src, row, start, stride, lanes, w, fill):
+    """Lane l < lanes: src.flat[row + start + stride * l] where start + stride * l lies in 0 .. w-1 (a row of w
+    values from flat index `row`, unit stride), else `fill`; `fill` in lanes from `lanes` on. A window's taps
+    along a row, with the row's padding; strides 2 and 4 load the span and keep every other lane, once or twice.
+    The row is an offset, not a view: a view made per row costs calls that take longer than the loads."""
+    if stride == 1:
+        return _range_part(src, row, start, 0, 1, lanes, w, fill)
+    if stride == 2:
+        return even_lanes(_range_part(src, row, start, 0, 2, lanes, w, fill),
+                          _range_part(src, row, start, 1, 2, lanes, w, fill))
+    if stride == 4:
+        return even_lanes(even_lanes(_range_part(src, row, start, 0, 4, lanes, w, fill),
+                                     _range_part(src, row, start, 1, 4, lanes, w, fill)),
+                          even_lanes(_range_part(src, row, start, 2, 4, lanes, w, fill),
+                                     _range_part(src, row, start, 3, 4, lanes, w, fill)))
+    lo = min(lanes, max(0, -(start // stride)))
+    hi = max(lo, min(lanes, (w - 1 - start) // stride + 1))
+    v = splat(fill)
+    for lane in range(lo, hi):
+        v = insert(v, lane, src.flat[row + start + stride * lane])
+    return v

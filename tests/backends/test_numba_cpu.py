@@ -409,6 +409,18 @@ def test_depthwise_conv2d(attrs):
     assert_same_as_reference(random_op_graph("depthwise_conv2d", [(2, 6, 11, 9)], attrs), numba_cpu)
 
 
+@pytest.mark.parametrize("shape,attrs", [
+    ((1, 3, 38, 37), dict(kernel=3, stride=2, padding=1)),
+    ((1, 2, 23, 70), dict(kernel=5, stride=4, padding=(2, 1, 3, 0), act="relu6")),
+    ((2, 2, 18, 50), dict(kernel=3, stride=2, dilation=3, padding=(3, 3, 0, 2), multiplier=2)),
+    ((1, 2, 9, 33), dict(kernel=7, padding=3, act="silu")),
+])
+def test_depthwise_conv2d_on_rows_wider_than_a_vector(shape, attrs):
+    """Rows of several 16-float vectors, the last one short, padded on one side or both, strides 2 and 4 (loaded
+    as spans with every other lane kept), row counts that are not a multiple of the rows summed at once."""
+    assert_same_as_reference(random_op_graph("depthwise_conv2d", [shape], attrs), numba_cpu)
+
+
 @pytest.mark.parametrize("seed", range(24))
 def test_depthwise_over_drawn_shapes(seed):
     """The depthwise kernel over the kinds of shape the fuzzer draws: odd and even sizes down to 1, strides 1 to 3,

@@ -29,7 +29,19 @@ from numba import njit, prange
 from backends.numba_cpu.blas import gemm, gemm_scratch, gemm_tile
 from backends.numba_cpu.gemm import column_panel, packed_gemm, packed_gemm_epilogue
 from backends.numba_cpu.mathlib import fast_exp, fast_tanh
-from backends.numba_cpu.simd import copy_strided, fill
+from backends.numba_cpu.simd import (
+    add,
+    broadcast,
+    copy_strided,
+    even_lanes,
+    fill,
+    fma,
+    lane_range,
+    load_masked,
+    load_window,
+    store_first,
+    zeros,
+)
 '''
 
 

@@ -1,10 +1,10 @@
 """Convolution kernels. Four algorithms, chosen per layer by `backends.numba_cpu.resolve`:
 
 - `direct`: each output summed over its taps in a register; for few channels per group. With one (depthwise
-  convs), each output plane is one flat vector loop over the input's phase planes (`depthwise`); with 2 to 4, per
-  pixel from zero-padded copies of the group's input planes.
+  convs), 16 outputs of a row at a time in a vector, each tap's inputs one masked vector load (`depthwise`); with 2
+  to 4, per pixel from zero-padded copies of the group's input planes.
 - `im2col`: a band of output rows at a time, the receptive fields copied into a K x pixels matrix and multiplied
-  by the weights with BLAS, the epilogue applied while the band is in cache; or, for batches that leave threads
+  by the weights (gemm.py), the epilogue applied while the band is in cache; or, for batches that leave threads
   idle, the image's whole matrix gathered by all threads and multiplied in tiles of output channels.
 - `pointwise`: a 1x1 convolution with stride 1 and no padding is a matrix product W (O x C) @ X (C x pixels).
 - `winograd`: 3x3, stride 1: Winograd's F(m x m, 3x3) computes each m x m output tile with (m+2)^2 instead of
@@ -28,11 +28,8 @@ import numpy as np
 from backends.numba_common import activation_constants, epilogue_constants
 from backends.numba_cpu import gemm
 from backends.numba_cpu.templates.common import (
-    PHASE_PLANES,
-    PHASE_TAP,
     epilogue_code,
     epilogue_loop,
-    plane_jobs,
     render,
 )
 
@@ -87,53 +84,119 @@ def direct(attrs: Mapping[str, Any], channels_per_group: int):
                   **epilogue_constants(attrs))
 
 
-# Depthwise convs (one input channel per group) compute a whole output plane as one long vector loop over the
-# input's phase planes (common.PHASE_PLANES, zero-padded): each output sums its taps in a register along the flat
-# index, which vectorizes however narrow the map (the per-pixel loops of `direct` ran as scalars on 7x7 and 14x14
-# maps: 0.13 against 0.05 ms for 960 channels at 7x7).
-DEPTHWISE_FLAT = '''
-@njit(nogil=True, fastmath=FASTMATH, cache=True, error_model="numpy")
-def depthwise_flat(phases, taps, acc, pw, bias, scale, shift, channel):
-    """acc[r * pw + q] = output (r, q) of channel `channel` (taps: KH x KW) for every flat index of acc, with
-    the epilogue that needs no residual (bias, scale, shift: its arrays) applied in the same vector loop (a
-    scalar silu on the rows of a 7x7 map took longer than the convolution)."""
-    for f in range(acc.shape[0]):
-        v = np.float32(0.0)
-        for i in range(KH):
-            for j in range(KW):
-                v += taps[i, j] * {tap}
-{flat_statements}
-        acc[f] = v
-'''
+# Depthwise convs (one input channel per group) compute 16 outputs of a row at a time in a vector register, each
+# tap's inputs one vector load (for stride 2 or 4, the span loaded and every other lane kept) with the padding
+# masked off, then the epilogue along the finished rows. `depthwise_rows` is generated per kernel shape, all taps
+# written out: the loads' masks are made once per 16 columns (a mask made per load cost more than the load), and
+# DEPTHWISE_GROUP rows are summed at once, each in two sums (one chain of dependent FMAs ran at a quarter of the
+# core's rate: 2.3 cycles an output on a 3x3 stride-2 conv). Before, zero-padded phase planes of each input plane
+# and one flat vector loop over them; filling and copying the planes took most of the time.
+DEPTHWISE_GROUP = 4
 
 
-DEPTHWISE_PER_PLANE = '''
+def _depthwise_rows(attrs: Mapping[str, Any]) -> str:
+    """The source of depthwise_rows(plane, taps, out, r0, rows, ow): out.flat[(r - r0) * ow + q] = sum over taps
+    (i, j) of taps[i, j] * plane[r * SH - PT + i * DH, q * SW - PL + j * DW] (zero outside the plane), for output
+    rows r0 .. r0 + rows - 1 and columns q < ow."""
+    (kh, kw), (sh, sw), (dh, dw) = attrs["kernel"], attrs["stride"], attrs["dilation"]
+    top, _, left, _ = attrs["padding"]
+    parts = sw if sw in (1, 2, 4) else 0  # raw 16-float parts a window's load takes; 0: lane by lane
+    lines = ["@njit(nogil=True, fastmath=FASTMATH, cache=True, error_model=\"numpy\")",
+             "def depthwise_rows(plane, taps, out, r0, rows, ow):",
+             '    """Generated: see templates/conv.py, _depthwise_rows."""',
+             "    h, w = plane.shape",
+             "    pitch = plane.strides[0] // 4",
+             "    r_end = r0 + rows",
+             "    zero = np.float32(0.0)",
+             "    for q0 in range(0, ow, 16):",
+             "        lanes = min(16, ow - q0)",
+             f"        span = {sw} * (lanes - 1) + 1"]
+    for j in range(kw):
+        lines.append(f"        start{j} = q0 * {sw} - {left} + {j * dw}")
+        for p in range(parts):
+            first = f"start{j} + {16 * p}"
+            lines.append(f"        mask{j}_{p} = lane_range(max(0, -({first})), max(0, min(16, w - ({first}), "
+                         f"span - {16 * p})))")
+    lines.append(f"        for r in range(r0, r_end, {DEPTHWISE_GROUP}):")
+    for k in range(DEPTHWISE_GROUP):
+        lines += [f"            sum{k}_0 = zeros()", f"            sum{k}_1 = zeros()"]
+    for i in range(kh):
+        for k in range(DEPTHWISE_GROUP):
+            row = f"r * {sh} + {k * sh + i * dh - top}"
+            lines.append(f"            ih = {row}")
+            lines.append(f"            if ih >= 0 and ih < h{f' and r + {k} < r_end' if k else ''}:")
+            lines.append("                at = ih * pitch")
+            for j in range(kw):
+                if parts == 1:
+                    window = f"load_masked(plane, at + start{j}, mask{j}_0, zero)"
+                elif parts == 2:
+                    window = (f"even_lanes(load_masked(plane, at + start{j}, mask{j}_0, zero), "
+                              f"load_masked(plane, at + start{j} + 16, mask{j}_1, zero))")
+                elif parts == 4:
+                    window = ("even_lanes(even_lanes("
+                              f"load_masked(plane, at + start{j}, mask{j}_0, zero), "
+                              f"load_masked(plane, at + start{j} + 16, mask{j}_1, zero)), even_lanes("
+                              f"load_masked(plane, at + start{j} + 32, mask{j}_2, zero), "
+                              f"load_masked(plane, at + start{j} + 48, mask{j}_3, zero)))")
+                else:
+                    window = f"load_window(plane, at, start{j}, {sw}, lanes, w, zero)"
+                chain = (i * kw + j) % 2
+                lines.append(f"                sum{k}_{chain} = fma({window}, broadcast(taps, {i * kw + j}), "
+                             f"sum{k}_{chain})")
+    lines.append("            base = (r - r0) * ow + q0")
+    for k in range(DEPTHWISE_GROUP):
+        indent = "            " if k == 0 else "                "
+        if k:
+            lines.append(f"            if r + {k} < r_end:")
+        lines.append(f"{indent}store_first(out, base + {k} * ow, add(sum{k}_0, sum{k}_1), lanes)")
+    return "\n".join(lines) + "\n"
+
+
+DEPTHWISE = '''
+@njit(parallel=True, nogil=True, fastmath=FASTMATH, cache=True, error_model="numpy")
+def kernel(x, weight, bias, scale, shift, res, out, acc_per_thread):
+    """Depthwise convolution (weight (C*M, 1, KH, KW)), one (image, input channel) per job, a run of consecutive
+    jobs per thread (the planes of a small map share cache lines with their neighbours): each of the channel's M
+    output planes by depthwise_rows into the thread's flat buffer, the epilogue that needs no residual along it in
+    one vector loop (a scalar silu on the rows of a 7x7 map took longer than the convolution), then its rows copied
+    out (with the residual, read at output positions, and the epilogue)."""
+    n, c = x.shape[0], x.shape[1]
+    o, oh, ow = out.shape[1], out.shape[2], out.shape[3]
+    threads = acc_per_thread.shape[0]
+    jobs = n * c
+    for t in prange(threads):
+        acc = acc_per_thread[t, :oh * ow]  # without the floats that keep threads apart
+        for job in range(t * jobs // threads, (t + 1) * jobs // threads):
+            img = job // c
+            g = job % c
             for oc in range(g * (o // c), (g + 1) * (o // c)):
-                depthwise_flat(phases, weight[oc, 0], acc, pw, bias, scale, shift, oc)
+                depthwise_rows(x[img, g], weight[oc, 0], acc, 0, oh, ow)
+                for f in range(oh * ow):
+                    v = acc[f]
+{flat_epilogue}
+                    acc[f] = v
                 for r in range(oh):
-                    acc_row = acc[r * pw: r * pw + ow]
+                    acc_row = acc[r * ow: (r + 1) * ow]
                     row = out[img, oc, r]
 {residual_row}
                     for p in range(ow):
                         v = acc_row[p]
 {epilogue}
-                        row[p] = v'''
+                        row[p] = v
+'''
 
 
 def depthwise(attrs: Mapping[str, Any]):
-    """The depthwise kernel (PLANE_JOBS with depthwise_flat). The epilogue runs in the flat loop; with a residual
-    (read at output positions), on the way out."""
+    """The depthwise kernel: DEPTHWISE with its depthwise_rows. The epilogue runs along the flat buffer; with a
+    residual, on the way out."""
     if attrs.get("residual"):
         flat, residual_row, rows = {}, " " * 20 + "res_row = res[img, oc, r]", attrs
     else:
         flat, residual_row, rows = attrs, "", {}
-    per_plane = DEPTHWISE_PER_PLANE.format(residual_row=residual_row,
-                                           epilogue=epilogue_code(rows, "v", "oc", "res_row[p]", 24))
-    doc = ("Depthwise convolution (weight (C*M, 1, KH, KW)), one (image, input channel) per job: the channel's "
-           "phase planes,\n    then each of its M output planes as one flat vector loop, copied out row by row.")
-    body = (plane_jobs(doc, "weight, bias, scale, shift, res, ", "np.float32(0.0)", per_plane)
-            + DEPTHWISE_FLAT.format(tap=PHASE_TAP, flat_statements=epilogue_code(flat, "v", "channel", "", 8)))
-    return render("conv2d_depthwise", body, **_window_constants(attrs), **epilogue_constants(attrs))
+    body = DEPTHWISE.format(flat_epilogue=epilogue_code(flat, "v", "oc", "", 20), residual_row=residual_row,
+                            epilogue=epilogue_code(rows, "v", "oc", "res_row[p]", 24))
+    return render("conv2d_depthwise", body + "\n\n" + _depthwise_rows(attrs), **_window_constants(attrs),
+                  **epilogue_constants(attrs))
 
 
 IM2COL_GATHER = '''
@@ -503,28 +566,25 @@ def gated_pointwise(attrs: Mapping[str, Any]):
 
 DEPTHWISE_BAND = '''
 @njit(nogil=True, fastmath=FASTMATH, cache=True, error_model="numpy")
-def depthwise_band(x, img, channel, r0, rows, phases, acc, pw, taps, mid_bias, m, row, ow, load):
-    """Mid channel m's depthwise step over output rows r0 .. r0 + rows - 1 into `row` (rows x ow pixels), by
-    depthwise_flat's vector loop: first, when `load` (the channels of a multiplier share their input), the
-    phase planes of the input under the band; mid_bias and mid_act are applied in the flat loop."""
-    if load:
-        load_phases(x[img, channel], phases, pw, r0 * SH, (rows - 1) * SH + (KH - 1) * DH + 1, np.float32(0.0))
-    depthwise_flat(phases, taps, acc, pw, mid_bias, mid_bias, mid_bias, m)  # no mid affine: scale, shift unread
-    for rr in range(rows):
-        acc_row = acc[rr * pw: rr * pw + ow]
-        for q in range(ow):
-            row[rr * ow + q] = acc_row[q]
+def depthwise_band(x, img, channel, r0, rows, taps, mid_bias, m, row, ow):
+    """Mid channel m's depthwise step over output rows r0 .. r0 + rows - 1 into `row` (rows x ow pixels, flat) by
+    depthwise_rows, with mid_bias and mid_act applied along it in one vector loop."""
+    depthwise_rows(x[img, channel], taps, row, r0, rows, ow)
+    for f in range(rows * ow):
+        v = row[f]
+{mid_epilogue}
+        row[f] = v
 '''
 
 
 SEPARABLE = '''
 @njit(parallel=True, nogil=True, fastmath=FASTMATH, cache=True, error_model="numpy")
 def kernel(x, depthwise_weight, mid_bias, pointwise_weight, bias, scale, shift, res, out, mid_per_thread,
-           phases_per_thread, acc_per_thread, pw, flat, rows_per_tile, oh, ow):
+           rows_per_tile, oh, ow):
     """Depthwise then pointwise, one band of output rows at a time: each thread computes the band's depthwise
-    output for every channel into its own (C*M x pixels) tile (depthwise_flat's vector loop over the
-    input rows under the band), adds mid_bias and mid_act, and multiplies the tile by pointwise_weight
-    (O x C*M, gemm.pack) straight into the output; the whole intermediate tensor never exists."""
+    output for every channel into its own (C*M x pixels) tile (depthwise_band, with mid_bias and mid_act), and
+    multiplies the tile by pointwise_weight (O x C*M, gemm.pack) straight into the output; the whole intermediate
+    tensor never exists."""
     n, c, h, w = x.shape
     o = out.shape[1]
     mid_channels = depthwise_weight.shape[0]
@@ -534,8 +594,6 @@ def kernel(x, depthwise_weight, mid_bias, pointwise_weight, bias, scale, shift, 
     jobs = n * tiles
     for t in prange(threads):
         mid = mid_per_thread[t]
-        phases = phases_per_thread[t, :SH * SW]  # without the rows that keep threads apart
-        acc = acc_per_thread[t, :flat]
         panel = column_panel()
         for job in range(t * jobs // threads, (t + 1) * jobs // threads):
             img = job // tiles
@@ -543,16 +601,15 @@ def kernel(x, depthwise_weight, mid_bias, pointwise_weight, bias, scale, shift, 
             r1 = min(oh, r0 + rows_per_tile)
             pixels = (r1 - r0) * ow
             for m in range(mid_channels):
-                depthwise_band(x, img, m // multiplier, r0, r1 - r0, phases, acc, pw, depthwise_weight[m, 0], mid_bias,
-                               m, mid[m], ow, m % multiplier == 0)
+                depthwise_band(x, img, m // multiplier, r0, r1 - r0, depthwise_weight[m, 0], mid_bias, m, mid[m], ow)
 {product:12}
 '''
 
 
 SEPARABLE_SHARED = '''
 @njit(parallel=True, nogil=True, fastmath=FASTMATH, cache=True, error_model="numpy")
-def kernel(x, depthwise_weight, mid_bias, pointwise_weight, bias, scale, shift, res, out, mid, phases_per_thread,
-           acc_per_thread, pw, flat, pixels_per_tile, channels_per_tile, oh, ow):
+def kernel(x, depthwise_weight, mid_bias, pointwise_weight, bias, scale, shift, res, out, mid, threads,
+           pixels_per_tile, channels_per_tile, oh, ow):
     """Depthwise then pointwise on maps too small for a band per thread (MobileNet's and EfficientNet's last
     stages), one image at a time: the threads first share the depthwise step of the whole map out by channel into
     one (C*M x pixels) matrix, then the pointwise product in tiles of output channels x pixels, as the pointwise
@@ -565,16 +622,12 @@ def kernel(x, depthwise_weight, mid_bias, pointwise_weight, bias, scale, shift, 
     ptiles = (pixels + pixels_per_tile - 1) // pixels_per_tile
     otiles = (o + channels_per_tile - 1) // channels_per_tile
     jobs = ptiles * otiles
-    threads = phases_per_thread.shape[0]
     workers = min(jobs, threads)
     for img in range(n):
         for t in prange(threads):
-            phases = phases_per_thread[t, :SH * SW]  # without the rows that keep threads apart
-            acc = acc_per_thread[t, :flat]
             # consecutive channels per thread: rows of a small map share cache lines with their neighbours
             for m in range(t * mid_channels // threads, (t + 1) * mid_channels // threads):
-                depthwise_band(x, img, m // multiplier, 0, oh, phases, acc, pw, depthwise_weight[m, 0], mid_bias, m,
-                               mid[m], ow, True)
+                depthwise_band(x, img, m // multiplier, 0, oh, depthwise_weight[m, 0], mid_bias, m, mid[m], ow)
         for t in prange(workers):
             panel = column_panel()
             for job in range(t * jobs // workers, (t + 1) * jobs // workers):
@@ -587,9 +640,8 @@ def separable(attrs: Mapping[str, Any], shared: bool = False):
     """Depthwise then pointwise with the bands dealt to the threads (SEPARABLE), or, `shared`, for maps with fewer
     bands than threads, each band's depthwise step shared by them (SEPARABLE_SHARED)."""
     mid = {"bias": attrs["mid_bias"], "act": attrs["mid_act"]}
-    band = PHASE_PLANES + DEPTHWISE_FLAT.format(
-        tap=PHASE_TAP, flat_statements=epilogue_code(mid, "v", "channel", "", 8, alpha="MID_ALPHA"))
-    band += DEPTHWISE_BAND
+    band = _depthwise_rows(attrs) + "\n\n" + DEPTHWISE_BAND.format(
+        mid_epilogue=epilogue_code(mid, "v", "m", "", 8, bias="mid_bias", alpha="MID_ALPHA"))
     if shared:
         body = band + SEPARABLE_SHARED.format(product=_tiled_product(attrs, "pointwise_weight", "mid[:, p0:p1]"))
     else:
