@@ -23,7 +23,6 @@ from backends.numba_cpu.templates.common import (
     KernelCall,
     Scratch,
     epilogue_args,
-    phase_scratch,
 )
 from cnncomp.errors import GraphError
 from cnncomp.ir import Graph, Node
@@ -359,9 +358,7 @@ def _dense(node: Node, ctx: LoweringContext, x: np.ndarray, weight: np.ndarray, 
 
 
 def lower_max_pool2d(node: Node, ctx: LoweringContext) -> list[KernelCall]:
-    pw, flat, phases, acc = phase_scratch(node.attrs, ctx.graph.node(node.inputs[0]).shape[3], *node.shape[2:])
-    args = (ctx.value(node.inputs[0]), ctx.value(node.name), Scratch((ctx.threads, *phases)),
-            Scratch((ctx.threads, acc)), pw, flat)
+    args = (ctx.value(node.inputs[0]), ctx.value(node.name), ctx.threads)
     return [KernelCall(pool.max_pool(node.attrs), args, node.name)]
 
 
@@ -371,15 +368,13 @@ def lower_max_pool2d_indices(node: Node, ctx: LoweringContext) -> list[KernelCal
 
 
 def lower_avg_pool2d(node: Node, ctx: LoweringContext) -> list[KernelCall]:
-    """One window over the whole unpadded input (GoogLeNet's last pool): the global average's kernel, since the flat
-    loop would compute 64 windows to keep one. Otherwise the phase-plane kernel."""
+    """One window over the whole unpadded input (GoogLeNet's last pool): the global average's kernel, which sums
+    the plane in one vector loop, not a row at a time. Otherwise the window kernel."""
     h, w = ctx.graph.node(node.inputs[0]).shape[2:]
     if node.attrs["kernel"] == (h, w) and node.shape[2:] == (1, 1) and not any(node.attrs["padding"]):
         return lower_global_avg_pool(node, ctx)
-    pw, flat, phases, acc = phase_scratch(node.attrs, w, *node.shape[2:])
     divisors = get_op(node.op).divisors(node.attrs, (h, w), node.shape[2:])
-    args = (ctx.value(node.inputs[0]), divisors, ctx.value(node.name), Scratch((ctx.threads, *phases)),
-            Scratch((ctx.threads, acc)), pw, flat)
+    args = (ctx.value(node.inputs[0]), divisors, ctx.value(node.name), ctx.threads)
     return [KernelCall(pool.avg_pool(node.attrs), args, node.name)]
 
 

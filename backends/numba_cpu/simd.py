@@ -276,14 +276,6 @@ def insert(typingctx, vector, lane, value):
 
 
 @intrinsic
-def div(typingctx, a, b):
-    """a / b, lane by lane."""
-    def codegen(context, builder, signature, args):
-        return builder.fdiv(*args)
-    return float32x16(a, b), codegen
-
-
-@intrinsic
 def keep_max(typingctx, kept, value):
     """value where value > kept or value is NaN, else kept, lane by lane: numpy's max, in which NaN wins."""
     def codegen(context, builder, signature, args):

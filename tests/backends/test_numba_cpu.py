@@ -246,13 +246,15 @@ def test_max_pool2d_dilated():
 
 @pytest.mark.parametrize("seed", range(16))
 def test_max_pool_over_drawn_shapes(seed):
-    """The max-pool kernel (phase planes padded with -inf, one flat loop) over drawn shapes: maps down to 1x1,
-    kernels 1-5, strides 1-3, dilation, uneven padding up to half the kernel, ceil_mode, and a NaN and an inf."""
+    """The max-pool kernel (16 windows of a row in a vector, padding read as -inf) over drawn shapes: maps down to
+    1x1 and rows of several vectors, kernels 1-5, strides 1-4, dilation, uneven padding up to half the kernel,
+    ceil_mode, and a NaN and an inf."""
     rng = np.random.default_rng(seed)
-    kernel, stride, dilation = int(rng.choice([1, 2, 3, 5])), int(rng.choice([1, 2, 3])), int(rng.choice([1, 1, 2]))
+    kernel, stride = int(rng.choice([1, 2, 3, 5])), int(rng.choice([1, 2, 3, 4]))
+    dilation = int(rng.choice([1, 1, 2]))
     pads = tuple(int(p) for p in rng.integers(0, kernel // 2 + 1, size=4))
     extent = dilation * (kernel - 1) + 1
-    height, width = (max(int(d), extent) for d in rng.integers(1, 16, size=2))
+    height, width = max(int(rng.integers(1, 16)), extent), max(int(rng.integers(1, 70)), extent)
     shape = (int(rng.integers(1, 3)), int(rng.integers(1, 5)), height, width)
     attrs = dict(kernel=kernel, stride=stride, dilation=dilation, padding=pads, ceil_mode=bool(seed % 2))
     graph = random_op_graph("max_pool2d", [shape], attrs, seed=seed)
@@ -265,12 +267,13 @@ def test_max_pool_over_drawn_shapes(seed):
 
 @pytest.mark.parametrize("seed", range(12))
 def test_avg_pool_over_drawn_shapes(seed):
-    """The average-pool kernel (zero-padded phase planes, one flat loop, the op's divisors) over drawn shapes: maps
-    down to 1x1, kernels 1-5, strides 1-3, uneven padding, ceil_mode, with and without the padding counted."""
+    """The average-pool kernel (16 windows of a row in a vector, padding read as zeros, the op's divisors) over drawn
+    shapes: maps down to 1x1 and rows of several vectors, kernels 1-5, strides 1-4, uneven padding, ceil_mode, with
+    and without the padding counted."""
     rng = np.random.default_rng(seed)
-    kernel, stride = int(rng.choice([1, 2, 3, 5])), int(rng.choice([1, 2, 3]))
+    kernel, stride = int(rng.choice([1, 2, 3, 5])), int(rng.choice([1, 2, 3, 4]))
     pads = tuple(int(p) for p in rng.integers(0, kernel // 2 + 1, size=4))
-    height, width = (max(int(d), kernel) for d in rng.integers(1, 16, size=2))
+    height, width = max(int(rng.integers(1, 16)), kernel), max(int(rng.integers(1, 70)), kernel)
     attrs = dict(kernel=kernel, stride=stride, padding=pads, ceil_mode=bool(seed % 2),
                  count_include_pad=bool(seed % 3))
     shape = (int(rng.integers(1, 3)), int(rng.integers(1, 5)), height, width)

@@ -31,6 +31,7 @@ from backends.numba_cpu.templates.common import (
     epilogue_code,
     epilogue_loop,
     render,
+    window_rows,
 )
 
 
@@ -84,82 +85,14 @@ def direct(attrs: Mapping[str, Any], channels_per_group: int):
                   **epilogue_constants(attrs))
 
 
-# Depthwise convs (one input channel per group) compute 16 outputs of a row at a time in a vector register, each
-# tap's inputs one vector load (for stride 2 or 4, the span loaded and every other lane kept) with the padding
-# masked off, then the epilogue along the finished rows. `depthwise_rows` is generated per kernel shape, all taps
-# written out: the loads' masks are made once per 16 columns (a mask made per load cost more than the load), and
-# DEPTHWISE_GROUP rows are summed at once, each in two sums (one chain of dependent FMAs ran at a quarter of the
-# core's rate: 2.3 cycles an output on a 3x3 stride-2 conv). Before, zero-padded phase planes of each input plane
-# and one flat vector loop over them; filling and copying the planes took most of the time.
-DEPTHWISE_GROUP = 4
-
-
-def _depthwise_rows(attrs: Mapping[str, Any]) -> str:
-    """The source of depthwise_rows(plane, taps, out, r0, rows, ow): out.flat[(r - r0) * ow + q] = sum over taps
-    (i, j) of taps[i, j] * plane[r * SH - PT + i * DH, q * SW - PL + j * DW] (zero outside the plane), for output
-    rows r0 .. r0 + rows - 1 and columns q < ow."""
-    (kh, kw), (sh, sw), (dh, dw) = attrs["kernel"], attrs["stride"], attrs["dilation"]
-    top, _, left, _ = attrs["padding"]
-    parts = sw if sw in (1, 2, 4) else 0  # raw 16-float parts a window's load takes; 0: lane by lane
-    lines = ["@njit(nogil=True, fastmath=FASTMATH, cache=True, error_model=\"numpy\")",
-             "def depthwise_rows(plane, taps, out, r0, rows, ow):",
-             '    """Generated: see templates/conv.py, _depthwise_rows."""',
-             "    h, w = plane.shape",
-             "    pitch = plane.strides[0] // 4",
-             "    r_end = r0 + rows",
-             "    zero = np.float32(0.0)",
-             "    for q0 in range(0, ow, 16):",
-             "        lanes = min(16, ow - q0)",
-             f"        span = {sw} * (lanes - 1) + 1"]
-    for j in range(kw):
-        lines.append(f"        start{j} = q0 * {sw} - {left} + {j * dw}")
-        for p in range(parts):
-            first = f"start{j} + {16 * p}"
-            lines.append(f"        mask{j}_{p} = lane_range(max(0, -({first})), max(0, min(16, w - ({first}), "
-                         f"span - {16 * p})))")
-    lines.append(f"        for r in range(r0, r_end, {DEPTHWISE_GROUP}):")
-    for k in range(DEPTHWISE_GROUP):
-        lines += [f"            sum{k}_0 = zeros()", f"            sum{k}_1 = zeros()"]
-    for i in range(kh):
-        for k in range(DEPTHWISE_GROUP):
-            row = f"r * {sh} + {k * sh + i * dh - top}"
-            lines.append(f"            ih = {row}")
-            lines.append(f"            if ih >= 0 and ih < h{f' and r + {k} < r_end' if k else ''}:")
-            lines.append("                at = ih * pitch")
-            for j in range(kw):
-                if parts == 1:
-                    window = f"load_masked(plane, at + start{j}, mask{j}_0, zero)"
-                elif parts == 2:
-                    window = (f"even_lanes(load_masked(plane, at + start{j}, mask{j}_0, zero), "
-                              f"load_masked(plane, at + start{j} + 16, mask{j}_1, zero))")
-                elif parts == 4:
-                    window = ("even_lanes(even_lanes("
-                              f"load_masked(plane, at + start{j}, mask{j}_0, zero), "
-                              f"load_masked(plane, at + start{j} + 16, mask{j}_1, zero)), even_lanes("
-                              f"load_masked(plane, at + start{j} + 32, mask{j}_2, zero), "
-                              f"load_masked(plane, at + start{j} + 48, mask{j}_3, zero)))")
-                else:
-                    window = f"load_window(plane, at, start{j}, {sw}, lanes, w, zero)"
-                chain = (i * kw + j) % 2
-                lines.append(f"                sum{k}_{chain} = fma({window}, broadcast(taps, {i * kw + j}), "
-                             f"sum{k}_{chain})")
-    lines.append("            base = (r - r0) * ow + q0")
-    for k in range(DEPTHWISE_GROUP):
-        indent = "            " if k == 0 else "                "
-        if k:
-            lines.append(f"            if r + {k} < r_end:")
-        lines.append(f"{indent}store_first(out, base + {k} * ow, add(sum{k}_0, sum{k}_1), lanes)")
-    return "\n".join(lines) + "\n"
-
-
 DEPTHWISE = '''
 @njit(parallel=True, nogil=True, fastmath=FASTMATH, cache=True, error_model="numpy")
 def kernel(x, weight, bias, scale, shift, res, out, acc_per_thread):
     """Depthwise convolution (weight (C*M, 1, KH, KW)), one (image, input channel) per job, a run of consecutive
     jobs per thread (the planes of a small map share cache lines with their neighbours): each of the channel's M
-    output planes by depthwise_rows into the thread's flat buffer, the epilogue that needs no residual along it in
-    one vector loop (a scalar silu on the rows of a 7x7 map took longer than the convolution), then its rows copied
-    out (with the residual, read at output positions, and the epilogue)."""
+    output planes by window_rows (common.window_rows) into the thread's flat buffer, the epilogue that needs no
+    residual along it in one vector loop (a scalar silu on the rows of a 7x7 map took longer than the
+    convolution), then its rows copied out (with the residual, read at output positions, and the epilogue)."""
     n, c = x.shape[0], x.shape[1]
     o, oh, ow = out.shape[1], out.shape[2], out.shape[3]
     threads = acc_per_thread.shape[0]
@@ -170,7 +103,7 @@ def kernel(x, weight, bias, scale, shift, res, out, acc_per_thread):
             img = job // c
             g = job % c
             for oc in range(g * (o // c), (g + 1) * (o // c)):
-                depthwise_rows(x[img, g], weight[oc, 0], acc, 0, oh, ow)
+                window_rows(x[img, g], weight[oc, 0], acc, ow, 0, oh, ow)
                 for f in range(oh * ow):
                     v = acc[f]
 {flat_epilogue}
@@ -187,7 +120,7 @@ def kernel(x, weight, bias, scale, shift, res, out, acc_per_thread):
 
 
 def depthwise(attrs: Mapping[str, Any]):
-    """The depthwise kernel: DEPTHWISE with its depthwise_rows. The epilogue runs along the flat buffer; with a
+    """The depthwise kernel: DEPTHWISE with its window_rows. The epilogue runs along the flat buffer; with a
     residual, on the way out."""
     if attrs.get("residual"):
         flat, residual_row, rows = {}, " " * 20 + "res_row = res[img, oc, r]", attrs
@@ -195,7 +128,7 @@ def depthwise(attrs: Mapping[str, Any]):
         flat, residual_row, rows = attrs, "", {}
     body = DEPTHWISE.format(flat_epilogue=epilogue_code(flat, "v", "oc", "", 20), residual_row=residual_row,
                             epilogue=epilogue_code(rows, "v", "oc", "res_row[p]", 24))
-    return render("conv2d_depthwise", body + "\n\n" + _depthwise_rows(attrs), **_window_constants(attrs),
+    return render("conv2d_depthwise", body + "\n\n" + window_rows(attrs, "taps"), **_window_constants(attrs),
                   **epilogue_constants(attrs))
 
 
@@ -568,8 +501,8 @@ DEPTHWISE_BAND = '''
 @njit(nogil=True, fastmath=FASTMATH, cache=True, error_model="numpy")
 def depthwise_band(x, img, channel, r0, rows, taps, mid_bias, m, row, ow):
     """Mid channel m's depthwise step over output rows r0 .. r0 + rows - 1 into `row` (rows x ow pixels, flat) by
-    depthwise_rows, with mid_bias and mid_act applied along it in one vector loop."""
-    depthwise_rows(x[img, channel], taps, row, r0, rows, ow)
+    window_rows, with mid_bias and mid_act applied along it in one vector loop."""
+    window_rows(x[img, channel], taps, row, ow, r0, rows, ow)
     for f in range(rows * ow):
         v = row[f]
 {mid_epilogue}
@@ -640,7 +573,7 @@ def separable(attrs: Mapping[str, Any], shared: bool = False):
     """Depthwise then pointwise with the bands dealt to the threads (SEPARABLE), or, `shared`, for maps with fewer
     bands than threads, each band's depthwise step shared by them (SEPARABLE_SHARED)."""
     mid = {"bias": attrs["mid_bias"], "act": attrs["mid_act"]}
-    band = _depthwise_rows(attrs) + "\n\n" + DEPTHWISE_BAND.format(
+    band = window_rows(attrs, "taps") + "\n\n" + DEPTHWISE_BAND.format(
         mid_epilogue=epilogue_code(mid, "v", "m", "", 8, bias="mid_bias", alpha="MID_ALPHA"))
     if shared:
         body = band + SEPARABLE_SHARED.format(product=_tiled_product(attrs, "pointwise_weight", "mid[:, p0:p1]"))

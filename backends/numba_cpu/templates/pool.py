@@ -1,13 +1,13 @@
 """Pooling kernels: max (with its indices) and average over windows, unpooling, global and adaptive average.
-Each (image, channel) plane is one parallel job; max and average pooling reduce each window in a register along
-the flat index of the plane's phase planes (templates.common.PHASE_PLANES), vectorized however narrow the map."""
+Each (image, channel) plane is one parallel job; max and average pooling reduce 16 windows of a row at a time in a
+vector register, straight from the input (templates.common.window_rows)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
 
-from backends.numba_cpu.templates.common import PHASE_TAP, plane_jobs, render
+from backends.numba_cpu.templates.common import render, window_rows
 
 
 def _constants(attrs: Mapping[str, Any]) -> dict[str, int]:
@@ -45,30 +45,29 @@ def kernel(x, out):
                 out[img, ch, r, q] = where
 '''
 
-# A pooling window's reduction along the flat index of PLANE_JOBS, then the plane's rows copied out.
-POOL_PER_PLANE = '''
-            for f in range(flat):
-                s = {start}
-                for i in range(KH):
-                    for j in range(KW):
-                        v = {tap}
-                        {combine}
-                acc[f] = s
-            for r in range(oh):
-                row = out[img, g, r]
-                acc_row = acc[r * pw: r * pw + ow]
-{divisor_row}
-                for q in range(ow):
-                    row[q] = {value}'''
+# A run of consecutive (image, channel) planes per thread (the planes of a small map share cache lines with their
+# neighbours), each reduced by window_rows straight into the output plane; average pooling then divides each row.
+POOL = '''
+@njit(parallel=True, nogil=True, fastmath=FASTMATH, cache=True, error_model="numpy")
+def kernel(x, {operands}out, threads):
+    """{doc}"""
+    n, c = x.shape[0], x.shape[1]
+    oh, ow = out.shape[2], out.shape[3]
+    jobs = n * c
+    for t in prange(threads):
+        for job in range(t * jobs // threads, (t + 1) * jobs // threads):
+            img = job // c
+            g = job % c
+            plane = out[img, g]
+            window_rows(x[img, g], plane, plane.strides[0] // 4, 0, oh, ow)
+{per_plane}
+'''
 
 
 def max_pool(attrs: Mapping[str, Any]):
-    """out = max over each window; NaN wins, as in numpy's max (the phase planes padded with -inf, which covers
-    the ceil_mode overhang too)."""
-    per_plane = POOL_PER_PLANE.format(start="np.float32(-np.inf)", tap=PHASE_TAP,
-                                      combine="s = v if (v > s or v != v) else s", divisor_row="", value="acc_row[q]")
-    doc = "Max pooling: each window's maximum in a register along the flat index; NaN wins."
-    return render("max_pool2d", plane_jobs(doc, "", "np.float32(-np.inf)", per_plane), **_constants(attrs))
+    """out = max over each window; NaN wins, as in numpy's max (padding and the ceil_mode overhang read as -inf)."""
+    body = POOL.format(operands="", per_plane="", doc="Max pooling: window_rows' max of each window; NaN wins.")
+    return render("max_pool2d", body + "\n\n" + window_rows(attrs, "max"), **_constants(attrs))
 
 
 def max_pool_indices(attrs: Mapping[str, Any]):
@@ -76,13 +75,17 @@ def max_pool_indices(attrs: Mapping[str, Any]):
 
 
 def avg_pool(attrs: Mapping[str, Any]):
-    """out = window sum / the window's divisor (`divisors`, OH x OW: the op's count of its taps), the phase planes
-    padded with zeros."""
-    per_plane = POOL_PER_PLANE.format(start="np.float32(0.0)", tap=PHASE_TAP, combine="s += v",
-                                      divisor_row=" " * 16 + "divisor_row = divisors[r]",
-                                      value="acc_row[q] / divisor_row[q]")
-    doc = "Average pooling: each window's sum in a register along the flat index, divided on the way out."
-    return render("avg_pool2d", plane_jobs(doc, "divisors, ", "np.float32(0.0)", per_plane), **_constants(attrs))
+    """out = window sum / the window's divisor (`divisors`, OH x OW: the op's count of its taps), padding read as
+    zeros."""
+    per_plane = "\n".join(" " * 12 + line for line in [
+        "for r in range(oh):",
+        "    row = out[img, g, r]",
+        "    divisor_row = divisors[r]",
+        "    for q in range(ow):",
+        "        row[q] = row[q] / divisor_row[q]"])
+    body = POOL.format(operands="divisors, ", per_plane=per_plane,
+                       doc="Average pooling: window_rows' sum of each window, divided along each row.")
+    return render("avg_pool2d", body + "\n\n" + window_rows(attrs, "sum"), **_constants(attrs))
 
 
 UNPOOL = '''
