@@ -28,6 +28,8 @@ from numba import cfunc, njit, types
 from backends.numba_cpu.simd import (
     add,
     broadcast,
+    div,
+    exp,
     fma,
     load,
     load_first,
@@ -51,8 +53,8 @@ MC = 256
 # activations are applied by the kernel afterwards, with bias, affine and residual (`fused_epilogue`).
 BIAS, AFFINE, RESIDUAL = 1, 2, 4
 ACTIVATION_SHIFT = 8
-RELU, RELU6, LEAKY_RELU = 1, 2, 3
-ACTIVATION_CODES = {None: 0, "relu": RELU, "relu6": RELU6, "leaky_relu": LEAKY_RELU}
+RELU, RELU6, LEAKY_RELU, SILU, SIGMOID = 1, 2, 3, 4, 5
+ACTIVATION_CODES = {None: 0, "relu": RELU, "relu6": RELU6, "leaky_relu": LEAKY_RELU, "silu": SILU, "sigmoid": SIGMOID}
 
 
 def pack(weight: np.ndarray) -> np.ndarray:
@@ -96,6 +98,12 @@ def _finish(c, start, v, cols, accumulate, flags, bias, scale, shift, channel, r
         v = replace_above(replace_below(v, zeros(), zeros()), six, six)
     elif activation == LEAKY_RELU:
         v = replace_below(v, zeros(), mul(v, splat(alpha)))
+    elif activation == SILU:
+        # as ACTIVATION_FORMULAS writes it: v / (1 + exp(-v)); in the registers, not in a pass over the output
+        # afterwards, which took longer than the product (24 -> 144 channels on a 56x56 map: 0.10 -> 0.22 ms)
+        v = div(v, add(splat(np.float32(1.0)), exp(mul(v, splat(np.float32(-1.0))))))
+    elif activation == SIGMOID:
+        v = div(splat(np.float32(1.0)), add(splat(np.float32(1.0)), exp(mul(v, splat(np.float32(-1.0))))))
     if cols >= 16:
         store(c, start, v)
     else:

@@ -276,6 +276,45 @@ def insert(typingctx, vector, lane, value):
 
 
 @intrinsic
+def div(typingctx, a, b):
+    """a / b, lane by lane (IEEE: x / 0 is inf or NaN)."""
+    def codegen(context, builder, signature, args):
+        return builder.fdiv(*args)
+    return float32x16(a, b), codegen
+
+
+def _constant(value: float) -> ir.Constant:
+    return ir.Constant(_VECTOR, [value] * LANES)
+
+
+@intrinsic
+def exp(typingctx, x):
+    """exp(x), lane by lane, as mathlib.fast_exp computes it (within 1e-7 relative): 2^n exp(r) with r = x - n ln 2
+    in [-ln2/2, ln2/2], Cephes' degree-7 polynomial, 2^n from its exponent bits. NaN stays NaN; +inf gives inf; x
+    below -87.3 gives exp(-87.3)."""
+    def codegen(context, builder, signature, args):
+        x = args[0]
+        module = builder.module
+        floor = cgutils.get_or_insert_function(module, ir.FunctionType(_VECTOR, [_VECTOR]), "llvm.floor.v16f32")
+        low, high = _constant(-87.33655), _constant(88.72284)
+        clamped = builder.select(builder.fcmp_ordered("<", x, low), low, x)
+        clamped = builder.select(builder.fcmp_ordered(">", clamped, high), high, clamped)
+        n = builder.call(floor, [builder.fadd(builder.fmul(clamped, _constant(1.44269504)), _constant(0.5))])
+        r = builder.fsub(clamped, builder.fmul(n, _constant(0.693359375)))
+        r = builder.fadd(r, builder.fmul(n, _constant(2.12194440e-4)))
+        p = _constant(1.9875691500e-4)
+        for coefficient in (1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1):
+            p = builder.fadd(builder.fmul(p, r), _constant(coefficient))
+        p = builder.fadd(builder.fadd(builder.fmul(builder.fmul(p, r), r), r), _constant(1.0))
+        lanes32 = ir.VectorType(ir.IntType(32), LANES)
+        bits = builder.shl(builder.add(builder.fptosi(n, lanes32), ir.Constant(lanes32, [127] * LANES)),
+                           ir.Constant(lanes32, [23] * LANES))
+        result = builder.fmul(p, builder.bitcast(bits, _VECTOR))
+        return builder.select(builder.fcmp_unordered("uno", x, x), x, result)
+    return float32x16(x), codegen
+
+
+@intrinsic
 def keep_max(typingctx, kept, value):
     """value where value > kept or value is NaN, else kept, lane by lane: numpy's max, in which NaN wins."""
     def codegen(context, builder, signature, args):
