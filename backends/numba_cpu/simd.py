@@ -412,6 +412,13 @@ def load_window(src, row, start, stride, lanes, w, fill):
                                      _range_part(src, row, start, 1, 4, lanes, w, fill)),
                           even_lanes(_range_part(src, row, start, 2, 4, lanes, w, fill),
                                      _range_part(src, row, start, 3, 4, lanes, w, fill)))
+    return _gather_window(src, row, start, stride, lanes, w, fill)
+
+
+@njit(nogil=True, cache=True)
+def _gather_window(src, row, start, stride, lanes, w, fill):
+    """load_window for strides other than 1, 2 and 4, lane by lane; not inlined (a 7x7 window's kernel inlined it
+    28 times and took seconds more to compile)."""
     lo = min(lanes, max(0, -(start // stride)))
     hi = max(lo, min(lanes, (w - 1 - start) // stride + 1))
     v = splat(fill)

@@ -125,11 +125,12 @@ def epilogue_args(params: Mapping[str, np.ndarray], attrs: Mapping[str, Any]) ->
 
 # Window ops (depthwise convs, max and average pooling) compute 16 outputs of a row at a time in a vector register,
 # each tap's inputs one vector load (for stride 2 or 4, the span loaded and every other lane kept) with the padding
-# masked off. `window_rows` is generated per window shape, all taps written out: the loads' masks are made once per
-# 16 columns (a mask made per load cost more than the load), and WINDOW_ROWS_AT_ONCE rows are reduced at once, each
-# in two chains (one chain of dependent FMAs ran at a quarter of the core's rate: 2.3 cycles an output on a 3x3
-# stride-2 conv). Before, zero-padded phase planes of each input plane and one flat vector loop over them; filling
-# and copying the planes took most of the time (EfficientNet-B0's depthwise convs 2.88 -> 2.54 ms, MobileNetV2's
+# masked off. `window_rows` is generated per window shape, the taps of a window row written out (all of them made
+# a 7x7 window's kernel take minutes to compile): the loads' masks are made once per 16 columns (a mask made per
+# load cost more than the load), and WINDOW_ROWS_AT_ONCE rows are reduced at once, each in two chains (one chain of
+# dependent FMAs ran at a quarter of the core's rate: 2.3 cycles an output on a 3x3 stride-2 conv). Before,
+# zero-padded phase planes of each input plane and one flat vector loop over them; filling and copying the planes
+# took most of the time (EfficientNet-B0's depthwise convs 2.88 -> 2.54 ms, MobileNetV2's
 # separable convs 2.71 -> 2.29 ms).
 WINDOW_ROWS_AT_ONCE = 4
 # What each reduction starts from and fills padding with, how it takes in a tap's inputs, how its chains combine.
@@ -170,24 +171,24 @@ def window_rows(attrs: Mapping[str, Any], reduction: str) -> str:
     lines.append(f"        for r in range(r0, r_end, {WINDOW_ROWS_AT_ONCE}):")
     for k in range(WINDOW_ROWS_AT_ONCE):
         lines += [f"            acc{k}_0 = splat(outside)", f"            acc{k}_1 = splat(outside)"]
-    for i in range(kh):
-        for k in range(WINDOW_ROWS_AT_ONCE):
-            lines.append(f"            ih = r * {sh} + {k * sh + i * dh - top}")
-            lines.append(f"            if ih >= 0 and ih < h{f' and r + {k} < r_end' if k else ''}:")
-            lines.append("                at = ih * row_pitch")
-            for j in range(kw):
-                loads = [f"load_masked(plane, at + start{j} + {16 * p}, mask{j}_{p}, outside)" for p in range(parts)]
-                if parts == 1:
-                    window = loads[0]
-                elif parts == 2:
-                    window = f"even_lanes({loads[0]}, {loads[1]})"
-                elif parts == 4:
-                    window = (f"even_lanes(even_lanes({loads[0]}, {loads[1]}), "
-                              f"even_lanes({loads[2]}, {loads[3]}))")
-                else:
-                    window = f"load_window(plane, at, start{j}, {sw}, lanes, w, outside)"
-                acc = f"acc{k}_{(i * kw + j) % 2}"
-                lines.append(f"                {acc} = " + take.format(window=window, tap=i * kw + j, acc=acc))
+    lines.append(f"            for i in range({kh}):")
+    for k in range(WINDOW_ROWS_AT_ONCE):
+        lines.append(f"                ih = r * {sh} + i * {dh} + {k * sh - top}")
+        lines.append(f"                if ih >= 0 and ih < h{f' and r + {k} < r_end' if k else ''}:")
+        lines.append("                    at = ih * row_pitch")
+        for j in range(kw):
+            loads = [f"load_masked(plane, at + start{j} + {16 * p}, mask{j}_{p}, outside)" for p in range(parts)]
+            if parts == 1:
+                window = loads[0]
+            elif parts == 2:
+                window = f"even_lanes({loads[0]}, {loads[1]})"
+            elif parts == 4:
+                window = (f"even_lanes(even_lanes({loads[0]}, {loads[1]}), "
+                          f"even_lanes({loads[2]}, {loads[3]}))")
+            else:
+                window = f"load_window(plane, at, start{j}, {sw}, lanes, w, outside)"
+            acc = f"acc{k}_{j % 2}"
+            lines.append(f"                    {acc} = " + take.format(window=window, tap=f"i * {kw} + {j}", acc=acc))
     lines.append("            base = (r - r0) * pitch + q0")
     for k in range(WINDOW_ROWS_AT_ONCE):
         store = f"store_first(out, base + {k} * pitch, {combine}(acc{k}_0, acc{k}_1), lanes)"
