@@ -81,6 +81,16 @@ def _first_lanes(context, builder, count_type, count):
     return builder.icmp_signed("<", ir.Constant(_LANE_INDEX, list(range(LANES))), splat)
 
 
+def _masked_load(context, builder, signature, args, mask, passthrough):
+    """The lanes of array.flat[index: index + 16] (args[0], args[1]) that `mask` holds, `passthrough` in the
+    others; nothing read for them."""
+    masked_load = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(_VECTOR, [_VECTOR.as_pointer(), ir.IntType(32), _MASK, _VECTOR]),
+        "llvm.masked.load.v16f32.p0v16f32")
+    return builder.call(masked_load, [_vector_address(context, builder, signature.args[0], args[0], args[1]),
+                                      ir.Constant(ir.IntType(32), 4), mask, passthrough])
+
+
 @intrinsic
 def zeros(typingctx):
     """A vector of zeros."""
@@ -106,13 +116,8 @@ def load_first(typingctx, array, index, count):
     if not _float32_array(array):
         return None
     def codegen(context, builder, signature, args):
-        masked_load = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(_VECTOR, [_VECTOR.as_pointer(), ir.IntType(32), _MASK, _VECTOR]),
-            "llvm.masked.load.v16f32.p0v16f32")
-        return builder.call(masked_load, [_vector_address(context, builder, signature.args[0], args[0], args[1]),
-                                          ir.Constant(ir.IntType(32), 4),
-                                          _first_lanes(context, builder, signature.args[2], args[2]),
-                                          ir.Constant(_VECTOR, [0.0] * LANES)])
+        mask = _first_lanes(context, builder, signature.args[2], args[2])
+        return _masked_load(context, builder, signature, args, mask, ir.Constant(_VECTOR, [0.0] * LANES))
     return float32x16(array, index, count), codegen
 
 
@@ -130,14 +135,8 @@ def load_range(typingctx, array, index, lo, hi, fill):
     if not _float32_array(array) or fill != types.float32:
         return None
     def codegen(context, builder, signature, args):
-        masked_load = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(_VECTOR, [_VECTOR.as_pointer(), ir.IntType(32), _MASK, _VECTOR]),
-            "llvm.masked.load.v16f32.p0v16f32")
-        return builder.call(masked_load, [_vector_address(context, builder, signature.args[0], args[0], args[1]),
-                                          ir.Constant(ir.IntType(32), 4),
-                                          _lane_range(context, builder, signature.args[2], args[2],
-                                                      signature.args[3], args[3]),
-                                          _splat(builder, args[4])])
+        mask = _lane_range(context, builder, signature.args[2], args[2], signature.args[3], args[3])
+        return _masked_load(context, builder, signature, args, mask, _splat(builder, args[4]))
     return float32x16(array, index, lo, hi, fill), codegen
 
 
@@ -157,11 +156,7 @@ def load_masked(typingctx, array, index, mask, fill):
     if not _float32_array(array) or fill != types.float32 or mask != lane_mask16:
         return None
     def codegen(context, builder, signature, args):
-        masked_load = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(_VECTOR, [_VECTOR.as_pointer(), ir.IntType(32), _MASK, _VECTOR]),
-            "llvm.masked.load.v16f32.p0v16f32")
-        return builder.call(masked_load, [_vector_address(context, builder, signature.args[0], args[0], args[1]),
-                                          ir.Constant(ir.IntType(32), 4), args[2], _splat(builder, args[3])])
+        return _masked_load(context, builder, signature, args, args[2], _splat(builder, args[3]))
     return float32x16(array, index, mask, fill), codegen
 
 
